@@ -1,0 +1,44 @@
+# One target per job, the same locally and in CI.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+LISTEN ?= 127.0.0.1:50051
+
+.PHONY: venv test lint types protocheck pytest proto run bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: venv lint types protocheck pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+types: venv
+	$(BIN)/mypy --strict hwbp
+	$(BIN)/mypy server agent client bench
+
+protocheck: venv
+	$(BIN)/python scripts/protos.py --check
+
+pytest: venv
+	$(BIN)/python -m pytest -q
+
+proto: venv
+	$(BIN)/python scripts/protos.py
+
+run: venv
+	$(BIN)/python scripts/run_local.py --listen $(LISTEN)
+
+bench: venv
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
