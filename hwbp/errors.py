@@ -288,3 +288,17 @@ class KernelNoSpace(KernelRefused):
 
     reason = "KERNEL_NO_FREE_SLOT"
     error_class = ErrorClass.NO_SPACE
+
+
+# --- a CPU's register file ------------------------------------------------------------
+
+
+class RegisterFileFull(FailedPrecondition):
+    """More breakpoints must be installed on a CPU than it has registers.
+
+    Admission (the ledger) should make this impossible; the kernel's equivalent is the
+    WARN and -EBUSY in arch_install_hw_breakpoint.
+    """
+
+    reason = "REGISTERS_FULL"
+    errno = _errno.EBUSY
