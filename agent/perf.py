@@ -1,0 +1,391 @@
+"""The agent's real backend: one perf_event_open(2) breakpoint per assignment.
+
+The kernel is the final authority on the debug registers. The arbiter admits a
+reservation from its own ledger; this backend asks the kernel for it and reports back
+exactly what the kernel accepted. Anything outside the arbiter (perf, gdb, ptrace) that
+holds registers shows up here as ENOSPC, which is why ``apply`` is all-or-nothing: a
+refused reload must leave the CPU as the arbiter last saw it.
+
+The class is synchronous; the agent loop watches ``fds()`` for readability and then
+calls ``poll_hits()`` / ``exited_tasks()``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import select
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from agent import perf_sys as ps
+from hwbp.errors import KernelNoSpace, KernelRefused
+from hwbp.model import Assignment, BpType, Breakpoint
+from hwbp.registers import HitRecord, RegisterImage
+
+DR6_RESERVED = 0xFFFF0FF0  # DR6 as it reads with no trap bit set
+_REGISTERS = 4
+_LONG = ctypes.sizeof(ctypes.c_long)  # the only length the kernel takes for exec
+_KERNEL_TYPE = {
+    BpType.EXEC: ps.HW_BREAKPOINT_X,
+    BpType.WRITE: ps.HW_BREAKPOINT_W,
+    BpType.RW: ps.HW_BREAKPOINT_RW,
+    BpType.READ: ps.HW_BREAKPOINT_R,  # x86 refuses it (EINVAL); the kernel says so
+}
+# ioctl not known to this kernel: fall back to close and reopen.
+_NO_MODIFY = (errno.ENOTTY, errno.EOPNOTSUPP)
+
+
+class Hit(NamedTuple):
+    """A hit and the thread that made it.
+
+    HitRecord is a fixed contract without a tid, so the tid travels beside it; a
+    Hit unpacks as ``(record, tid)``.
+    """
+
+    record: HitRecord
+    tid: int
+
+
+def _attr(bp: Breakpoint) -> ps.PerfEventAttr:
+    is_exec = bp.type is BpType.EXEC
+    return ps.breakpoint_attr(
+        bp_type=_KERNEL_TYPE[bp.type],
+        addr=bp.addr,
+        length=_LONG if is_exec else bp.length,
+        disabled=not bp.enabled,
+        exclude_kernel=not bp.kernel,
+    )
+
+
+def probe() -> str | None:
+    """None when this process may open hardware breakpoints, else why not, in plain words."""
+    probe_var = ctypes.c_char(b"\0")
+    attr = ps.breakpoint_attr(
+        bp_type=ps.HW_BREAKPOINT_W,
+        addr=ctypes.addressof(probe_var),
+        length=1,
+        disabled=True,
+        exclude_kernel=True,
+    )
+    try:
+        fd = ps.perf_event_open(attr, pid=0, cpu=-1)
+    except OSError as e:
+        name = errno.errorcode.get(e.errno or 0, str(e.errno))
+        return f"perf_event_open refused a hardware breakpoint ({name}: {e.strerror}){_hint(e)}"
+    os.close(fd)
+    return None
+
+
+def _hint(e: OSError) -> str:
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "; needs root, CAP_PERFMON or a lower kernel.perf_event_paranoid"
+    if e.errno in (errno.ENOENT, errno.ENODEV, errno.EOPNOTSUPP, errno.ENOSYS):
+        return "; this kernel or CPU offers no hardware breakpoints to perf"
+    if e.errno == errno.ENOSPC:
+        return "; every debug register is already taken"
+    return ""
+
+
+def _dr7(slots: Sequence[Breakpoint | None]) -> int:
+    """DR7 as the kernel's encode_dr7 builds it: Gi, R/W and LEN per enabled slot, plus GE.
+
+    hwbp has no shared DR7 encoder yet; this is the minimal form the kernel itself writes
+    (no L bits, no fixed bit 10).
+    """
+    value = 0
+    for i, bp in enumerate(slots):
+        if bp is None or not bp.enabled:
+            continue
+        rw = {BpType.EXEC: 0b00, BpType.WRITE: 0b01, BpType.RW: 0b11}.get(bp.type, 0b00)
+        size = (
+            0 if bp.type is BpType.EXEC else {1: 0b00, 2: 0b01, 4: 0b11, 8: 0b10}.get(bp.length, 0)
+        )
+        value |= (1 << (2 * i + 1)) | (((size << 2) | rw) << (16 + 4 * i))
+    return value | 0x200 if value else 0
+
+
+@dataclass(eq=False)
+class _Event:
+    """An open perf event for one assignment. ``base`` carries the count of earlier fds."""
+
+    assignment: Assignment
+    fd: int
+    ring: ps.RingBuffer
+    base: int = 0
+
+    def count(self) -> int:
+        return self.base + ps.read_count(self.fd)
+
+    def close(self) -> None:
+        self.ring.close()
+        os.close(self.fd)
+
+
+@dataclass
+class _Txn:
+    """What one apply() has changed so far, so a refusal can undo it."""
+
+    opened: list[_Event] = field(default_factory=list)
+    modified: list[tuple[_Event, Assignment]] = field(default_factory=list)
+    closed: list[_Event] = field(default_factory=list)
+
+
+class PerfBackend:
+    """Breakpoints for one CPU as perf events: CPU-bound ones with pid -1, task ones with pid T.
+
+    ``apply`` returns the accepted set laid out as x86 would place it; user space cannot
+    read the real debug registers, so the image is what the kernel accepted, not a
+    register read. CPU-bound breakpoints take DR0.. in order; each task's breakpoints
+    follow them in order (the first free registers when that task runs here). With
+    several tasks their indices overlap and the image shows the first one listed.
+    """
+
+    name = "perf"
+
+    def __init__(self, cpu: int, ring_pages: int = 16) -> None:
+        self.cpu = cpu
+        self._ring_pages = ring_pages
+        self._events: dict[str, _Event] = {}
+        self._index: dict[str, int] = {}
+        self._image = self._layout([])
+        self._pidfds: dict[int, int] = {}
+        self._exited: list[int] = []
+
+    # --- breakpoints -------------------------------------------------------------------
+
+    def apply(self, assignments: Sequence[Assignment]) -> RegisterImage:
+        """Make the open set equal ``assignments``, all or nothing; return the accepted image."""
+        wanted: dict[str, Assignment] = {}
+        for a in assignments:
+            if a.reservation_id in wanted:
+                raise ValueError(f"reservation {a.reservation_id} assigned twice to cpu {self.cpu}")
+            wanted[a.reservation_id] = a
+        removals = [ev for rid, ev in self._events.items() if rid not in wanted]
+        opens: list[tuple[Assignment, _Event | None]] = []  # (new, the event it replaces)
+        txn = _Txn()
+        current: Assignment | None = None
+        try:
+            for a in wanted.values():
+                current = a
+                ev = self._events.get(a.reservation_id)
+                if ev is None:
+                    opens.append((a, None))
+                elif ev.assignment != a and not self._modify(ev, a, txn):
+                    opens.append((a, ev))
+                    removals.append(ev)
+            for a, _ in opens:
+                current = a
+                txn.opened.append(self._open_or_make_room(a, removals, txn))
+        except OSError as e:
+            assert current is not None
+            self._rollback(txn)
+            raise self._refusal(current, e) from None
+        # Commit: the kernel holds the whole new set; drop what it replaces.
+        for ev in removals:
+            if ev not in txn.closed:
+                ev.base = ev.count()
+                ev.close()
+        for (_, old), ev in zip(opens, txn.opened, strict=True):
+            if old is not None:
+                ev.base = old.base  # the same reservation keeps counting from where it was
+        for ev in removals:
+            del self._events[ev.assignment.reservation_id]
+        for ev in txn.opened:
+            self._events[ev.assignment.reservation_id] = ev
+        self._events = {rid: self._events[rid] for rid in wanted}
+        self._image = self._layout([ev.assignment for ev in self._events.values()])
+        return self._image
+
+    def _open(self, a: Assignment) -> _Event:
+        pid = -1 if a.task is None else a.task
+        fd = ps.perf_event_open(_attr(a.bp), pid=pid, cpu=self.cpu)
+        try:
+            ring = ps.RingBuffer(fd, self._ring_pages)
+        except BaseException:
+            os.close(fd)
+            raise
+        return _Event(assignment=a, fd=fd, ring=ring)
+
+    def _open_or_make_room(self, a: Assignment, removals: list[_Event], txn: _Txn) -> _Event:
+        """Open while the old set still holds its slots; only on ENOSPC free the removals.
+
+        Keeping removals open first means an unrelated refusal never touches them; but a
+        full CPU that swaps one breakpoint for another needs the old slot freed first.
+        """
+        pending = [ev for ev in removals if ev not in txn.closed]
+        try:
+            return self._open(a)
+        except OSError as e:
+            if e.errno != errno.ENOSPC or not pending:
+                raise
+        for ev in pending:
+            ev.base = ev.count()
+            ev.close()
+            txn.closed.append(ev)
+        return self._open(a)
+
+    def _modify(self, ev: _Event, new: Assignment, txn: _Txn) -> bool:
+        """Change the event in place, keeping its slot; False when it must be reopened."""
+        old = ev.assignment
+        if old.task != new.task or old.bp.kernel != new.bp.kernel:
+            return False  # pid and exclude_kernel are fixed for the event's life
+        try:
+            ps.modify_attributes(ev.fd, _attr(new.bp))
+        except OSError as e:
+            if e.errno in _NO_MODIFY:
+                return False
+            raise
+        txn.modified.append((ev, old))
+        ev.assignment = new
+        return True
+
+    def _rollback(self, txn: _Txn) -> None:
+        """Undo in reverse: close what was opened, unmodify, reopen what was closed."""
+        for ev in txn.opened:
+            ev.close()
+        for ev, old in reversed(txn.modified):
+            ps.modify_attributes(ev.fd, _attr(old.bp))  # the old attrs were valid already
+            ev.assignment = old
+        shrunk = False
+        for ev in txn.closed:
+            rid = ev.assignment.reservation_id
+            try:
+                again = self._open(ev.assignment)
+            except OSError:
+                # Someone outside took the slot in the instant it was free.
+                del self._events[rid]
+                shrunk = True
+                continue
+            again.base = ev.base
+            self._events[rid] = again
+        if shrunk:
+            self._image = self._layout([ev.assignment for ev in self._events.values()])
+
+    def _refusal(self, a: Assignment, e: OSError) -> KernelRefused:
+        err = e.errno or 0
+        name = errno.errorcode.get(err, str(err))
+        where = f"cpu {self.cpu}" + ("" if a.task is None else f" (task {a.task})")
+        meta: dict[str, object] = {
+            "cpu": self.cpu,
+            "reservation": a.reservation_id,
+            "task": a.task,
+        }
+        if err == errno.ENOSPC:
+            return KernelNoSpace(
+                f"the kernel refused reservation {a.reservation_id}: no free debug register "
+                f"on {where} (something outside the arbiter, e.g. perf or gdb, holds "
+                f"registers; errno {name})",
+                kernel_errno=err,
+                **meta,
+            )
+        why = {
+            errno.EACCES: "not permitted to open breakpoints",
+            errno.EPERM: "not permitted (a kernel address needs CAP_SYS_ADMIN)",
+            errno.ESRCH: f"task {a.task} does not exist",
+            errno.EINVAL: "the address, length or type is invalid for this CPU",
+            errno.EOPNOTSUPP: "this CPU has no debug register of that type",
+        }.get(err, e.strerror or "")
+        return KernelRefused(
+            f"the kernel refused reservation {a.reservation_id} on {where}: {why} (errno {name})",
+            kernel_errno=err,
+            **meta,
+        )
+
+    def _layout(self, order: Sequence[Assignment]) -> RegisterImage:
+        index: dict[str, int] = {}
+        cpu_bound = [a for a in order if a.task is None]
+        for i, a in enumerate(cpu_bound):
+            index[a.reservation_id] = i
+        rank: dict[int, int] = {}
+        for a in order:
+            if a.task is not None:
+                index[a.reservation_id] = len(cpu_bound) + rank.get(a.task, 0)
+                rank[a.task] = rank.get(a.task, 0) + 1
+        slots: list[Assignment | None] = [None] * _REGISTERS
+        for a in [*cpu_bound, *(a for a in order if a.task is not None)]:
+            i = index[a.reservation_id]
+            if i < _REGISTERS and slots[i] is None:
+                slots[i] = a
+        self._index = index
+        bps = [None if s is None else s.bp for s in slots]
+        dr = [0 if bp is None else bp.addr for bp in bps]
+        ids = [None if s is None else s.reservation_id for s in slots]
+        return RegisterImage(
+            dr=(dr[0], dr[1], dr[2], dr[3]),
+            dr7=_dr7(bps),
+            dr6=DR6_RESERVED,
+            current_task=None,
+            slots=(ids[0], ids[1], ids[2], ids[3]),
+        )
+
+    @property
+    def image(self) -> RegisterImage:
+        return self._image
+
+    # --- hits and counters -------------------------------------------------------------
+
+    def poll_hits(self) -> list[Hit]:
+        """Drain every ring buffer: one Hit per sample, i.e. per access the CPU trapped."""
+        hits: list[Hit] = []
+        for rid, ev in self._events.items():
+            a = ev.assignment
+            index = self._index.get(rid, 0)
+            for s in ev.ring.drain():
+                record = HitRecord(
+                    reservation_id=rid,
+                    index=index,
+                    bp=a.bp,
+                    task=a.task,
+                    dr6=DR6_RESERVED | (1 << index),
+                    access_addr=s.addr,
+                    ip=s.ip,
+                )
+                hits.append(Hit(record, s.tid))
+        return hits
+
+    def counts(self) -> dict[str, int]:
+        """Reservation id -> hits counted by the kernel (kept across reopen of the same id)."""
+        return {rid: ev.count() for rid, ev in self._events.items()}
+
+    def lost(self) -> int:
+        """Samples the kernel dropped because a ring buffer was full (counts stay exact)."""
+        return sum(ev.ring.lost for ev in self._events.values())
+
+    # --- task exits --------------------------------------------------------------------
+
+    def watch_task(self, pid: int) -> None:
+        """Report ``pid`` from exited_tasks() once it exits (already gone: at the next call)."""
+        if pid in self._pidfds or pid in self._exited:
+            return
+        try:
+            self._pidfds[pid] = ps.pidfd_open(pid)
+        except ProcessLookupError:
+            self._exited.append(pid)
+
+    def exited_tasks(self) -> list[int]:
+        """Watched pids that have exited since the last call, each reported once."""
+        out, self._exited = self._exited, []
+        if self._pidfds:
+            readable, _, _ = select.select(list(self._pidfds.values()), [], [], 0)
+            for pid, fd in list(self._pidfds.items()):
+                if fd in readable:
+                    os.close(fd)
+                    del self._pidfds[pid]
+                    out.append(pid)
+        return out
+
+    def fds(self) -> list[int]:
+        """Every fd whose readability means work: sample buffers and pidfds."""
+        return [ev.fd for ev in self._events.values()] + list(self._pidfds.values())
+
+    def close(self) -> None:
+        for ev in self._events.values():
+            ev.close()
+        self._events.clear()
+        for fd in self._pidfds.values():
+            os.close(fd)
+        self._pidfds.clear()
+        self._image = self._layout([])
