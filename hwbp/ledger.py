@@ -1,0 +1,403 @@
+"""One host's debug-register accounting, as the kernel's ``kernel/events/hw_breakpoint.c``.
+
+``HostLedger`` admits or refuses reservations with the kernel's formulas (first come,
+first served, never overcommitted), keeps them in admission order, and journals every
+change so a failed fleet-wide reload can be rolled back exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from itertools import chain
+from typing import TypeVar
+
+from hwbp.arch import X86_64, ArchProfile
+from hwbp.counters import SlotCounters
+from hwbp.errors import (
+    InvalidArgument,
+    InvalidCpu,
+    LedgerCorrupt,
+    NoFreeSlot,
+    ReservationNotFound,
+    UnsupportedSlotClass,
+)
+from hwbp.model import Assignment, BpType, Breakpoint, Reservation, SlotClass, Target
+from hwbp.validate import validate_breakpoint
+
+
+class _Entry:
+    """A live reservation with its admission number and the slot class it is counted in."""
+
+    __slots__ = ("cls", "res", "seq")
+
+    def __init__(self, res: Reservation, seq: int, cls: SlotClass) -> None:
+        self.res = res
+        self.seq = seq
+        self.cls = cls
+
+
+def _seq(entry: _Entry) -> int:
+    return entry.seq
+
+
+def _in_order(entries: Iterable[_Entry]) -> list[_Entry]:
+    # Indexes are insertion-ordered; only a rolled-back release re-inserts out of order,
+    # and sorting an already-sorted run is linear.
+    return sorted(entries, key=_seq)
+
+
+_K = TypeVar("_K", int, str)
+
+# Journal records: what to undo.
+_Undo = tuple[str, _Entry, Reservation | None, SlotClass | None]
+
+
+class HostLedger:
+    """The kernel's slot accounting for one host with ``ncpus`` CPUs."""
+
+    __slots__ = (
+        "_by_session",
+        "_by_task",
+        "_counters",
+        "_entries",
+        "_everywhere",
+        "_high",
+        "_host",
+        "_journal",
+        "_journal_base",
+        "_marks",
+        "_ncpus",
+        "_next_seq",
+        "_next_token",
+        "_on_cpu",
+        "_ordered",
+        "_profile",
+    )
+
+    def __init__(self, host: str, ncpus: int, profile: ArchProfile = X86_64) -> None:
+        if ncpus < 1:
+            raise InvalidArgument(f"host {host} needs at least one cpu, got {ncpus}", host=host)
+        self._host = host
+        self._ncpus = ncpus
+        self._profile = profile
+        self._counters = {cls: SlotCounters(profile.slots(cls), ncpus) for cls in profile.classes}
+        self._entries: dict[str, _Entry] = {}
+        self._ordered = True  # _entries is in admission order
+        self._high = -1  # highest admission number ever inserted
+        self._next_seq = 0
+        self._on_cpu: list[dict[str, _Entry]] = [{} for _ in range(ncpus)]  # CPU, TASK_CPU
+        self._everywhere: dict[str, _Entry] = {}  # SYSTEM, TASK
+        self._by_task: dict[int, dict[str, _Entry]] = {}
+        self._by_session: dict[str, dict[str, _Entry]] = {}
+        self._journal: list[_Undo] = []
+        self._journal_base = 0  # absolute position of _journal[0]
+        self._marks: dict[int, int] = {}  # open checkpoint token -> journal position
+        self._next_token = 1
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def ncpus(self) -> int:
+        return self._ncpus
+
+    @property
+    def profile(self) -> ArchProfile:
+        return self._profile
+
+    # --- admission ---------------------------------------------------------------------
+
+    def check(self, target: Target, bp_type: BpType) -> None:
+        """Would one more breakpoint of ``bp_type`` fit at ``target``? Raise if not."""
+        self._admit(target, bp_type)
+
+    def reserve(self, res: Reservation) -> None:
+        """Admit ``res``. As register_perf_hw_breakpoint: reserve first, then validate."""
+        if res.host != self._host:
+            raise InvalidArgument(
+                f"reservation {res.id} is for host {res.host}, not {self._host}", host=res.host
+            )
+        if res.id in self._entries:
+            raise InvalidArgument(
+                f"reservation id {res.id} already exists on host {self._host}",
+                host=self._host,
+                reservation_id=res.id,
+            )
+        cls = self._admit(res.target, res.bp.type)
+        validate_breakpoint(res.bp, scope=res.target.scope, profile=self._profile)
+        entry = _Entry(res, self._next_seq, cls)
+        self._next_seq += 1
+        self._insert(entry)
+        if self._marks:
+            self._journal.append(("reserve", entry, None, None))
+
+    def release(self, res_id: str) -> Reservation:
+        entry = self._entry(res_id)
+        self._remove(entry)
+        if self._marks:
+            self._journal.append(("release", entry, None, None))
+        return entry.res
+
+    def modify(self, res_id: str, bp: Breakpoint) -> Reservation:
+        """modify_user_hw_breakpoint_check(): on any error the reservation is unchanged."""
+        entry = self._entry(res_id)
+        old = entry.res
+        target = old.target
+        validate_breakpoint(bp, scope=target.scope, profile=self._profile)
+        if bp.kernel != old.bp.kernel:
+            raise InvalidArgument(
+                f"modify of {res_id} cannot change kernel from {old.bp.kernel} to {bp.kernel}",
+                reservation_id=res_id,
+            )
+        old_cls = entry.cls
+        new_cls = self._profile.slot_class(bp.type)
+        if new_cls is not old_cls:  # modify_bp_slot(): release the old, reserve the new
+            self._counters[old_cls].add(target, -1)
+            full = self._counters[new_cls].first_full(target)
+            if full is not None:
+                error = self._no_space(target, new_cls, *full)
+                self._counters[old_cls].add(target, +1)
+                raise error
+            self._counters[new_cls].add(target, +1)
+        entry.res = replace(old, bp=bp)
+        entry.cls = new_cls
+        if self._marks:
+            self._journal.append(("modify", entry, old, old_cls))
+        return entry.res
+
+    # --- queries -----------------------------------------------------------------------
+
+    def get(self, res_id: str) -> Reservation:
+        return self._entry(res_id).res
+
+    def __contains__(self, res_id: object) -> bool:
+        return res_id in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[Reservation]:
+        """Admission order; a snapshot, so the ledger may change while iterating."""
+        return iter([e.res for e in self._all()])
+
+    def for_cpu(self, cpu: int) -> list[Assignment]:
+        """What an agent must install on ``cpu``: everything that applies there."""
+        return [Assignment(e.res.id, e.res.target.task, e.res.bp) for e in self._applying(cpu)]
+
+    def holders(self, cpu: int) -> list[Reservation]:
+        """Every reservation counting on ``cpu`` (cpu-bound on it or a task's there)."""
+        return [e.res for e in self._applying(cpu)]
+
+    def affected_cpus(self, target: Target) -> range | tuple[int, ...]:
+        if target.cpu is None:
+            return range(self._ncpus)
+        self._check_cpu(target.cpu)
+        return (target.cpu,)
+
+    def used(self, cpu: int, cls: SlotClass | None = None) -> int:
+        """cpu_pinned + max_task_bp_pinned on ``cpu`` for ``cls`` (default: first class)."""
+        self._check_cpu(cpu)
+        counters = self._counters[self._profile.classes[0] if cls is None else cls]
+        return counters.used(cpu)
+
+    def by_task(self, task: int) -> list[Reservation]:
+        return [e.res for e in _in_order(self._by_task.get(task, {}).values())]
+
+    def by_session(self, session: str) -> list[Reservation]:
+        return [e.res for e in _in_order(self._by_session.get(session, {}).values())]
+
+    # --- journal -----------------------------------------------------------------------
+
+    def checkpoint(self) -> int:
+        """Start recording; ``rollback(token)`` undoes everything after this point."""
+        token = self._next_token
+        self._next_token += 1
+        self._marks[token] = self._journal_base + len(self._journal)
+        return token
+
+    def rollback(self, token: int) -> None:
+        """Undo every reserve/release/modify since ``token`` (and close later checkpoints)."""
+        position = self._close(token)
+        while self._journal_base + len(self._journal) > position:
+            kind, entry, old, old_cls = self._journal.pop()
+            if kind == "reserve":
+                self._remove(entry)
+            elif kind == "release":
+                self._insert(entry)
+            else:
+                assert old is not None and old_cls is not None
+                if old_cls is not entry.cls:
+                    self._counters[entry.cls].add(old.target, -1)
+                    self._counters[old_cls].add(old.target, +1)
+                entry.res, entry.cls = old, old_cls
+        self._trim()
+
+    def commit(self, token: int) -> None:
+        """Keep the changes since ``token``; its journal entries are dropped unless an
+        outer checkpoint still needs them."""
+        self._close(token)
+        self._trim()
+
+    # --- invariants --------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Recompute every counter and index from the reservations; raise LedgerCorrupt."""
+        problems: list[str] = []
+        fresh = {c: SlotCounters(self._profile.slots(c), self._ncpus) for c in self._counters}
+        on_cpu: list[set[str]] = [set() for _ in range(self._ncpus)]
+        everywhere: set[str] = set()
+        tasks: dict[int, set[str]] = {}
+        sessions: dict[str, set[str]] = {}
+        for e in self._all():
+            res, target = e.res, e.res.target
+            if target.cpu is not None and target.cpu >= self._ncpus:
+                problems.append(f"{res.id} is on cpu {target.cpu} of {self._ncpus}")
+                continue
+            if res.host != self._host:
+                problems.append(f"{res.id} belongs to host {res.host}")
+            if e.cls is not self._profile.slot_class(res.bp.type):
+                problems.append(f"{res.id} is counted as {e.cls.value}")
+            try:
+                fresh[e.cls].add(target, +1)
+            except LedgerCorrupt as exc:
+                problems.append(f"{res.id}: {exc}")
+            (everywhere if target.cpu is None else on_cpu[target.cpu]).add(res.id)
+            if target.task is not None:
+                tasks.setdefault(target.task, set()).add(res.id)
+            if res.session is not None:
+                sessions.setdefault(res.session, set()).add(res.id)
+        for cls, counters in self._counters.items():
+            problems += [f"{cls.value}: {d}" for d in counters.diff(fresh[cls])]
+            for c in range(self._ncpus):
+                if counters.used(c) > counters.slots:
+                    problems.append(f"cpu {c} uses {counters.used(c)} of {counters.slots}")
+        if on_cpu != [set(d) for d in self._on_cpu] or everywhere != set(self._everywhere):
+            problems.append("per-cpu index differs from the reservations")
+        if tasks != {k: set(v) for k, v in self._by_task.items()}:
+            problems.append("per-task index differs from the reservations")
+        if sessions != {k: set(v) for k, v in self._by_session.items()}:
+            problems.append("per-session index differs from the reservations")
+        if problems:
+            raise LedgerCorrupt(
+                f"ledger of host {self._host} is corrupt: " + "; ".join(problems[:8]),
+                host=self._host,
+            )
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _admit(self, target: Target, bp_type: BpType) -> SlotClass:
+        if target.cpu is not None:
+            self._check_cpu(target.cpu)
+        cls = self._profile.slot_class(bp_type)
+        counters = self._counters[cls]
+        if counters.slots == 0:
+            raise UnsupportedSlotClass(
+                f"{self._profile.name} has no {cls.value} debug registers for type {bp_type.value}",
+                host=self._host,
+                slot_class=cls.value,
+            )
+        full = counters.first_full(target)
+        if full is not None:
+            raise self._no_space(target, cls, *full)
+        return cls
+
+    def _no_space(self, target: Target, cls: SlotClass, cpu: int, used: int) -> NoFreeSlot:
+        """Name the cpu-bound holders and the one task whose breakpoints filled ``cpu``."""
+        here = [e for e in self._applying(cpu) if e.cls is cls]
+        task = target.task
+        if target.cpu_bound:
+            counters, task = self._counters[cls], None
+            busiest = counters.max_task(cpu)
+            if busiest:
+                task = next(
+                    e.res.target.task
+                    for e in here
+                    if e.res.target.task is not None
+                    and counters.task_on(e.res.target.task, cpu) == busiest
+                )
+        holders = [e.res for e in here if e.res.target.cpu_bound or e.res.target.task == task]
+        return NoFreeSlot(
+            host=self._host,
+            cpu=cpu,
+            slot_class=cls.value,
+            used=used,
+            slots=self._counters[cls].slots,
+            holders=holders,
+        )
+
+    def _check_cpu(self, cpu: int) -> None:
+        if not 0 <= cpu < self._ncpus:
+            raise InvalidCpu(
+                f"cpu {cpu} does not exist on host {self._host} ({self._ncpus} cpus)",
+                host=self._host,
+                cpu=cpu,
+            )
+
+    def _entry(self, res_id: str) -> _Entry:
+        entry = self._entries.get(res_id)
+        if entry is None:
+            raise ReservationNotFound(
+                f"no reservation {res_id} on host {self._host}",
+                host=self._host,
+                reservation_id=res_id,
+            )
+        return entry
+
+    def _all(self) -> Iterable[_Entry]:
+        if not self._ordered:
+            self._entries = {e.res.id: e for e in _in_order(self._entries.values())}
+            self._ordered = True
+        return self._entries.values()
+
+    def _applying(self, cpu: int) -> list[_Entry]:
+        self._check_cpu(cpu)
+        return _in_order(chain(self._on_cpu[cpu].values(), self._everywhere.values()))
+
+    def _insert(self, entry: _Entry) -> None:
+        res = entry.res
+        target = res.target
+        self._counters[entry.cls].add(target, +1)
+        if entry.seq < self._high:
+            self._ordered = False
+        self._high = max(self._high, entry.seq)
+        self._entries[res.id] = entry
+        place = self._everywhere if target.cpu is None else self._on_cpu[target.cpu]
+        place[res.id] = entry
+        if target.task is not None:
+            self._by_task.setdefault(target.task, {})[res.id] = entry
+        if res.session is not None:
+            self._by_session.setdefault(res.session, {})[res.id] = entry
+
+    def _remove(self, entry: _Entry) -> None:
+        res = entry.res
+        target = res.target
+        self._counters[entry.cls].add(target, -1)
+        del self._entries[res.id]
+        place = self._everywhere if target.cpu is None else self._on_cpu[target.cpu]
+        del place[res.id]
+        if target.task is not None:
+            _discard(self._by_task, target.task, res.id)
+        if res.session is not None:
+            _discard(self._by_session, res.session, res.id)
+
+    def _close(self, token: int) -> int:
+        position = self._marks.get(token)
+        if position is None:
+            raise InvalidArgument(f"checkpoint {token} is unknown or already closed")
+        for t in [t for t in self._marks if t >= token]:
+            del self._marks[t]
+        return position
+
+    def _trim(self) -> None:
+        keep_from = min(self._marks.values(), default=self._journal_base + len(self._journal))
+        del self._journal[: keep_from - self._journal_base]
+        self._journal_base = keep_from
+
+
+def _discard(index: dict[_K, dict[str, _Entry]], key: _K, res_id: str) -> None:
+    bucket = index[key]
+    del bucket[res_id]
+    if not bucket:
+        del index[key]
