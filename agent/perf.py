@@ -17,16 +17,15 @@ import errno
 import os
 import select
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from agent import perf_sys as ps
+from hwbp import dr7
 from hwbp.errors import KernelNoSpace, KernelRefused
 from hwbp.model import Assignment, BpType, Breakpoint
 from hwbp.registers import HitRecord, RegisterImage
 
-DR6_RESERVED = 0xFFFF0FF0  # DR6 as it reads with no trap bit set
-_REGISTERS = 4
 _LONG = ctypes.sizeof(ctypes.c_long)  # the only length the kernel takes for exec
 _KERNEL_TYPE = {
     BpType.EXEC: ps.HW_BREAKPOINT_X,
@@ -90,21 +89,19 @@ def _hint(e: OSError) -> str:
 
 
 def _dr7(slots: Sequence[Breakpoint | None]) -> int:
-    """DR7 as the kernel's encode_dr7 builds it: Gi, R/W and LEN per enabled slot, plus GE.
+    """DR7 for the enabled breakpoints, via the shared encoder.
 
-    hwbp has no shared DR7 encoder yet; this is the minimal form the kernel itself writes
-    (no L bits, no fixed bit 10).
+    Exec breakpoints are shown at the generic length; a shape x86 cannot express (a
+    read-only or range breakpoint another architecture accepted) leaves its slot empty.
     """
-    value = 0
-    for i, bp in enumerate(slots):
-        if bp is None or not bp.enabled:
-            continue
-        rw = {BpType.EXEC: 0b00, BpType.WRITE: 0b01, BpType.RW: 0b11}.get(bp.type, 0b00)
-        size = (
-            0 if bp.type is BpType.EXEC else {1: 0b00, 2: 0b01, 4: 0b11, 8: 0b10}.get(bp.length, 0)
-        )
-        value |= (1 << (2 * i + 1)) | (((size << 2) | rw) << (16 + 4 * i))
-    return value | 0x200 if value else 0
+    shown: list[Breakpoint | None] = []
+    for bp in slots:
+        if bp is not None and bp.type is BpType.EXEC:
+            bp = replace(bp, length=dr7.EXEC_LENGTH)
+        elif bp is not None and (bp.type is BpType.READ or bp.length not in (1, 2, 4, 8)):
+            bp = None
+        shown.append(bp)
+    return dr7.encode(shown)
 
 
 @dataclass(eq=False)
@@ -304,10 +301,10 @@ class PerfBackend:
             if a.task is not None:
                 index[a.reservation_id] = len(cpu_bound) + rank.get(a.task, 0)
                 rank[a.task] = rank.get(a.task, 0) + 1
-        slots: list[Assignment | None] = [None] * _REGISTERS
+        slots: list[Assignment | None] = [None] * dr7.HBP_NUM
         for a in [*cpu_bound, *(a for a in order if a.task is not None)]:
             i = index[a.reservation_id]
-            if i < _REGISTERS and slots[i] is None:
+            if i < dr7.HBP_NUM and slots[i] is None:
                 slots[i] = a
         self._index = index
         bps = [None if s is None else s.bp for s in slots]
@@ -316,7 +313,7 @@ class PerfBackend:
         return RegisterImage(
             dr=(dr[0], dr[1], dr[2], dr[3]),
             dr7=_dr7(bps),
-            dr6=DR6_RESERVED,
+            dr6=dr7.DR6_RESERVED,
             current_task=None,
             slots=(ids[0], ids[1], ids[2], ids[3]),
         )
@@ -339,7 +336,7 @@ class PerfBackend:
                     index=index,
                     bp=a.bp,
                     task=a.task,
-                    dr6=DR6_RESERVED | (1 << index),
+                    dr6=dr7.DR6_RESERVED | (1 << index),
                     access_addr=s.addr,
                     ip=s.ip,
                 )
