@@ -150,6 +150,7 @@ class PerfBackend:
         self._image = self._layout([])
         self._pidfds: dict[int, int] = {}
         self._exited: list[int] = []
+        self._pending: list[Hit] = []  # drained from events before a reload changed them
 
     # --- breakpoints -------------------------------------------------------------------
 
@@ -183,8 +184,7 @@ class PerfBackend:
         # Commit: the kernel holds the whole new set; drop what it replaces.
         for ev in removals:
             if ev not in txn.closed:
-                ev.base = ev.count()
-                ev.close()
+                self._retire(ev)
         for (_, old), ev in zip(opens, txn.opened, strict=True):
             if old is not None:
                 ev.base = old.base  # the same reservation keeps counting from where it was
@@ -219,8 +219,7 @@ class PerfBackend:
             if e.errno != errno.ENOSPC or not pending:
                 raise
         for ev in pending:
-            ev.base = ev.count()
-            ev.close()
+            self._retire(ev)
             txn.closed.append(ev)
         return self._open(a)
 
@@ -229,6 +228,7 @@ class PerfBackend:
         old = ev.assignment
         if old.task != new.task or old.bp.kernel != new.bp.kernel:
             return False  # pid and exclude_kernel are fixed for the event's life
+        self._pending += self._drain(ev)  # earlier hits belong to the old breakpoint
         try:
             ps.modify_attributes(ev.fd, _attr(new.bp))
         except OSError as e:
@@ -238,6 +238,12 @@ class PerfBackend:
         txn.modified.append((ev, old))
         ev.assignment = new
         return True
+
+    def _retire(self, ev: _Event) -> None:
+        """Close an event, keeping its count and the hits it still buffers."""
+        self._pending += self._drain(ev)
+        ev.base = ev.count()
+        ev.close()
 
     def _rollback(self, txn: _Txn) -> None:
         """Undo in reverse: close what was opened, unmodify, reopen what was closed."""
@@ -265,11 +271,7 @@ class PerfBackend:
         err = e.errno or 0
         name = errno.errorcode.get(err, str(err))
         where = f"cpu {self.cpu}" + ("" if a.task is None else f" (task {a.task})")
-        meta: dict[str, object] = {
-            "cpu": self.cpu,
-            "reservation": a.reservation_id,
-            "task": a.task,
-        }
+        meta: dict[str, object] = {"cpu": self.cpu, "reservation": a.reservation_id, "task": a.task}
         if err == errno.ENOSPC:
             return KernelNoSpace(
                 f"the kernel refused reservation {a.reservation_id}: no free debug register "
@@ -326,22 +328,29 @@ class PerfBackend:
 
     def poll_hits(self) -> list[Hit]:
         """Drain every ring buffer: one Hit per sample, i.e. per access the CPU trapped."""
-        hits: list[Hit] = []
-        for rid, ev in self._events.items():
-            a = ev.assignment
-            index = self._index.get(rid, 0)
-            for s in ev.ring.drain():
-                record = HitRecord(
-                    reservation_id=rid,
+        hits, self._pending = self._pending, []
+        for ev in self._events.values():
+            hits += self._drain(ev)
+        return hits
+
+    def _drain(self, ev: _Event) -> list[Hit]:
+        a = ev.assignment
+        index = self._index.get(a.reservation_id, 0)
+        return [
+            Hit(
+                HitRecord(
+                    reservation_id=a.reservation_id,
                     index=index,
                     bp=a.bp,
                     task=a.task,
                     dr6=dr7.DR6_RESERVED | (1 << index),
                     access_addr=s.addr,
                     ip=s.ip,
-                )
-                hits.append(Hit(record, s.tid))
-        return hits
+                ),
+                s.tid,
+            )
+            for s in ev.ring.drain()
+        ]
 
     def counts(self) -> dict[str, int]:
         """Reservation id -> hits counted by the kernel (kept across reopen of the same id)."""

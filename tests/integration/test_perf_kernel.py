@@ -153,6 +153,12 @@ def test_modify_in_place_keeps_event_and_count(
     assert b.fds() == fds  # modified through the ioctl, not reopened
     assert b.counts() == {"m": 15}
     assert image.slots[0] == "m"
+    # Hits buffered before a reload are still reported, against the breakpoint they hit.
+    hits = b.poll_hits()
+    assert len(hits) == 15 and all(r.bp.enabled for r, _ in hits)
+    t.ask("w 3")
+    assert b.apply([]).slots == (None, None, None, None)
+    assert b.counts() == {} and len(b.poll_hits()) == 3
 
 
 def test_task_watchpoint_ignores_other_process_at_same_address(
