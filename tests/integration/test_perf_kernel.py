@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import platform
 import select
 import subprocess
 import sys
@@ -213,7 +214,8 @@ def test_registers_held_outside_give_enospc_and_keep_previous_set(
     before = b.apply([first])
     fds = b.fds()
     held = int(holder.ask("h 0"))
-    assert held == 3  # x86: 4 registers, one is ours
+    if platform.machine() == "x86_64":
+        assert held == 3  # 4 registers, one is ours
 
     extra = Assignment("extra", None, _write_bp(t.addr + 8))
     with pytest.raises(KernelNoSpace) as info:
