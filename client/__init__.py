@@ -1,0 +1,37 @@
+"""Python SDK and the ``hwbpctl`` CLI for the hwbp arbiter.
+
+``Client`` (sync) and ``AsyncClient`` (asyncio) share one surface; values returned are
+frozen dataclasses from ``client.values`` and failures are ``hwbp.errors`` classes.
+"""
+
+from client.errors import DeadlineExceeded, RemoteError, Unavailable, UsageError
+from client.sdk import Client, ReservationHandle, Session, Tracer
+from client.values import (
+    AccessResult,
+    CpuInfo,
+    EventInfo,
+    EventKind,
+    HitInfo,
+    HolderInfo,
+    ReservationInfo,
+    TrapInfo,
+)
+
+__all__ = [
+    "AccessResult",
+    "Client",
+    "CpuInfo",
+    "DeadlineExceeded",
+    "EventInfo",
+    "EventKind",
+    "HitInfo",
+    "HolderInfo",
+    "RemoteError",
+    "ReservationHandle",
+    "ReservationInfo",
+    "Session",
+    "Tracer",
+    "TrapInfo",
+    "Unavailable",
+    "UsageError",
+]

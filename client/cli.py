@@ -1,0 +1,191 @@
+"""hwbpctl: the command line over the SDK.
+
+main() is the only place errors become exit codes and one-line messages: whatever goes
+wrong, a person sees one line saying what, and a script sees the code from
+``client.errors.EXIT_CODES``. Never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TextIO, TypeVar
+
+from client import cli_render as render
+from client.cli_args import parse
+from client.errors import ExitCode, Unavailable, exit_code_for
+from client.sdk import Client
+from client.wire import endpoint_or_default
+from hwbp.errors import HwbpError
+
+T = TypeVar("T")
+Handler = Callable[[Client, argparse.Namespace, TextIO], ExitCode]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args: argparse.Namespace | None = None
+    try:
+        args = parse(argv)
+        with Client(args.arbiter) as client:
+            return int(_handler(args)(client, args, sys.stdout))
+    except HwbpError as e:
+        message = str(e)
+        if isinstance(e, Unavailable) and args is not None:
+            # Name the endpoint we tried: the usual cause is pointing at the wrong one.
+            message += f" (arbiter {endpoint_or_default(args.arbiter)})"
+        return _fail(message, exit_code_for(e))
+    except KeyboardInterrupt:
+        return _fail("interrupted", ExitCode.UNEXPECTED)
+    except BrokenPipeError:
+        # The reader went away (hwbpctl ls | head): not our failure. Point stdout at
+        # /dev/null so the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return int(ExitCode.OK)
+    except Exception as e:  # the last line of defence: one line, never a traceback
+        return _fail(f"unexpected error: {type(e).__name__}: {e}", ExitCode.UNEXPECTED)
+
+
+def _fail(message: str, code: ExitCode) -> int:
+    first = message.strip().splitlines()[0] if message.strip() else "failed"
+    if not first.startswith("hwbpctl"):
+        first = f"hwbpctl: {first}"
+    print(first, file=sys.stderr)
+    return int(code)
+
+
+def _handler(args: argparse.Namespace) -> Handler:
+    name = args.command
+    if name == "sim":
+        name = f"sim_{args.sim_command}"
+    elif name == "ptrace":
+        name = f"ptrace_{args.ptrace_command}"
+    return _HANDLERS[name]
+
+
+def _show(args: argparse.Namespace, out: TextIO, doc: Any, text: str) -> ExitCode:
+    if args.json:
+        render.dump(doc, out)
+    else:
+        out.write(text + "\n")
+        out.flush()
+    return ExitCode.OK
+
+
+def _follow(
+    args: argparse.Namespace,
+    out: TextIO,
+    items: Iterator[T],
+    to_json: Callable[[T], Any],
+    to_text: Callable[[T], str],
+) -> ExitCode:
+    """Print a stream item by item until --count items, --timeout seconds, or Ctrl-C."""
+    seen = 0
+    try:
+        for item in items:
+            _show(args, out, to_json(item), to_text(item))
+            seen += 1
+            if args.count is not None and seen >= args.count:
+                break
+    except KeyboardInterrupt:
+        pass  # the usual way to stop watching
+    return ExitCode.OK
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+def _reserve(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
+    h = c.reserve(
+        a.host,
+        system=a.system,
+        cpu=a.cpu,
+        task=a.task,
+        addr=a.addr,
+        len=a.len,
+        type=a.type,
+        owner=a.owner,
+        kernel=a.kernel,
+        enabled=not a.disabled,
+    )
+    return _show(a, out, render.jsonable(h.info), h.id)
+
+
+def _release(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
+    info = c.release(a.id)
+    doc = render.jsonable(info) if info is not None else {"id": a.id}
+    return _show(a, out, {**doc, "released": True}, f"released {a.id}")
+
+
+def _modify(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
+    info = c.modify(a.id, addr=a.addr, len=a.len, type=a.type, enabled=a.enabled)
+    return _show(a, out, render.jsonable(info), render.reservations_table([info]))
+
+
+def _ls(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
+    items = c.list(a.host)
+    return _show(a, out, render.jsonable(items), render.reservations_table(items))
+
+
+def _cpus(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
+    items = c.inventory(a.host)
+    return _show(a, out, [render.cpu_json(x) for x in items], render.cpus_table(items))
+
+
+def _watch(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
+    events = c.watch(a.host, a.task, timeout=a.timeout)
+    return _follow(a, out, events, render.jsonable, render.event_line)
+
+
+def _sim_switch(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
+    image = c.context_switch(a.host, a.cpu, None if a.idle else a.task)
+    return _show(a, out, render.jsonable(image), render.registers_line(image))
+
+
+def _sim_access(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
+    result = c.access(a.host, a.cpu, a.addr, a.len, a.type)
+    return _show(a, out, render.access_json(result), render.access_line(result))
+
+
+def _sim_exit(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
+    n = c.exit_task(a.host, a.task)
+    return _show(a, out, {"released": n}, f"task {a.task} exited: {n} released")
+
+
+def _ptrace_peek(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
+    value = c.ptrace(a.host, a.task).peek(a.reg)
+    return _show(a, out, {"value": value}, render.hx(value))
+
+
+def _ptrace_poke(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
+    gen = c.ptrace(a.host, a.task).poke(a.reg, a.value)
+    doc = {"host": a.host, "task": a.task, "reg": a.reg, "value": a.value, "generation": gen}
+    return _show(a, out, doc, f"DR{a.reg} of task {a.task} = {render.hx(a.value)}")
+
+
+def _ptrace_detach(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
+    n = c.ptrace(a.host, a.task).detach()
+    return _show(a, out, {"released": n}, f"detached task {a.task}: {n} released")
+
+
+def _ptrace_watch(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
+    traps = c.ptrace(a.host, a.task).traps(timeout=a.timeout)
+    return _follow(a, out, traps, render.jsonable, render.trap_line)
+
+
+_HANDLERS: dict[str, Handler] = {
+    "reserve": _reserve,
+    "release": _release,
+    "modify": _modify,
+    "ls": _ls,
+    "cpus": _cpus,
+    "watch": _watch,
+    "sim_switch": _sim_switch,
+    "sim_access": _sim_access,
+    "sim_exit": _sim_exit,
+    "ptrace_peek": _ptrace_peek,
+    "ptrace_poke": _ptrace_poke,
+    "ptrace_detach": _ptrace_detach,
+    "ptrace_watch": _ptrace_watch,
+}

@@ -1,0 +1,185 @@
+"""hwbpctl's command line: parsing and validation, pure (no network, no grpc).
+
+Every malformed invocation becomes a ``UsageError`` (exit 2, one line on stderr) before
+anything is sent, so a typo can never reach the arbiter half-understood.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from client.errors import UsageError
+
+U32 = 2**32 - 1
+U64 = 2**64 - 1
+I64 = 2**63 - 1
+DEFAULT_EXEC_LEN = 8
+_NUMBER = re.compile(r"(0[xX][0-9a-fA-F]+|[0-9]+)")
+
+
+def parse_number(text: str) -> int:
+    """Decimal or 0x-hex, nothing else (no octal surprises from a leading zero)."""
+    cleaned = text.strip()
+    if not _NUMBER.fullmatch(cleaned):
+        raise ValueError(f"expected a number (decimal or 0x-hex), got {text!r}")
+    return int(cleaned, 16) if cleaned[:2].lower() == "0x" else int(cleaned, 10)
+
+
+def number(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type`` accepting decimal/hex within [low, high]."""
+
+    def convert(text: str) -> int:
+        try:
+            value = parse_number(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({low}..{high:#x})")
+        return value
+
+    return convert
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+    return value
+
+
+u32, u64, pid, count = number(0, U32), number(0, U64), number(1, I64), number(1, U32)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage, so main() prints one line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="hwbpctl", description="Reserve and inspect x86 hardware debug registers.")
+    p.add_argument(
+        "--arbiter", metavar="HOST:PORT", help="default $HWBP_ARBITER or 127.0.0.1:50051"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    cmds = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    r = cmds.add_parser("reserve", help="reserve a debug register")
+    r.add_argument("--host", required=True)
+    r.add_argument("--system", action="store_true", help="every CPU of the host")
+    r.add_argument("--cpu", type=u32)
+    r.add_argument("--task", type=pid, metavar="PID")
+    r.add_argument("--addr", type=u64, required=True)
+    r.add_argument("--len", type=u32, help="1, 2, 4 or 8; required for w and rw (x: 8)")
+    r.add_argument("--type", choices=("x", "w", "rw"), required=True)
+    r.add_argument("--owner", default="")
+    r.add_argument("--kernel", action="store_true", help="a kernel address (system/cpu only)")
+    r.add_argument("--disabled", action="store_true", help="hold the slot, do not arm it")
+
+    rel = cmds.add_parser("release", help="release a reservation")
+    rel.add_argument("id", metavar="ID")
+
+    m = cmds.add_parser("modify", help="change a reservation in place")
+    m.add_argument("id", metavar="ID")
+    m.add_argument("--addr", type=u64)
+    m.add_argument("--len", type=u32)
+    m.add_argument("--type", choices=("x", "w", "rw"))
+    onoff = m.add_mutually_exclusive_group()
+    onoff.add_argument("--enable", dest="enabled", action="store_const", const=True)
+    onoff.add_argument("--disable", dest="enabled", action="store_const", const=False)
+
+    ls = cmds.add_parser("ls", help="list reservations")
+    ls.add_argument("--host")
+    cpus = cmds.add_parser("cpus", help="per-CPU inventory")
+    cpus.add_argument("--host")
+
+    w = cmds.add_parser("watch", help="stream events (hits, reloads, NACKs, releases)")
+    w.add_argument("--host")
+    w.add_argument("--task", type=pid, metavar="PID")
+    _add_stop_args(w)
+
+    sim = cmds.add_parser("sim", help="drive simulated CPUs").add_subparsers(
+        dest="sim_command", metavar="SIMCOMMAND", required=True
+    )
+    sw = sim.add_parser("switch", help="make a task current on a CPU")
+    sw.add_argument("--host", required=True)
+    sw.add_argument("--cpu", type=u32, required=True)
+    who = sw.add_mutually_exclusive_group(required=True)
+    who.add_argument("--task", type=pid, metavar="PID")
+    who.add_argument("--idle", action="store_true", help="no task: the CPU goes idle")
+    acc = sim.add_parser("access", help="a memory access by the CPU's current task")
+    acc.add_argument("--host", required=True)
+    acc.add_argument("--cpu", type=u32, required=True)
+    acc.add_argument("--addr", type=u64, required=True)
+    acc.add_argument("--len", type=u32, required=True)
+    acc.add_argument("--type", choices=("r", "w", "x"), required=True)
+    ex = sim.add_parser("exit", help="the task exits")
+    ex.add_argument("--host", required=True)
+    ex.add_argument("--task", type=pid, metavar="PID", required=True)
+
+    pt = cmds.add_parser("ptrace", help="PTRACE_PEEKUSER/POKEUSER on u_debugreg").add_subparsers(
+        dest="ptrace_command", metavar="PTRACECOMMAND", required=True
+    )
+    peek = _task_parser(pt, "peek", "read DR<reg> of a task")
+    peek.add_argument("--reg", type=u32, required=True)
+    poke = _task_parser(pt, "poke", "write DR<reg> of a task (persists until detach)")
+    poke.add_argument("--reg", type=u32, required=True)
+    poke.add_argument("--value", type=u64, required=True)
+    _task_parser(pt, "detach", "drop the task's ptrace breakpoints")
+    _add_stop_args(_task_parser(pt, "watch", "stream the task's traps"))
+    return p
+
+
+def _task_parser(
+    sub: argparse._SubParsersAction[Parser], name: str, help_text: str
+) -> argparse.ArgumentParser:
+    sp = sub.add_parser(name, help=help_text)
+    sp.add_argument("--host", required=True)
+    sp.add_argument("--task", type=pid, metavar="PID", required=True)
+    return sp
+
+
+def _add_stop_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--count", type=count, metavar="N", help="stop after N events")
+    sp.add_argument("--timeout", type=seconds, metavar="S", help="stop after S seconds")
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse and check an invocation; raises UsageError on anything malformed."""
+    args = build_parser().parse_args(argv)
+    if args.command == "reserve":
+        _check_reserve(args)
+    elif args.command == "modify" and all(
+        getattr(args, k) is None for k in ("addr", "len", "type", "enabled")
+    ):
+        raise UsageError(
+            "hwbpctl modify: nothing to change (give --addr, --len, --type, --enable or --disable)"
+        )
+    return args
+
+
+def _check_reserve(args: argparse.Namespace) -> None:
+    if args.system and (args.cpu is not None or args.task is not None):
+        raise UsageError("hwbpctl reserve: --system takes neither --cpu nor --task")
+    if not args.system and args.cpu is None and args.task is None:
+        raise UsageError("hwbpctl reserve: give --system, --cpu N or --task PID [--cpu N]")
+    if args.len is None:
+        if args.type != "x":
+            raise UsageError(f"hwbpctl reserve: --len is required for --type {args.type}")
+        args.len = DEFAULT_EXEC_LEN
+
+
+def scope_name(args: argparse.Namespace) -> str:
+    """The scope a reserve invocation asks for, in the CLI's spelling."""
+    if args.system:
+        return "system"
+    if args.task is not None:
+        return "task+cpu" if args.cpu is not None else "task"
+    return "cpu"

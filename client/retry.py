@@ -1,0 +1,62 @@
+"""Deadlines and the retry policy for calls that are safe to repeat.
+
+Only transport failures (UNAVAILABLE, DEADLINE_EXCEEDED) are retried, and only for calls
+where a repeat cannot do harm: reads, releases (a repeat that finds the reservation gone
+means the first one worked) and reserves (they carry an idempotency key).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tenacity import (
+    AsyncRetrying,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from client.errors import RemoteError
+
+# Reads are answered from the arbiter's memory: anything slower means it is in trouble.
+READ_TIMEOUT = 5.0
+# Mutations wait until every connected agent of the host acknowledged the reload. The
+# arbiter's own ack deadline is shorter, so its precise ACK_TIMEOUT error reaches us
+# before this client-side deadline cuts the call off with a vaguer one.
+MUTATE_TIMEOUT = 15.0
+# Opening and closing a session touch only the arbiter, but closing releases what the
+# session holds (a reload per host), so it gets the mutation budget too.
+SESSION_TIMEOUT = MUTATE_TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard to try again: few attempts, jittered exponential backoff."""
+
+    attempts: int = 3
+    initial: float = 0.1  # seconds; the jitter spreads clients that failed together
+    maximum: float = 2.0
+
+    def sync(self) -> Retrying:
+        return Retrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_random_exponential(multiplier=self.initial, max=self.maximum),
+            retry=retry_if_exception(is_transient),
+            reraise=True,
+        )
+
+    def aio(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_random_exponential(multiplier=self.initial, max=self.maximum),
+            retry=retry_if_exception(is_transient),
+            reraise=True,
+        )
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, RemoteError) and exc.transient

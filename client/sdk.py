@@ -1,0 +1,500 @@
+"""The synchronous SDK: ``Client``, sessions with a keep-alive, reservation handles, tracers.
+
+    with Client() as c, c.session(ttl=10) as s:
+        with s.reserve("h1", cpu=0, addr=0x1000, len=4, type="w") as r:
+            ...  # released on exit; everything the session holds goes when it closes
+
+Errors are the typed ``hwbp.errors`` classes (decoded by ``client.errors``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from client import wire
+from client.errors import from_rpc_error
+from client.retry import MUTATE_TIMEOUT, NO_RETRY, READ_TIMEOUT, SESSION_TIMEOUT, RetryPolicy
+from client.values import (
+    AccessResult,
+    CpuInfo,
+    EventInfo,
+    EventKind,
+    ReservationFields,
+    ReservationInfo,
+    TrapInfo,
+)
+from hwbp.errors import HwbpError, NotAttached, ReservationNotFound, SessionNotFound
+from hwbp.model import AccessType, BpType
+from hwbp.registers import RegisterImage
+from hwbp_pb import (
+    arbiter_pb2,
+    arbiter_pb2_grpc,
+    ptrace_pb2,
+    ptrace_pb2_grpc,
+    session_pb2,
+    session_pb2_grpc,
+    simulation_pb2,
+    simulation_pb2_grpc,
+)
+
+T = TypeVar("T")
+M = TypeVar("M")
+
+
+class Client:
+    """A connection to one arbiter. Cheap to create; close it (or use ``with``)."""
+
+    def __init__(self, endpoint: str | None = None, *, retry: RetryPolicy | None = None) -> None:
+        self.endpoint = wire.endpoint_or_default(endpoint)
+        self.retry = retry or RetryPolicy()
+        self._channel = grpc.insecure_channel(self.endpoint)
+        self._arbiter = arbiter_pb2_grpc.ArbiterStub(self._channel)
+        self._sessions = session_pb2_grpc.SessionsStub(self._channel)
+        self._ptrace = ptrace_pb2_grpc.PtraceStub(self._channel)
+        self._sim = simulation_pb2_grpc.SimulationStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: Callable[..., Any],
+        request: Any,
+        *,
+        timeout: float,
+        retry: bool,
+        gone: type[HwbpError] | None = None,
+    ) -> Any:
+        """One unary call with a deadline; transient failures retried when ``retry``.
+
+        ``gone``: an error that, on a retried attempt, means an earlier attempt already
+        did the work (the release went through but its answer was lost): return None.
+        """
+        attempts = 0
+        for attempt in (self.retry if retry else NO_RETRY).sync():
+            with attempt:
+                attempts += 1
+                try:
+                    return method(request, timeout=timeout)
+                except grpc.RpcError as e:
+                    err = from_rpc_error(e)
+                    if gone is not None and attempts > 1 and isinstance(err, gone):
+                        return None
+                    raise err from None
+        raise AssertionError("tenacity re-raises the last failure")
+
+    def _stream(self, call: Any, convert: Callable[[M], T], timeout: float | None) -> Iterator[T]:
+        """Iterate a server stream; a deadline we set ourselves ends it quietly."""
+        try:
+            for msg in call:
+                yield convert(msg)
+        except grpc.RpcError as e:
+            if timeout is not None and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()
+
+    # --- reservations -----------------------------------------------------------------
+
+    def reserve(
+        self,
+        host: str,
+        *,
+        system: bool = False,
+        cpu: int | None = None,
+        task: int | None = None,
+        addr: int,
+        len: int | None = None,
+        type: BpType | str,
+        owner: str = "",
+        kernel: bool = False,
+        enabled: bool = True,
+        request_id: str | None = None,
+        idempotency_key: str | None = None,
+        session_id: str = "",
+    ) -> ReservationHandle:
+        """Reserve a debug register; with no session it persists until released."""
+        req = wire.reserve_request(
+            host,
+            system=system,
+            cpu=cpu,
+            task=task,
+            addr=addr,
+            len=len,
+            type=type,
+            owner=owner,
+            kernel=kernel,
+            enabled=enabled,
+            session_id=session_id,
+            request_id=request_id,
+            idempotency_key=idempotency_key,
+        )
+        # Safe to retry: the idempotency key makes a repeat return the first result.
+        resp = self._call(self._arbiter.Reserve, req, timeout=MUTATE_TIMEOUT, retry=True)
+        return ReservationHandle(self, wire.reservation(resp.reservation))
+
+    def release(
+        self, id: str, *, session_id: str = "", request_id: str | None = None
+    ) -> ReservationInfo | None:
+        """Release; None when a retry found it already gone (our first attempt did it)."""
+        req = arbiter_pb2.ReleaseRequest(
+            request_id=request_id or wire.new_id(), reservation_id=id, session_id=session_id
+        )
+        resp = self._call(
+            self._arbiter.Release,
+            req,
+            timeout=MUTATE_TIMEOUT,
+            retry=True,
+            gone=ReservationNotFound,
+        )
+        return None if resp is None else wire.reservation(resp.reservation)
+
+    def modify(
+        self,
+        id: str,
+        *,
+        addr: int | None = None,
+        len: int | None = None,
+        type: BpType | str | None = None,
+        enabled: bool | None = None,
+        session_id: str = "",
+        request_id: str | None = None,
+    ) -> ReservationInfo:
+        """Change a reservation in place; on failure it stays as it was."""
+        req = wire.modify_request(
+            id,
+            addr=addr,
+            len=len,
+            type=type,
+            enabled=enabled,
+            session_id=session_id,
+            request_id=request_id,
+        )
+        # Not retried: a lost answer followed by a repeat would bump the generation twice
+        # and could race another client's modify in between.
+        resp = self._call(self._arbiter.Modify, req, timeout=MUTATE_TIMEOUT, retry=False)
+        return wire.reservation(resp.reservation)
+
+    def list(
+        self, host: str | None = None, *, session_id: str = "", request_id: str | None = None
+    ) -> builtins.list[ReservationInfo]:
+        req = arbiter_pb2.ListRequest(
+            request_id=request_id or wire.new_id(), host=host or "", session_id=session_id
+        )
+        resp = self._call(self._arbiter.List, req, timeout=READ_TIMEOUT, retry=True)
+        return [wire.reservation(r) for r in resp.reservations]
+
+    def inventory(
+        self, host: str | None = None, *, request_id: str | None = None
+    ) -> builtins.list[CpuInfo]:
+        req = arbiter_pb2.InventoryRequest(request_id=request_id or wire.new_id(), host=host or "")
+        resp = self._call(self._arbiter.Inventory, req, timeout=READ_TIMEOUT, retry=True)
+        return [wire.cpu_inventory(c) for c in resp.cpus]
+
+    def watch(
+        self,
+        host: str | None = None,
+        task: int | None = None,
+        kinds: Iterable[EventKind | str] = (),
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> Iterator[EventInfo]:
+        """Events as they happen; ``timeout`` ends the stream quietly after that many seconds."""
+        req = wire.watch_request(host, task, kinds, request_id)
+        return self._stream(self._arbiter.Watch(req, timeout=timeout), wire.event, timeout)
+
+    # --- simulation -------------------------------------------------------------------
+
+    def context_switch(
+        self, host: str, cpu: int, task: int | None, *, request_id: str | None = None
+    ) -> RegisterImage:
+        """Make ``task`` current on a simulated CPU (None: idle); returns its registers."""
+        req = simulation_pb2.ContextSwitchRequest(
+            request_id=request_id or wire.new_id(), host=host, cpu=cpu, task=task
+        )
+        resp = self._call(self._sim.ContextSwitch, req, timeout=MUTATE_TIMEOUT, retry=False)
+        return wire.register_image(resp.image)
+
+    def access(
+        self,
+        host: str,
+        cpu: int,
+        addr: int,
+        len: int,
+        type: AccessType | str,
+        *,
+        request_id: str | None = None,
+    ) -> AccessResult:
+        """A memory access by the CPU's current task; not retried (a hit is an event)."""
+        req = wire.access_request(host, cpu, addr, len, type, request_id)
+        resp = self._call(self._sim.MemoryAccess, req, timeout=MUTATE_TIMEOUT, retry=False)
+        return wire.access_result(resp)
+
+    def exit_task(self, host: str, task: int, *, request_id: str | None = None) -> int:
+        """The task exited: its breakpoints and ptrace state go. Returns how many."""
+        req = simulation_pb2.ExitTaskRequest(
+            request_id=request_id or wire.new_id(), host=host, task=task
+        )
+        resp = self._call(self._sim.ExitTask, req, timeout=MUTATE_TIMEOUT, retry=False)
+        return int(resp.released)
+
+    # --- sessions and ptrace ----------------------------------------------------------
+
+    def session(self, ttl: float = 10.0, owner: str = "") -> Session:
+        """Open a leased session; use it as a context manager so it closes."""
+        req = session_pb2.OpenSessionRequest(request_id=wire.new_id(), ttl_seconds=ttl, owner=owner)
+        # Not retried: a lost answer would leave an orphan session (harmless, it expires,
+        # but a repeat would not return the same one).
+        info = self._call(self._sessions.OpenSession, req, timeout=SESSION_TIMEOUT, retry=False)
+        return Session(self, info.session_id, info.ttl_seconds or ttl, info.owner or owner)
+
+    def ptrace(self, host: str, task: int) -> Tracer:
+        """A tracer outside any session: pokes persist until ``detach()`` (as hwbpctl does)."""
+        return Tracer(self, host, task, session_id="")
+
+
+class ReservationHandle(ReservationFields):
+    """A reservation you hold: fields, ``release()``, ``modify()``; ``with`` releases it."""
+
+    def __init__(self, client: Client, info: ReservationInfo) -> None:
+        self._client = client
+        self._info = info
+        self.released = False
+
+    @property
+    def info(self) -> ReservationInfo:
+        return self._info
+
+    def release(self) -> None:
+        self._client.release(self.id, session_id=self.session_id)
+        self.released = True
+
+    def modify(
+        self,
+        *,
+        addr: int | None = None,
+        len: int | None = None,
+        type: BpType | str | None = None,
+        enabled: bool | None = None,
+    ) -> ReservationInfo:
+        self._info = self._client.modify(
+            self.id, addr=addr, len=len, type=type, enabled=enabled, session_id=self.session_id
+        )
+        return self._info
+
+    def __enter__(self) -> ReservationHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.released:
+            return
+        # Already released by someone else or by the session's end: the goal is met.
+        with contextlib.suppress(ReservationNotFound):
+            self.release()
+
+
+class Session:
+    """A leased session: what it holds is released when it closes or its keep-alive stops.
+
+    A background thread pings every ttl/3, so two pings can be lost before the lease ends.
+    """
+
+    def __init__(self, client: Client, session_id: str, ttl: float, owner: str) -> None:
+        self._client = client
+        self.id = session_id
+        self.ttl = ttl
+        self.owner = owner
+        self.expired = False  # the arbiter forgot the session (lease lapsed)
+        self.remaining: float | None = None
+        self._stop = threading.Event()
+        self._call: Any = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(
+            target=self._keep_alive, name=f"hwbp-keepalive-{session_id}", daemon=True
+        )
+        self._thread.start()
+
+    def _pings(self) -> Iterator[session_pb2.KeepAliveRequest]:
+        while True:
+            yield session_pb2.KeepAliveRequest(request_id=wire.new_id(), session_id=self.id)
+            if self._stop.wait(self.ttl / 3):
+                return
+
+    def _keep_alive(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                self._call = call = self._client._sessions.KeepAlive(self._pings())
+            try:
+                for resp in call:
+                    self.remaining = resp.remaining_seconds
+            except grpc.RpcError as e:
+                if self._stop.is_set():
+                    return
+                if isinstance(from_rpc_error(e), SessionNotFound):
+                    self.expired = True
+                    return
+            # The stream broke (arbiter restart, network blip): reconnect soon enough
+            # to renew the lease before it lapses.
+            self._stop.wait(min(self.ttl / 6, 1.0))
+
+    def reserve(
+        self,
+        host: str,
+        *,
+        system: bool = False,
+        cpu: int | None = None,
+        task: int | None = None,
+        addr: int,
+        len: int | None = None,
+        type: BpType | str,
+        owner: str = "",
+        kernel: bool = False,
+        enabled: bool = True,
+        request_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> ReservationHandle:
+        """Like ``Client.reserve``, but released with the session at the latest."""
+        return self._client.reserve(
+            host,
+            system=system,
+            cpu=cpu,
+            task=task,
+            addr=addr,
+            len=len,
+            type=type,
+            owner=owner or self.owner,
+            kernel=kernel,
+            enabled=enabled,
+            request_id=request_id,
+            idempotency_key=idempotency_key,
+            session_id=self.id,
+        )
+
+    def list(self) -> builtins.list[ReservationInfo]:
+        return self._client.list(session_id=self.id)
+
+    def attach(self, host: str, pid: int) -> Tracer:
+        """PTRACE_ATTACH: the task's debug registers become ours for the session."""
+        req = ptrace_pb2.AttachRequest(
+            request_id=wire.new_id(), session_id=self.id, host=host, task=pid
+        )
+        self._client._call(self._client._ptrace.Attach, req, timeout=MUTATE_TIMEOUT, retry=False)
+        return Tracer(self._client, host, pid, session_id=self.id)
+
+    def close(self) -> int:
+        """Stop the keep-alive and release everything the session holds; returns how many."""
+        with self._lock:
+            self._stop.set()
+            if self._call is not None:
+                self._call.cancel()
+        self._thread.join(timeout=5.0)
+        if self.expired:
+            return 0
+        req = session_pb2.CloseSessionRequest(request_id=wire.new_id(), session_id=self.id)
+        resp = self._client._call(
+            self._client._sessions.CloseSession,
+            req,
+            timeout=SESSION_TIMEOUT,
+            retry=True,
+            gone=SessionNotFound,
+        )
+        return 0 if resp is None else int(resp.released)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.close()
+        except HwbpError:
+            if exc is None:
+                raise  # otherwise keep the caller's error; the lease expires on its own
+
+
+class Tracer:
+    """PTRACE_POKEUSER / PEEKUSER on one task's u_debugreg, with the kernel's semantics."""
+
+    def __init__(self, client: Client, host: str, task: int, *, session_id: str) -> None:
+        self._client = client
+        self.host = host
+        self.task = task
+        self.session_id = session_id
+
+    def poke(self, reg: int, value: int, *, request_id: str | None = None) -> int:
+        """Write DR``reg`` (0..7); returns the generation that installed it."""
+        req = ptrace_pb2.PokeUserRequest(
+            request_id=request_id or wire.new_id(),
+            session_id=self.session_id,
+            host=self.host,
+            task=self.task,
+            reg=reg,
+            value=value,
+        )
+        # Not retried: a DR7 poke after a lost answer could reorder with a later poke.
+        resp = self._client._call(
+            self._client._ptrace.PokeUser, req, timeout=MUTATE_TIMEOUT, retry=False
+        )
+        return int(resp.generation)
+
+    def peek(self, reg: int, *, request_id: str | None = None) -> int:
+        req = ptrace_pb2.PeekUserRequest(
+            request_id=request_id or wire.new_id(),
+            session_id=self.session_id,
+            host=self.host,
+            task=self.task,
+            reg=reg,
+        )
+        resp = self._client._call(
+            self._client._ptrace.PeekUser, req, timeout=READ_TIMEOUT, retry=True
+        )
+        return int(resp.value)
+
+    def detach(self, *, request_id: str | None = None) -> int:
+        """Drop the task's ptrace breakpoints; returns how many were released."""
+        req = ptrace_pb2.DetachRequest(
+            request_id=request_id or wire.new_id(),
+            session_id=self.session_id,
+            host=self.host,
+            task=self.task,
+        )
+        resp = self._client._call(
+            self._client._ptrace.Detach, req, timeout=MUTATE_TIMEOUT, retry=True, gone=NotAttached
+        )
+        return 0 if resp is None else int(resp.released)
+
+    def traps(self, *, timeout: float | None = None) -> Iterator[TrapInfo]:
+        """Traps of this task as they happen; ``timeout`` ends the stream quietly."""
+        req = ptrace_pb2.TrapsRequest(request_id=wire.new_id(), host=self.host, task=self.task)
+        call = self._client._ptrace.Traps(req, timeout=timeout)
+        return self._client._stream(call, wire.trap, timeout)
+
+    def __enter__(self) -> Tracer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(NotAttached):
+            self.detach()

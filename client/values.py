@@ -1,0 +1,227 @@
+"""What the SDK hands back: frozen dataclasses, never raw protobufs.
+
+Scopes and breakpoint types reuse the core enums (``hwbp.model``), so ``info.scope`` is
+``Scope.TASK_CPU`` and ``info.type.value`` is the CLI's spelling ("x", "w", "rw").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from hwbp.model import BpType, Scope
+from hwbp.registers import RegisterImage
+
+__all__ = [
+    "AccessResult",
+    "BpType",
+    "CpuInfo",
+    "EventInfo",
+    "EventKind",
+    "HitInfo",
+    "HolderInfo",
+    "RegisterImage",
+    "ReservationFields",
+    "ReservationInfo",
+    "Scope",
+    "TrapInfo",
+]
+
+
+class EventKind(Enum):
+    """What a watch event reports (the proto's EventKind without its prefix)."""
+
+    HIT = "hit"
+    RESERVED = "reserved"
+    RELEASED = "released"
+    MODIFIED = "modified"
+    RELOAD = "reload"
+    NACK = "nack"
+    AGENT_ONLINE = "agent_online"
+    AGENT_OFFLINE = "agent_offline"
+    LEASE_EXPIRED = "lease_expired"
+    TASK_EXITED = "task_exited"
+    CONTEXT_SWITCH = "context_switch"
+    UNSPECIFIED = "unspecified"
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationInfo:
+    """One reservation as the arbiter holds it."""
+
+    id: str
+    host: str
+    scope: Scope
+    cpu: int | None
+    task: int | None
+    addr: int
+    len: int
+    type: BpType
+    owner: str
+    enabled: bool
+    generation: int  # host generation that committed its latest change
+    session_id: str  # "" when it persists until released
+    kernel: bool = False
+    ptrace_index: int | None = None  # 0..3 when made through the ptrace facade
+
+
+@dataclass(frozen=True, slots=True)
+class HolderInfo:
+    """Who holds one slot of a CPU."""
+
+    reservation_id: str
+    owner: str
+    scope: Scope
+    cpu: int | None
+    task: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CpuInfo:
+    """One CPU of the inventory: who holds its slots, reported against expected registers."""
+
+    host: str
+    cpu: int
+    online: bool
+    generation: int
+    acked_generation: int
+    current_task: int | None
+    reported: RegisterImage
+    expected: RegisterImage
+    mismatch: bool
+    used: int
+    slots: int
+    holders: tuple[HolderInfo, ...]
+    backend: str
+    detail: str
+
+    @property
+    def dr(self) -> tuple[int, int, int, int]:
+        return self.reported.dr
+
+    @property
+    def dr7(self) -> int:
+        return self.reported.dr7
+
+
+@dataclass(frozen=True, slots=True)
+class HitInfo:
+    """One breakpoint that fired."""
+
+    host: str
+    cpu: int
+    task: int | None
+    reservation_id: str
+    register: int  # the physical DRi it came through
+    ptrace_index: int | None
+    addr: int  # the breakpoint's address
+    access_addr: int
+    ip: int
+    dr6: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccessResult:
+    """What a simulated memory access did: the hits and DR6 after them."""
+
+    hit: bool
+    dr6: int
+    hits: tuple[HitInfo, ...]
+
+    @property
+    def reservation_id(self) -> str | None:
+        return self.hits[0].reservation_id if self.hits else None
+
+    @property
+    def register(self) -> int | None:
+        return self.hits[0].register if self.hits else None
+
+
+@dataclass(frozen=True, slots=True)
+class EventInfo:
+    """One event of ``watch``: a hit, a reload, a NACK, a release, ..."""
+
+    kind: EventKind
+    host: str
+    cpu: int | None
+    task: int | None
+    generation: int
+    request_id: str
+    seq: int
+    reason: str = ""
+    reservation: ReservationInfo | None = None
+    hit: HitInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrapInfo:
+    """A ptrace breakpoint that fired in a traced task (what waitpid would report)."""
+
+    host: str
+    task: int
+    ptrace_index: int
+    addr: int
+    cpu: int
+    dr6: int  # the task's virtual DR6 after the hit
+    ip: int
+    seq: int
+
+
+class ReservationFields:
+    """Read-only views of ``info`` so a handle reads like the reservation it holds."""
+
+    @property
+    def info(self) -> ReservationInfo:
+        raise NotImplementedError
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def host(self) -> str:
+        return self.info.host
+
+    @property
+    def scope(self) -> Scope:
+        return self.info.scope
+
+    @property
+    def cpu(self) -> int | None:
+        return self.info.cpu
+
+    @property
+    def task(self) -> int | None:
+        return self.info.task
+
+    @property
+    def addr(self) -> int:
+        return self.info.addr
+
+    @property
+    def len(self) -> int:
+        return self.info.len
+
+    @property
+    def type(self) -> BpType:
+        return self.info.type
+
+    @property
+    def owner(self) -> str:
+        return self.info.owner
+
+    @property
+    def enabled(self) -> bool:
+        return self.info.enabled
+
+    @property
+    def generation(self) -> int:
+        return self.info.generation
+
+    @property
+    def session_id(self) -> str:
+        return self.info.session_id
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.info!r}>"

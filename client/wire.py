@@ -1,0 +1,309 @@
+"""The one place where protobuf meets the SDK's values, shared by the sync and async clients.
+
+Requests are built (and checked) here so both clients send exactly the same bytes, and
+responses are turned into frozen dataclasses before anyone outside sees them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from client.values import (
+    AccessResult,
+    CpuInfo,
+    EventInfo,
+    EventKind,
+    HitInfo,
+    HolderInfo,
+    ReservationInfo,
+    TrapInfo,
+)
+from hwbp.errors import InvalidLength, InvalidType
+from hwbp.model import AccessType, BpType, Scope, Target
+from hwbp.registers import RegisterImage
+from hwbp_pb import arbiter_pb2, ptrace_pb2, simulation_pb2, types_pb2
+
+DEFAULT_ENDPOINT = "127.0.0.1:50051"
+EXEC_LEN = 8  # exec breakpoints are sizeof(long), as the kernel insists
+
+_BP_TYPES: Mapping[BpType, types_pb2.BreakpointType] = {
+    BpType.EXEC: types_pb2.BREAKPOINT_TYPE_EXEC,
+    BpType.WRITE: types_pb2.BREAKPOINT_TYPE_WRITE,
+    BpType.RW: types_pb2.BREAKPOINT_TYPE_READ_WRITE,
+    BpType.READ: types_pb2.BREAKPOINT_TYPE_READ,
+}
+_BP_TYPES_BACK = {v: k for k, v in _BP_TYPES.items()}
+_SCOPES: Mapping[Scope, types_pb2.Scope] = {
+    Scope.SYSTEM: types_pb2.SCOPE_SYSTEM,
+    Scope.CPU: types_pb2.SCOPE_CPU,
+    Scope.TASK: types_pb2.SCOPE_TASK,
+    Scope.TASK_CPU: types_pb2.SCOPE_TASK_CPU,
+}
+_SCOPES_BACK = {v: k for k, v in _SCOPES.items()}
+_ACCESS: Mapping[AccessType, types_pb2.AccessType] = {
+    AccessType.READ: types_pb2.ACCESS_TYPE_READ,
+    AccessType.WRITE: types_pb2.ACCESS_TYPE_WRITE,
+    AccessType.EXEC: types_pb2.ACCESS_TYPE_EXEC,
+}
+_KINDS: Mapping[EventKind, types_pb2.EventKind] = {
+    kind: getattr(types_pb2, f"EVENT_KIND_{kind.name}") for kind in EventKind
+}
+_KINDS_BACK = {v: k for k, v in _KINDS.items()}
+
+
+def endpoint_or_default(endpoint: str | None) -> str:
+    """The explicit endpoint, else $HWBP_ARBITER, else the loopback default."""
+    return endpoint or os.environ.get("HWBP_ARBITER") or DEFAULT_ENDPOINT
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+# --- enums ----------------------------------------------------------------------------
+
+
+def bp_type(value: BpType | str) -> BpType:
+    """Accept the enum or its spelling ("x", "w", "rw")."""
+    if isinstance(value, BpType):
+        return value
+    try:
+        return BpType(value)
+    except ValueError:
+        raise InvalidType(f"unknown breakpoint type {value!r} (want x, w or rw)") from None
+
+
+def access_type(value: AccessType | str) -> AccessType:
+    if isinstance(value, AccessType):
+        return value
+    try:
+        return AccessType(value)
+    except ValueError:
+        raise InvalidType(f"unknown access type {value!r} (want r, w or x)") from None
+
+
+def event_kind(value: EventKind | str) -> EventKind:
+    return value if isinstance(value, EventKind) else EventKind(value)
+
+
+# --- requests -------------------------------------------------------------------------
+
+
+def target(
+    host: str, *, system: bool, cpu: int | None, task: int | None
+) -> tuple[Target, types_pb2.Target]:
+    """The scope follows from what is given; the core's Target checks the shape."""
+    if system:
+        scope = Scope.SYSTEM
+    elif task is not None:
+        scope = Scope.TASK_CPU if cpu is not None else Scope.TASK
+    else:
+        scope = Scope.CPU
+    core = Target(scope, cpu, task)
+    msg = types_pb2.Target(host=host, scope=_SCOPES[scope], cpu=cpu, task=task)
+    return core, msg
+
+
+def spec(
+    addr: int, length: int | None, type_: BpType | str, *, enabled: bool, kernel: bool
+) -> types_pb2.BreakpointSpec:
+    kind = bp_type(type_)
+    if length is None:
+        if kind.is_data:
+            raise InvalidLength(f"a {kind.value} breakpoint needs a length (1, 2, 4 or 8)")
+        length = EXEC_LEN
+    return types_pb2.BreakpointSpec(
+        addr=addr, len=length, type=_BP_TYPES[kind], enabled=enabled, kernel=kernel
+    )
+
+
+def reserve_request(
+    host: str,
+    *,
+    system: bool,
+    cpu: int | None,
+    task: int | None,
+    addr: int,
+    len: int | None,
+    type: BpType | str,
+    owner: str,
+    kernel: bool,
+    enabled: bool,
+    session_id: str,
+    request_id: str | None,
+    idempotency_key: str | None,
+) -> arbiter_pb2.ReserveRequest:
+    _, tgt = target(host, system=system, cpu=cpu, task=task)
+    return arbiter_pb2.ReserveRequest(
+        request_id=request_id or new_id(),
+        target=tgt,
+        spec=spec(addr, len, type, enabled=enabled, kernel=kernel),
+        owner=owner,
+        session_id=session_id,
+        # One key for every retry of this call: the arbiter answers a repeat with the
+        # first result, so a lost response can never allocate a second slot.
+        idempotency_key=idempotency_key or new_id(),
+    )
+
+
+def modify_request(
+    reservation_id: str,
+    *,
+    addr: int | None,
+    len: int | None,
+    type: BpType | str | None,
+    enabled: bool | None,
+    session_id: str,
+    request_id: str | None,
+) -> arbiter_pb2.ModifyRequest:
+    return arbiter_pb2.ModifyRequest(
+        request_id=request_id or new_id(),
+        reservation_id=reservation_id,
+        session_id=session_id,
+        addr=addr,
+        len=len,
+        type=None if type is None else _BP_TYPES[bp_type(type)],
+        enabled=enabled,
+    )
+
+
+def watch_request(
+    host: str | None, task: int | None, kinds: Iterable[EventKind | str], request_id: str | None
+) -> arbiter_pb2.WatchRequest:
+    return arbiter_pb2.WatchRequest(
+        request_id=request_id or new_id(),
+        host=host or "",
+        task=task,
+        kinds=[_KINDS[event_kind(k)] for k in kinds],
+    )
+
+
+def access_request(
+    host: str, cpu: int, addr: int, len: int, type: AccessType | str, request_id: str | None
+) -> simulation_pb2.MemoryAccessRequest:
+    return simulation_pb2.MemoryAccessRequest(
+        request_id=request_id or new_id(),
+        host=host,
+        cpu=cpu,
+        addr=addr,
+        len=len,
+        type=_ACCESS[access_type(type)],
+    )
+
+
+# --- responses ------------------------------------------------------------------------
+
+
+def _opt(msg: Any, name: str) -> Any:
+    return getattr(msg, name) if msg.HasField(name) else None
+
+
+def reservation(msg: types_pb2.Reservation) -> ReservationInfo:
+    return ReservationInfo(
+        id=msg.id,
+        host=msg.target.host,
+        scope=_SCOPES_BACK.get(msg.target.scope, Scope.SYSTEM),
+        cpu=_opt(msg.target, "cpu"),
+        task=_opt(msg.target, "task"),
+        addr=msg.spec.addr,
+        len=msg.spec.len,
+        type=_BP_TYPES_BACK.get(msg.spec.type, BpType.EXEC),
+        owner=msg.owner,
+        enabled=msg.spec.enabled,
+        generation=msg.generation,
+        session_id=msg.session_id,
+        kernel=msg.spec.kernel,
+        ptrace_index=msg.ptrace_index if msg.ptrace_index >= 0 else None,
+    )
+
+
+def register_image(msg: types_pb2.RegisterImage) -> RegisterImage:
+    dr = [*msg.dr, 0, 0, 0, 0][:4]
+    slots = [*(s or None for s in msg.slot_reservation), None, None, None, None][:4]
+    return RegisterImage(
+        dr=(dr[0], dr[1], dr[2], dr[3]),
+        dr7=msg.dr7,
+        dr6=msg.dr6,
+        current_task=_opt(msg, "current_task"),
+        slots=(slots[0], slots[1], slots[2], slots[3]),
+    )
+
+
+def holder(msg: types_pb2.Holder) -> HolderInfo:
+    return HolderInfo(
+        reservation_id=msg.reservation_id,
+        owner=msg.owner,
+        scope=_SCOPES_BACK.get(msg.scope, Scope.SYSTEM),
+        cpu=_opt(msg, "cpu"),
+        task=_opt(msg, "task"),
+    )
+
+
+def cpu_inventory(msg: types_pb2.CpuInventory) -> CpuInfo:
+    return CpuInfo(
+        host=msg.host,
+        cpu=msg.cpu,
+        online=msg.online,
+        generation=msg.generation,
+        acked_generation=msg.acked_generation,
+        current_task=_opt(msg, "current_task"),
+        reported=register_image(msg.reported),
+        expected=register_image(msg.expected),
+        mismatch=msg.mismatch,
+        used=msg.used,
+        slots=msg.slots,
+        holders=tuple(holder(h) for h in msg.holders),
+        backend=msg.backend,
+        detail=msg.detail,
+    )
+
+
+def hit(msg: types_pb2.Hit) -> HitInfo:
+    return HitInfo(
+        host=msg.host,
+        cpu=msg.cpu,
+        task=_opt(msg, "task"),
+        reservation_id=msg.reservation_id,
+        register=msg.physical_index,
+        ptrace_index=msg.ptrace_index if msg.ptrace_index >= 0 else None,
+        addr=msg.addr,
+        access_addr=msg.access_addr,
+        ip=msg.ip,
+        dr6=msg.dr6,
+        seq=msg.seq,
+    )
+
+
+def access_result(msg: simulation_pb2.MemoryAccessResponse) -> AccessResult:
+    return AccessResult(hit=msg.hit, dr6=msg.dr6, hits=tuple(hit(h) for h in msg.hits))
+
+
+def event(msg: types_pb2.Event) -> EventInfo:
+    return EventInfo(
+        kind=_KINDS_BACK.get(msg.kind, EventKind.UNSPECIFIED),
+        host=msg.host,
+        cpu=_opt(msg, "cpu"),
+        task=_opt(msg, "task"),
+        generation=msg.generation,
+        request_id=msg.request_id,
+        seq=msg.seq,
+        reason=msg.reason,
+        reservation=reservation(msg.reservation) if msg.HasField("reservation") else None,
+        hit=hit(msg.hit) if msg.HasField("hit") else None,
+    )
+
+
+def trap(msg: ptrace_pb2.Trap) -> TrapInfo:
+    return TrapInfo(
+        host=msg.host,
+        task=msg.task,
+        ptrace_index=msg.ptrace_index,
+        addr=msg.addr,
+        cpu=msg.cpu,
+        dr6=msg.dr6,
+        ip=msg.ip,
+        seq=msg.seq,
+    )
