@@ -320,7 +320,6 @@ class PerfBackend:
             slots=(ids[0], ids[1], ids[2], ids[3]),
         )
 
-    @property
     def image(self) -> RegisterImage:
         return self._image
 

@@ -39,7 +39,9 @@ def generate() -> dict[str, str]:
         files = {}
         for path in sorted((Path(tmp) / "hwbp" / "v1").iterdir()):
             files[path.name] = IMPORT.sub("from hwbp_pb import ", path.read_text())
-    files["__init__.py"] = '"""Generated from protos/hwbp/v1 by scripts/protos.py; do not edit."""\n'
+    files["__init__.py"] = (
+        '"""Generated from protos/hwbp/v1 by scripts/protos.py; do not edit."""\n'
+    )
     return files
 
 

@@ -229,7 +229,7 @@ def test_registers_held_outside_give_enospc_and_keep_previous_set(
     with pytest.raises(KernelNoSpace):
         b.apply([moved, extra])
 
-    assert b.fds() == fds and b.image == before
+    assert b.fds() == fds and b.image() == before
     t.ask("w 25")
     assert b.counts() == {"keep": 25}
     assert {r.reservation_id for r, _ in b.poll_hits()} == {"keep"}
@@ -239,7 +239,7 @@ def test_registers_held_outside_give_enospc_and_keep_previous_set(
     other = Assignment("other", None, _write_bp(t.addr + 24))
     with pytest.raises(KernelNoSpace):
         b.apply([extra, other])
-    assert b.counts() == {"keep": 25} and b.image == before
+    assert b.counts() == {"keep": 25} and b.image() == before
     t.ask("w 5")
     assert b.counts() == {"keep": 30}
     assert b.apply([extra]).slots == ("extra", None, None, None)

@@ -1,0 +1,153 @@
+"""hwbp-agent: one CPU's agent (or, with --fleet, K simulated CPUs in one process)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import grpc
+
+from agent.link import AgentLink, Backend
+from agent.sim import SimBackend
+
+log = logging.getLogger("hwbp.agent")
+
+# Agents hold one stream for hours: keepalive pings notice a dead arbiter within ~30 s
+# even when no reload is flowing (the arbiter permits pings every 5 s).
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+]
+STREAMS_PER_CHANNEL = 64  # fleet mode: spread streams over connections
+
+
+def _int(text: str) -> int:
+    return int(text, 0)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="hwbp-agent", description=__doc__)
+    p.add_argument("--arbiter", default=os.environ.get("HWBP_ARBITER", "127.0.0.1:50051"))
+    p.add_argument("--host", default=os.uname().nodename, help="host name (default: this host)")
+    p.add_argument("--cpu", type=int, help="the CPU this agent serves")
+    p.add_argument(
+        "--cpus",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="CPUs of the host (default: this machine's); with --fleet, how many to run",
+    )
+    p.add_argument("--backend", choices=["sim", "perf", "auto"], default="sim")
+    p.add_argument("--fleet", action="store_true", help="run --cpus simulated CPU agents")
+    p.add_argument(
+        "--ack-delay",
+        type=float,
+        default=0.0,
+        help="seconds to wait before applying each reload (drills: a slow agent)",
+    )
+    p.add_argument(
+        "--refuse-addr",
+        type=_int,
+        default=None,
+        help="sim backend refuses reloads programming this address (drills: NACK)",
+    )
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    if not args.fleet and args.cpu is None:
+        p.error("give --cpu N, or --fleet to run --cpus simulated CPUs")
+    if args.cpus < 1:
+        p.error("--cpus must be at least 1")
+    if args.cpu is not None and not 0 <= args.cpu < args.cpus:
+        p.error(f"--cpu must be in 0..{args.cpus - 1}")
+    return args
+
+
+def make_backend(kind: str, cpu: int, refuse_addr: int | None) -> Backend:
+    """sim, perf, or auto: perf where a probe shows breakpoints are permitted."""
+    if kind == "sim":
+        return SimBackend(cpu, refuse_addr=refuse_addr)
+    from agent import perf
+
+    reason = perf.probe()
+    if reason is None:
+        log.info("cpu %d: perf_event_open breakpoints permitted: using the perf backend", cpu)
+        return perf.PerfBackend(cpu)
+    if kind == "perf":
+        raise SystemExit(f"hwbp-agent: the perf backend is not usable here: {reason}")
+    log.info("cpu %d: %s; using the sim backend", cpu, reason)
+    return SimBackend(cpu, refuse_addr=refuse_addr)
+
+
+async def run(args: argparse.Namespace) -> int:
+    cpus = list(range(args.cpus)) if args.fleet else [args.cpu]
+    if not args.fleet and args.backend != "sim" and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, {args.cpu})
+        except OSError as err:
+            log.warning("cannot pin to cpu %d: %s", args.cpu, err)
+    channels = [
+        grpc.aio.insecure_channel(args.arbiter, options=CHANNEL_OPTIONS)
+        for _ in range(0, len(cpus), STREAMS_PER_CHANNEL)
+    ]
+    live: set[int] = set()
+
+    def on_live(link: AgentLink) -> None:
+        if link.connects == 1 and link.cpu not in live:
+            live.add(link.cpu)
+            if len(live) == len(cpus):
+                print("fleet ready" if args.fleet else "agent ready", flush=True)
+
+    links = [
+        AgentLink(
+            channels[i // STREAMS_PER_CHANNEL],
+            args.host,
+            cpu,
+            args.cpus,
+            make_backend(args.backend, cpu, args.refuse_addr),
+            ack_delay=args.ack_delay,
+            on_live=on_live,
+        )
+        for i, cpu in enumerate(cpus)
+    ]
+    tasks = [asyncio.create_task(link.run()) for link in links]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    for t in done:
+        if t is not stopper and t.exception() is not None:
+            log.error("agent stopped: %s", t.exception())
+            code = 1
+    for link in links:
+        if link.state.value not in ("draining", "closed"):
+            link.stop()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for link in links:
+        link.backend.close()
+    for ch in channels:
+        await ch.close()
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return asyncio.run(run(args))
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,67 @@
+"""The simulated CPU backend: a register file placed and encoded by the core."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hwbp.model import AccessType, Assignment
+from hwbp.registers import HitRecord, RegisterFile, RegisterImage
+
+
+class SimBackend:
+    """One simulated x86 CPU: context switches and memory accesses that hit or miss."""
+
+    name = "sim"
+
+    def __init__(self, cpu: int, *, refuse_addr: int | None = None) -> None:
+        self.cpu = cpu
+        self.regs = RegisterFile()
+        # Fault injection for tests and drills: refuse any reload that programs this address,
+        # as a kernel that refused perf_event_open would.
+        self.refuse_addr = refuse_addr
+
+    def apply(self, assignments: Sequence[Assignment]) -> RegisterImage:
+        if self.refuse_addr is not None:
+            for a in assignments:
+                if a.bp.addr == self.refuse_addr:
+                    raise RefusedBySim(
+                        f"cpu {self.cpu}: address {a.bp.addr:#x} of {a.reservation_id} is refused "
+                        "by this agent's fault injection (--refuse-addr)"
+                    )
+        image = self.regs.load(assignments)
+        self.regs.validate()
+        return image
+
+    def switch(self, task: int | None) -> RegisterImage:
+        image = self.regs.switch(task)
+        self.regs.validate()
+        return image
+
+    def access(self, addr: int, length: int, kind: AccessType) -> list[HitRecord]:
+        self.regs.clear_dr6()
+        return self.regs.access(addr, length, kind)
+
+    def image(self) -> RegisterImage:
+        return self.regs.image()
+
+    def installed(self) -> tuple[Assignment, ...]:
+        return self.regs.assignments
+
+    def poll_hits(self) -> list[HitRecord]:
+        return []
+
+    def fds(self) -> list[int]:
+        return []
+
+    def watch_task(self, pid: int) -> None:
+        """Simulated tasks have no process to watch."""
+
+    def exited_tasks(self) -> list[int]:
+        return []
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class RefusedBySim(Exception):
+    """A reload the simulated CPU refuses (fault injection)."""

@@ -1,0 +1,161 @@
+"""The AgentLink service: one bidirectional stream per CPU agent.
+
+The first message must be a Hello naming host, CPU and the host's CPU count, and
+reporting the registers the CPU actually holds; the arbiter answers Welcome and then a
+full-state Reload (resync), and from then on pushes reloads and controls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from hwbp.errors import CpuNotFound, HwbpError, InvalidArgument
+from hwbp_pb import agent_pb2, agent_pb2_grpc, types_pb2
+from server.errors import abort
+from server.fleet import Fleet
+from server.hosts import Host
+from server.links import AckResult, AgentChannel, LinkState
+from server.simulation import exit_task
+from wire import convert
+
+log = logging.getLogger("hwbp.server")
+HELLO_TIMEOUT = 10.0  # seconds an agent has to introduce itself
+
+
+class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
+    def __init__(self, fleet: Fleet, arbiter_id: str) -> None:
+        self.fleet = fleet
+        self.arbiter_id = arbiter_id
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def Connect(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT)
+        except (StopAsyncIteration, TimeoutError):
+            return
+        try:
+            host, channel = self._hello(first)
+        except HwbpError as err:
+            log.warning("agent refused: %s", err)
+            await abort(context, err, "hello")
+        yield agent_pb2.ArbiterMessage(
+            welcome=agent_pb2.Welcome(generation=host.generation, arbiter_id=self.arbiter_id)
+        )
+        host.resync(channel)
+        reader = asyncio.create_task(self._read(request_iterator, host, channel))
+        try:
+            while True:
+                msg = await channel.outbox.get()
+                if msg is None:
+                    break
+                yield msg
+        finally:
+            reader.cancel()
+            channel.close()
+            if host.detach_channel(channel):
+                log.info("host %s cpu %d: agent offline", host.name, channel.cpu)
+                self._event(host, types_pb2.EVENT_KIND_AGENT_OFFLINE, channel.cpu)
+
+    def _hello(self, msg: Any) -> tuple[Host, AgentChannel]:
+        if msg.WhichOneof("body") != "hello":
+            raise InvalidArgument("the first message on an agent stream must be a hello")
+        hello = msg.hello
+        name = convert.name(hello.host, "hello.host")
+        if not 0 < hello.ncpus <= convert.MAX_CPUS:
+            raise InvalidArgument(
+                f"hello.ncpus must be 1..{convert.MAX_CPUS}, got {hello.ncpus}", field="ncpus"
+            )
+        if hello.cpu >= hello.ncpus:
+            raise CpuNotFound(
+                f"cpu {hello.cpu} is not below the host's {hello.ncpus} cpus",
+                host=name,
+                cpu=hello.cpu,
+            )
+        host = self.fleet.ensure_host(name, hello.ncpus)
+        channel = AgentChannel(name, hello.cpu, convert.name(hello.backend, "backend") or "sim")
+        channel.image = convert.image_from(hello.image)
+        channel.acked_generation = hello.last_applied_generation
+        channel.move(LinkState.RESYNCING)
+        old = host.attach_channel(channel)
+        if old is not None:
+            log.warning("host %s cpu %d: a new agent replaces the connected one", name, hello.cpu)
+            old.close()
+        log.info(
+            "host %s cpu %d: agent online (%s backend, last applied generation %d)",
+            name,
+            hello.cpu,
+            channel.backend,
+            hello.last_applied_generation,
+        )
+        self._event(host, types_pb2.EVENT_KIND_AGENT_ONLINE, hello.cpu)
+        return host, channel
+
+    async def _read(self, requests: Any, host: Host, channel: AgentChannel) -> None:
+        try:
+            async for msg in requests:
+                kind = msg.WhichOneof("body")
+                if kind == "ack":
+                    channel.answer(
+                        AckResult(
+                            msg.ack.generation,
+                            True,
+                            convert.image_from(msg.ack.image),
+                            detail=msg.ack.detail,
+                        )
+                    )
+                elif kind == "nack":
+                    n = msg.nack
+                    log.warning(
+                        "host %s cpu %d: NACK generation %d: %s",
+                        host.name,
+                        channel.cpu,
+                        n.generation,
+                        n.reason,
+                    )
+                    channel.answer(
+                        AckResult(
+                            n.generation,
+                            False,
+                            reason=n.reason,
+                            errno=n.errno,
+                            reservation_id=n.reservation_id,
+                        )
+                    )
+                elif kind == "control_result":
+                    channel.control_result(msg.control_result)
+                elif kind == "hits":
+                    for hit in msg.hits.hits:
+                        self.fleet.publish_hit(host, channel.cpu, hit)
+                elif kind == "task_exited":
+                    self._tasks.add(asyncio.create_task(self._exited(host, msg.task_exited.task)))
+                    self._tasks = {t for t in self._tasks if not t.done()}
+                else:
+                    log.warning(
+                        "host %s cpu %d: unexpected %s ignored", host.name, channel.cpu, kind
+                    )
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.info("host %s cpu %d: stream ended: %s", host.name, channel.cpu, err)
+        finally:
+            channel.close()
+
+    async def _exited(self, host: Host, task: int) -> None:
+        try:
+            await exit_task(self.fleet, host, task, f"exit:{task}")
+        except HwbpError as err:
+            log.error("host %s: flushing exited task %d failed: %s", host.name, task, err)
+
+    def _event(self, host: Host, kind: types_pb2.EventKind, cpu: int) -> None:
+        self.fleet.bus.publish(
+            types_pb2.Event(
+                kind=kind,
+                host=host.name,
+                cpu=cpu,
+                generation=host.generation,  # type: ignore[arg-type]
+                seq=self.fleet.bus.next_seq(),
+            )
+        )

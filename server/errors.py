@@ -1,0 +1,141 @@
+"""The one table from core error classes to gRPC status codes, and rich error details.
+
+Every failure leaves the server as a google.rpc.Status carrying an ErrorInfo (stable
+reason, domain, metadata incl. the request id); a refused reservation also carries a
+QuotaFailure and a ResourceInfo naming the CPU and its holders.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from hwbp.errors import ErrorClass, HwbpError, InvalidArgument, NoFreeSlot
+
+DOMAIN = "hwbp.dev"
+log = logging.getLogger("hwbp.server")
+
+STATUS: dict[ErrorClass, grpc.StatusCode] = {
+    ErrorClass.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorClass.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorClass.NO_SPACE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorClass.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorClass.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorClass.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorClass.ABORTED: grpc.StatusCode.ABORTED,
+    ErrorClass.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorClass.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorClass.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+
+def to_status(err: HwbpError, request_id: str) -> status_pb2.Status:
+    """Build the google.rpc.Status for ``err``."""
+    code = STATUS[err.error_class]
+    metadata = dict(err.details())
+    if request_id:
+        metadata["request_id"] = request_id
+    details = [error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=metadata)]
+    if isinstance(err, NoFreeSlot):
+        details.append(
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(
+                        subject=f"host/{err.host}/cpu/{err.cpu}", description=err.message
+                    )
+                ]
+            )
+        )
+        details.append(
+            error_details_pb2.ResourceInfo(
+                resource_type="hwbp.dev/DebugRegisterSet",
+                resource_name=f"host/{err.host}/cpu/{err.cpu}",
+                owner=";".join(h.describe() for h in err.holders),
+                description=err.message,
+            )
+        )
+    packed = []
+    for detail in details:
+        box = any_pb2.Any()
+        box.Pack(detail)
+        packed.append(box)
+    return status_pb2.Status(code=code.value[0], message=err.message, details=packed)
+
+
+def grpc_status(err: HwbpError, request_id: str) -> grpc.Status:
+    return rpc_status.to_status(to_status(err, request_id))  # type: ignore[no-any-return]
+
+
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any], err: HwbpError, request_id: str
+) -> NoReturn:
+    await context.abort_with_status(grpc_status(err, request_id))
+    raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
+def _internal(method: str, request_id: str) -> HwbpError:
+    err = HwbpError(f"internal error in {method} (request {request_id}); see the arbiter log")
+    return err
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def rpc(method: F) -> F:
+    """Wrap a unary servicer method: typed errors become statuses, nothing else leaks."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: Any) -> Any:
+        request_id = getattr(request, "request_id", "")
+        try:
+            return await method(self, request, context)
+        except HwbpError as err:
+            log.info("request %s refused: %s %s", request_id, err.reason, err.message)
+            await abort(context, err, request_id)
+        except (grpc.aio.AbortError, grpc.RpcError):
+            raise
+        except Exception:
+            log.exception("request %s failed in %s", request_id, method.__name__)
+            await abort(context, _internal(method.__name__, request_id), request_id)
+
+    return wrapper  # type: ignore[return-value]
+
+
+G = TypeVar("G", bound=Callable[..., AsyncIterator[Any]])
+
+
+def stream_rpc(method: G) -> G:
+    """The same guard for server-streaming methods (async generators)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+        request_id = getattr(request, "request_id", "")
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except HwbpError as err:
+            log.info("stream %s refused: %s %s", request_id, err.reason, err.message)
+            await abort(context, err, request_id)
+        except (grpc.aio.AbortError, grpc.RpcError):
+            raise
+        except Exception:
+            log.exception("stream %s failed in %s", request_id, method.__name__)
+            await abort(context, _internal(method.__name__, request_id), request_id)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def require(condition: bool, message: str, **metadata: object) -> None:
+    """Field validation: raise INVALID_ARGUMENT naming the field when ``condition`` is false."""
+    if not condition:
+        raise InvalidArgument(message, **metadata)
+
+
+__all__ = ["STATUS", "abort", "code_pb2", "grpc_status", "require", "rpc", "stream_rpc"]

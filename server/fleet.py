@@ -1,0 +1,126 @@
+"""Every host the arbiter knows, reservation ids, hits, and the idempotency cache."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import OrderedDict
+
+from hwbp.arch import X86_64, ArchProfile
+from hwbp.errors import HostNotFound, HostShapeConflict, ReservationNotFound
+from hwbp.model import Reservation
+from hwbp.ptrace import on_hit, peek
+from hwbp_pb import ptrace_pb2, types_pb2
+from server.events import EventBus
+from server.hosts import Host
+
+log = logging.getLogger("hwbp.server")
+IDEMPOTENCY_KEEP = 100_000  # reserve results remembered for retried requests
+
+
+class Fleet:
+    def __init__(self, *, ack_timeout: float, profile: ArchProfile = X86_64) -> None:
+        self.profile = profile
+        self.ack_timeout = ack_timeout
+        self.bus = EventBus()
+        self.hosts: dict[str, Host] = {}
+        self._ids = itertools.count(1)
+        self.idempotency: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self.draining = False
+
+    def new_id(self) -> str:
+        return f"r{next(self._ids)}"
+
+    def host(self, name: str) -> Host:
+        try:
+            return self.hosts[name]
+        except KeyError:
+            known = ", ".join(sorted(self.hosts)) or "none"
+            raise HostNotFound(
+                f"host {name!r} is not known (no agent has said hello for it; known: {known})",
+                host=name,
+            ) from None
+
+    def ensure_host(self, name: str, ncpus: int) -> Host:
+        """A hello names the host's CPU count, so CPUs without an agent are known offline."""
+        host = self.hosts.get(name)
+        if host is None:
+            host = Host(name, ncpus, self.profile, ack_timeout=self.ack_timeout, bus=self.bus)
+            self.hosts[name] = host
+            log.info("host %s appeared with %d cpus", name, ncpus)
+        elif host.ncpus != ncpus:
+            raise HostShapeConflict(
+                f"host {name!r} is known with {host.ncpus} cpus, the agent says {ncpus}",
+                host=name,
+                known=host.ncpus,
+                said=ncpus,
+            )
+        return host
+
+    def locate(self, res_id: str) -> tuple[Host, Reservation]:
+        for host in self.hosts.values():
+            if res_id in host.ledger:
+                return host, host.ledger.get(res_id)
+        raise ReservationNotFound(f"reservation {res_id!r} does not exist", reservation=res_id)
+
+    def remember(self, key: str, host: str, res_id: str) -> None:
+        if not key:
+            return
+        self.idempotency[key] = (host, res_id)
+        while len(self.idempotency) > IDEMPOTENCY_KEEP:
+            self.idempotency.popitem(last=False)
+
+    def recall(self, key: str) -> Reservation | None:
+        """The reservation a retried reserve already made, if it still exists."""
+        found = self.idempotency.get(key) if key else None
+        if found is None:
+            return None
+        host = self.hosts.get(found[0])
+        if host is None or found[1] not in host.ledger:
+            return None
+        return host.ledger.get(found[1])
+
+    # --- hits --------------------------------------------------------------------
+
+    def publish_hit(self, host: Host, cpu: int, hit: types_pb2.Hit) -> types_pb2.Hit:
+        """Name the reservation behind a hit, publish it, and feed ptrace's DR6."""
+        out = types_pb2.Hit()
+        out.CopyFrom(hit)
+        out.host, out.cpu, out.seq = host.name, cpu, self.bus.next_seq()
+        res = host.ledger.get(hit.reservation_id) if hit.reservation_id in host.ledger else None
+        out.ptrace_index = -1
+        if res is not None:
+            out.addr = res.bp.addr
+            if res.ptrace_index is not None and res.target.task is not None:
+                out.ptrace_index = res.ptrace_index
+                self._trap(host, res.target.task, res.ptrace_index, out)
+        ev = types_pb2.Event(
+            kind=types_pb2.EVENT_KIND_HIT,
+            host=host.name,
+            cpu=cpu,
+            generation=host.generation,
+            seq=out.seq,
+        )
+        if out.HasField("task"):
+            ev.task = out.task
+        ev.hit.CopyFrom(out)
+        self.bus.publish(ev)
+        return out
+
+    def _trap(self, host: Host, task: int, index: int, hit: types_pb2.Hit) -> None:
+        att = host.attachments.get(task)
+        if att is None:
+            return
+        att.state = on_hit(att.state, index)
+        self.bus.publish(
+            ptrace_pb2.Trap(
+                host=host.name,
+                task=task,
+                ptrace_index=index,
+                addr=hit.addr,
+                cpu=hit.cpu,
+                dr6=peek(att.state, 6),
+                ip=hit.ip,
+                seq=hit.seq,
+            )
+        )

@@ -1,0 +1,158 @@
+"""hwbp-arbiter: the central arbiter process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import signal
+import sys
+import uuid
+from collections.abc import Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from hwbp_pb import (
+    agent_pb2,
+    agent_pb2_grpc,
+    arbiter_pb2,
+    arbiter_pb2_grpc,
+    ptrace_pb2,
+    ptrace_pb2_grpc,
+    session_pb2,
+    session_pb2_grpc,
+    simulation_pb2,
+    simulation_pb2_grpc,
+)
+from server.agent_link import AgentLinkServicer
+from server.fleet import Fleet
+from server.ptrace_service import PtraceServicer
+from server.reservations import ArbiterServicer
+from server.sessions import SessionsServicer, SessionTable, reaper
+from server.simulation import SimulationServicer
+
+log = logging.getLogger("hwbp.server")
+
+SERVICES = [
+    arbiter_pb2.DESCRIPTOR.services_by_name["Arbiter"],
+    session_pb2.DESCRIPTOR.services_by_name["Sessions"],
+    ptrace_pb2.DESCRIPTOR.services_by_name["Ptrace"],
+    simulation_pb2.DESCRIPTOR.services_by_name["Simulation"],
+    agent_pb2.DESCRIPTOR.services_by_name["AgentLink"],
+]
+
+# Messages are small (a reload for one CPU is a few KB even with thousands of task
+# breakpoints); 16 MiB bounds what a broken or hostile peer can make us buffer.
+MAX_MESSAGE = 16 * 1024 * 1024
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    # Agents hold streams for hours: ping them so a dead peer is noticed within ~30 s,
+    # and allow their client-side keepalive pings without calling them abusive.
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_concurrent_streams", 100_000),
+]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="hwbp-arbiter", description=__doc__)
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:50051",
+        help="HOST:PORT to listen on; port 0 picks a free one and prints it",
+    )
+    p.add_argument(
+        "--ack-timeout",
+        type=float,
+        default=2.0,
+        help="seconds to wait for every affected agent to acknowledge a reload",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow listening on a non-loopback address without TLS",
+    )
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def _is_loopback(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def serve(args: argparse.Namespace) -> int:
+    fleet = Fleet(ack_timeout=args.ack_timeout)
+    sessions = SessionTable()
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    arbiter_pb2_grpc.add_ArbiterServicer_to_server(ArbiterServicer(fleet, sessions), server)
+    session_pb2_grpc.add_SessionsServicer_to_server(SessionsServicer(fleet, sessions), server)
+    ptrace_pb2_grpc.add_PtraceServicer_to_server(PtraceServicer(fleet, sessions), server)
+    simulation_pb2_grpc.add_SimulationServicer_to_server(SimulationServicer(fleet), server)
+    agent_pb2_grpc.add_AgentLinkServicer_to_server(
+        AgentLinkServicer(fleet, uuid.uuid4().hex[:12]), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [s.full_name for s in SERVICES] + [reflection.SERVICE_NAME, health.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server)
+    for name in ["", *(s.full_name for s in SERVICES)]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    port = server.add_insecure_port(args.listen)
+    if port == 0:
+        print(f"hwbp-arbiter: cannot listen on {args.listen}", file=sys.stderr)
+        return 2
+    await server.start()
+    address = f"{args.listen.rsplit(':', 1)[0]}:{port}"
+    for name in ["", *(s.full_name for s in SERVICES)]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    print(f"hwbp-arbiter listening on {address}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    reaping = asyncio.create_task(reaper(fleet, sessions))
+    await stop.wait()
+
+    log.info("draining: no new changes, finishing those in flight")
+    fleet.draining = True
+    for name in ["", *(s.full_name for s in SERVICES)]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await asyncio.wait_for(asyncio.gather(*(h.drain() for h in fleet.hosts.values())), timeout=10)
+    reaping.cancel()
+    await server.stop(grace=1.0)
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not _is_loopback(args.listen) and not args.insecure:
+        print(
+            f"hwbp-arbiter: refusing to listen on {args.listen} without TLS; "
+            "use a loopback address or pass --insecure",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return asyncio.run(serve(args))
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,215 @@
+"""The Ptrace service: PTRACE_POKEUSER / PEEKUSER on u_debugreg, per (host, task).
+
+The register semantics are the core's (hwbp.ptrace); here each attached task's ptrace
+breakpoints become task-scoped reservations in the host's ledger, so they compete for
+slots exactly like every other breakpoint and are broadcast to the agents.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from hwbp import ptrace
+from hwbp.errors import AlreadyAttached, HwbpError, NotAttached, NotOwner
+from hwbp.model import Breakpoint, Reservation, Scope, Target
+from hwbp_pb import ptrace_pb2, ptrace_pb2_grpc
+from server.errors import rpc, stream_rpc
+from server.fleet import Fleet
+from server.hosts import Attachment, Host
+from server.reservations import check_open
+from server.sessions import SessionTable
+from wire import convert
+
+log = logging.getLogger("hwbp.server")
+
+
+class _Deferred:
+    """A poke whose error the kernel reports after keeping part of its effect (DR7 pass 2)."""
+
+    def __init__(self, error: HwbpError) -> None:
+        self.error = error
+
+
+class LedgerRegistrar:
+    """hwbp.ptrace.Registrar on a host ledger: index i is a task-scoped reservation."""
+
+    def __init__(self, fleet: Fleet, host: Host, task: int, att: Attachment) -> None:
+        self.fleet, self.host, self.task, self.att = fleet, host, task, att
+
+    def register(self, index: int, bp: Breakpoint) -> None:
+        res = Reservation(
+            id=self.fleet.new_id(),
+            host=self.host.name,
+            target=Target(Scope.TASK, task=self.task),
+            bp=bp,
+            owner=self.att.owner,
+            session=self.att.session or None,
+            ptrace_index=index,
+        )
+        self.host.ledger.reserve(res)
+        self.att.reservations[index] = res.id
+
+    def modify(self, index: int, bp: Breakpoint) -> None:
+        self.host.ledger.modify(self.att.reservations[index], bp)
+
+    def unregister(self, index: int) -> None:
+        self.host.ledger.release(self.att.reservations.pop(index))
+
+
+def flush_attachment(host: Host, task: int) -> int:
+    """Drop a task's ptrace breakpoints (detach, exit, lease expiry); returns how many."""
+    att = host.attachments.pop(task, None)
+    if att is None:
+        return 0
+    for rid in att.reservations.values():
+        if rid in host.ledger:
+            host.ledger.release(rid)
+    return len(att.reservations)
+
+
+class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
+    def __init__(self, fleet: Fleet, sessions: SessionTable) -> None:
+        self.fleet = fleet
+        self.sessions = sessions
+
+    def _lookup(self, request: Any) -> tuple[Host, int, str]:
+        host = self.fleet.host(convert.name(request.host, "host"))
+        task = convert.task(request.task)
+        session = convert.name(request.session_id, "session_id", required=False)
+        if session:
+            self.sessions.get(session)
+        return host, task, session
+
+    def _attachment(self, host: Host, task: int, session: str, *, create: bool) -> Attachment:
+        att = host.attachments.get(task)
+        if att is None:
+            if not create:
+                raise NotAttached(
+                    f"task {task} on host {host.name} is not attached", host=host.name, task=task
+                )
+            att = Attachment(session=session, owner=session or "hwbpctl")
+            if session:
+                att.owner = self.sessions.get(session).owner or session
+            host.attachments[task] = att
+            return att
+        if att.session != session:
+            raise NotOwner(
+                f"task {task} on host {host.name} is traced by "
+                f"{'session ' + att.session if att.session else 'a persistent attachment'}",
+                host=host.name,
+                task=task,
+            )
+        return att
+
+    @rpc
+    async def Attach(self, request: Any, context: Any) -> Any:
+        check_open(self.fleet)
+        host, task, session = self._lookup(request)
+        existing = host.attachments.get(task)
+        if existing is not None:
+            if existing.session == session:
+                return ptrace_pb2.AttachResponse(already_attached=True)
+            raise AlreadyAttached(
+                f"task {task} on host {host.name} is already traced", host=host.name, task=task
+            )
+        self._attachment(host, task, session, create=True)
+        log.info(
+            "request %s: attached task %d on %s (session %s)",
+            request.request_id,
+            task,
+            host.name,
+            session or "-",
+        )
+        return ptrace_pb2.AttachResponse(already_attached=False)
+
+    @rpc
+    async def Detach(self, request: Any, context: Any) -> Any:
+        check_open(self.fleet)
+        host, task, session = self._lookup(request)
+        self._attachment(host, task, session, create=False)
+        saved = host.attachments[task]
+
+        def apply() -> tuple[int, range]:
+            return flush_attachment(host, task), range(host.ncpus)
+
+        def undo() -> None:
+            host.attachments[task] = saved
+
+        released = await host.change(request.request_id, apply, undo)
+        log.info(
+            "request %s: detached task %d on %s, %d released",
+            request.request_id,
+            task,
+            host.name,
+            released,
+        )
+        return ptrace_pb2.DetachResponse(released=released)
+
+    @rpc
+    async def PokeUser(self, request: Any, context: Any) -> Any:
+        check_open(self.fleet)
+        host, task, session = self._lookup(request)
+        fresh = task not in host.attachments
+        att = self._attachment(host, task, session, create=not session)
+        saved_state, saved_res = att.state, dict(att.reservations)
+        registrar = LedgerRegistrar(self.fleet, host, task, att)
+
+        def restore() -> None:
+            att.state, att.reservations = saved_state, dict(saved_res)
+            if fresh:
+                host.attachments.pop(task, None)
+
+        def apply() -> tuple[Any, range]:
+            try:
+                att.state = ptrace.poke(att.state, request.reg, request.value, registrar)
+            except HwbpError as err:
+                partial = ptrace.state_after(err)
+                if partial is None or partial == saved_state:
+                    restore()
+                    raise
+                att.state = partial  # the kernel keeps bps its first DR7 pass created
+                return _Deferred(err), range(host.ncpus)
+            return None, range(host.ncpus)
+
+        try:
+            outcome = await host.change(request.request_id, apply, restore)
+        except HwbpError:
+            if fresh and not att.reservations:
+                host.attachments.pop(task, None)
+            raise
+        log.info(
+            "request %s: poke task %d on %s reg %d value %#x",
+            request.request_id,
+            task,
+            host.name,
+            request.reg,
+            request.value,
+        )
+        if isinstance(outcome, _Deferred):
+            raise outcome.error
+        return ptrace_pb2.PokeUserResponse(generation=host.generation)
+
+    @rpc
+    async def PeekUser(self, request: Any, context: Any) -> Any:
+        host, task, session = self._lookup(request)
+        att = self._attachment(host, task, session, create=False)
+        return ptrace_pb2.PeekUserResponse(value=ptrace.peek(att.state, request.reg))
+
+    @stream_rpc
+    async def Traps(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        host = self.fleet.host(convert.name(request.host, "host"))
+        task = convert.task(request.task)
+
+        def accept(item: Any) -> bool:
+            return (
+                isinstance(item, ptrace_pb2.Trap) and item.host == host.name and item.task == task
+            )
+
+        sub = self.fleet.bus.subscribe(accept)
+        try:
+            while True:
+                yield await sub.get()
+        finally:
+            self.fleet.bus.unsubscribe(sub)

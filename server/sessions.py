@@ -1,0 +1,150 @@
+"""Client sessions with leases, and the Sessions service.
+
+A lease is renewed by each keep-alive ping. When pings stop (a crash, a cut network)
+the reaper ends the session after its TTL and releases everything it held, as closing
+a perf fd or a traced task exiting would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hwbp.errors import InvalidArgument, SessionNotFound
+from hwbp_pb import session_pb2, session_pb2_grpc, types_pb2
+from server.errors import rpc
+from server.fleet import Fleet
+from wire import convert
+
+log = logging.getLogger("hwbp.server")
+MIN_TTL, MAX_TTL = 0.5, 3600.0
+REAP_EVERY = 0.1  # seconds; expiry frees slots within TTL + this
+
+
+@dataclass
+class Session:
+    id: str
+    owner: str
+    ttl: float
+    expires_at: float
+
+
+class SessionTable:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.sessions: dict[str, Session] = {}
+
+    def open(self, ttl: float, owner: str) -> Session:
+        if not MIN_TTL <= ttl <= MAX_TTL:
+            raise InvalidArgument(
+                f"ttl_seconds must be in {MIN_TTL}..{MAX_TTL}, got {ttl}", field="ttl_seconds"
+            )
+        sid = "s-" + uuid.uuid4().hex[:16]
+        session = Session(sid, owner, ttl, self.clock() + ttl)
+        self.sessions[sid] = session
+        return session
+
+    def get(self, sid: str) -> Session:
+        try:
+            return self.sessions[sid]
+        except KeyError:
+            raise SessionNotFound(
+                f"session {sid!r} does not exist or has expired", session=sid
+            ) from None
+
+    def renew(self, sid: str) -> Session:
+        session = self.get(sid)
+        session.expires_at = self.clock() + session.ttl
+        return session
+
+    def expired(self) -> list[Session]:
+        now = self.clock()
+        return [s for s in self.sessions.values() if s.expires_at <= now]
+
+    def remove(self, sid: str) -> None:
+        self.sessions.pop(sid, None)
+
+    def regrace(self) -> None:
+        """After a restart, give every lease a fresh TTL so live clients can reconnect."""
+        now = self.clock()
+        for s in self.sessions.values():
+            s.expires_at = now + s.ttl
+
+
+async def end_session(fleet: Fleet, table: SessionTable, sid: str, reason: str) -> int:
+    """Release everything a session holds on every host; returns how many were released."""
+    from server.ptrace_service import flush_attachment
+
+    table.remove(sid)
+    released = 0
+    for host in list(fleet.hosts.values()):
+        mine = [r for r in host.ledger.by_session(sid) if r.ptrace_index is None]
+        tasks = [t for t, a in host.attachments.items() if a.session == sid]
+        if not mine and not tasks:
+            continue
+
+        def apply(host: Any = host, mine: Any = mine, tasks: Any = tasks) -> tuple[int, range]:
+            for res in mine:
+                host.ledger.release(res.id)
+            count = len(mine)
+            for task in tasks:
+                count += flush_attachment(host, task)
+            return count, range(host.ncpus)
+
+        try:
+            released += await host.change(f"session:{sid}", apply)
+        except Exception as err:
+            log.error("session %s: releasing on host %s failed: %s", sid, host.name, err)
+        host._publish(types_pb2.EVENT_KIND_LEASE_EXPIRED, f"session:{sid}", reason=reason)
+    log.info("session %s ended (%s): %d released", sid, reason, released)
+    return released
+
+
+async def reaper(fleet: Fleet, table: SessionTable) -> None:
+    while True:
+        await asyncio.sleep(REAP_EVERY)
+        for session in table.expired():
+            await end_session(fleet, table, session.id, "lease expired")
+
+
+class SessionsServicer(session_pb2_grpc.SessionsServicer):
+    def __init__(self, fleet: Fleet, table: SessionTable) -> None:
+        self.fleet = fleet
+        self.table = table
+
+    @rpc
+    async def OpenSession(self, request: Any, context: Any) -> Any:
+        owner = convert.name(request.owner, "owner", required=False)
+        session = self.table.open(request.ttl_seconds, owner)
+        log.info(
+            "request %s: session %s opened (ttl %.1fs, owner %r)",
+            request.request_id,
+            session.id,
+            session.ttl,
+            owner,
+        )
+        return session_pb2.SessionInfo(session_id=session.id, ttl_seconds=session.ttl, owner=owner)
+
+    async def KeepAlive(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        async for ping in request_iterator:
+            try:
+                session = self.table.renew(ping.session_id)
+            except SessionNotFound as err:
+                from server.errors import abort
+
+                await abort(context, err, ping.request_id)
+            yield session_pb2.KeepAliveResponse(
+                session_id=session.id,
+                remaining_seconds=max(0.0, session.expires_at - self.table.clock()),
+            )
+
+    @rpc
+    async def CloseSession(self, request: Any, context: Any) -> Any:
+        self.table.get(request.session_id)
+        released = await end_session(self.fleet, self.table, request.session_id, "closed")
+        return session_pb2.CloseSessionResponse(released=released)

@@ -1,0 +1,171 @@
+"""Protobuf <-> core values, in one place. Field checks that the core cannot do live here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hwbp.errors import InvalidArgument, InvalidCpu, InvalidScope, InvalidType, ValueOutOfRange
+from hwbp.model import AccessType, Assignment, BpType, Breakpoint, Reservation, Scope, Target
+from hwbp.registers import HitRecord, RegisterImage
+from hwbp_pb import types_pb2 as pb
+
+MAX_NAME = 128  # host names, owners, ids: anything longer is a mistake, not a name
+MAX_CPUS = 4096
+MAX_PID = 1 << 22  # Linux pid_max limit
+
+BP_TYPE: dict[pb.BreakpointType, BpType] = {
+    pb.BREAKPOINT_TYPE_EXEC: BpType.EXEC,
+    pb.BREAKPOINT_TYPE_WRITE: BpType.WRITE,
+    pb.BREAKPOINT_TYPE_READ_WRITE: BpType.RW,
+    pb.BREAKPOINT_TYPE_READ: BpType.READ,
+}
+BP_TYPE_PB: dict[BpType, pb.BreakpointType] = {v: k for k, v in BP_TYPE.items()}
+SCOPE: dict[pb.Scope, Scope] = {
+    pb.SCOPE_SYSTEM: Scope.SYSTEM,
+    pb.SCOPE_CPU: Scope.CPU,
+    pb.SCOPE_TASK: Scope.TASK,
+    pb.SCOPE_TASK_CPU: Scope.TASK_CPU,
+}
+SCOPE_PB: dict[Scope, pb.Scope] = {v: k for k, v in SCOPE.items()}
+ACCESS: dict[pb.AccessType, AccessType] = {
+    pb.ACCESS_TYPE_READ: AccessType.READ,
+    pb.ACCESS_TYPE_WRITE: AccessType.WRITE,
+    pb.ACCESS_TYPE_EXEC: AccessType.EXEC,
+}
+ACCESS_PB: dict[AccessType, pb.AccessType] = {v: k for k, v in ACCESS.items()}
+
+
+def name(value: str, field: str, *, required: bool = True) -> str:
+    if required and not value:
+        raise InvalidArgument(f"{field} is required", field=field)
+    if len(value) > MAX_NAME:
+        raise InvalidArgument(f"{field} is longer than {MAX_NAME} characters", field=field)
+    if any(ord(c) < 32 for c in value):
+        raise InvalidArgument(f"{field} contains control characters", field=field)
+    return value
+
+
+def task(value: int, field: str = "task") -> int:
+    if not 0 < value < MAX_PID:
+        raise ValueOutOfRange(
+            f"{field} must be a pid in 1..{MAX_PID - 1}, got {value}", field=field
+        )
+    return value
+
+
+def bp_type(value: pb.BreakpointType) -> BpType:
+    try:
+        return BP_TYPE[value]
+    except KeyError:
+        raise InvalidType(
+            f"breakpoint type {value} is not one of exec, write, read_write", field="type"
+        ) from None
+
+
+def access_type(value: pb.AccessType) -> AccessType:
+    try:
+        return ACCESS[value]
+    except KeyError:
+        raise InvalidType(
+            f"access type {value} is not one of read, write, exec", field="type"
+        ) from None
+
+
+def target_from(msg: pb.Target) -> Target:
+    if msg.scope not in SCOPE:
+        raise InvalidScope(
+            f"scope {msg.scope} is not one of system, cpu, task, task+cpu", field="scope"
+        )
+    cpu = msg.cpu if msg.HasField("cpu") else None
+    if cpu is not None and cpu >= MAX_CPUS:
+        raise InvalidCpu(f"cpu {cpu} is out of range (max {MAX_CPUS - 1})", cpu=cpu)
+    tsk = task(msg.task) if msg.HasField("task") else None
+    return Target(scope=SCOPE[msg.scope], cpu=cpu, task=tsk)
+
+
+def bp_from(msg: pb.BreakpointSpec) -> Breakpoint:
+    return Breakpoint(
+        addr=msg.addr,
+        length=msg.len,
+        type=bp_type(msg.type),
+        enabled=msg.enabled,
+        kernel=msg.kernel,
+    )
+
+
+def bp_to(bp: Breakpoint) -> pb.BreakpointSpec:
+    return pb.BreakpointSpec(
+        addr=bp.addr, len=bp.length, type=BP_TYPE_PB[bp.type], enabled=bp.enabled, kernel=bp.kernel
+    )
+
+
+def target_to(host: str, t: Target) -> pb.Target:
+    return pb.Target(host=host, scope=SCOPE_PB[t.scope], cpu=t.cpu, task=t.task)
+
+
+def reservation_to(res: Reservation, generation: int = 0) -> pb.Reservation:
+    return pb.Reservation(
+        id=res.id,
+        target=target_to(res.host, res.target),
+        spec=bp_to(res.bp),
+        owner=res.owner,
+        session_id=res.session or "",
+        generation=generation,
+        ptrace_index=-1 if res.ptrace_index is None else res.ptrace_index,
+    )
+
+
+def assignment_to(a: Assignment) -> Any:
+    from hwbp_pb import agent_pb2
+
+    return agent_pb2.Assignment(reservation_id=a.reservation_id, task=a.task, spec=bp_to(a.bp))
+
+
+def assignment_from(msg: Any) -> Assignment:
+    task_ = msg.task if msg.HasField("task") else None
+    return Assignment(
+        reservation_id=msg.reservation_id,
+        task=task_,
+        bp=bp_from(msg.spec),
+    )
+
+
+def image_to(img: RegisterImage | None) -> pb.RegisterImage:
+    if img is None:
+        return pb.RegisterImage(dr=[0, 0, 0, 0], dr7=0)
+    return pb.RegisterImage(
+        dr=list(img.dr),
+        dr7=img.dr7,
+        dr6=img.dr6,
+        current_task=img.current_task,
+        slot_reservation=[s or "" for s in img.slots],
+    )
+
+
+def image_from(msg: pb.RegisterImage) -> RegisterImage:
+    dr = list(msg.dr)[:4] + [0] * (4 - min(4, len(msg.dr)))
+    slots = [s or None for s in list(msg.slot_reservation)[:4]]
+    slots += [None] * (4 - len(slots))
+    return RegisterImage(
+        dr=(dr[0], dr[1], dr[2], dr[3]),
+        dr7=msg.dr7,
+        dr6=msg.dr6,
+        current_task=msg.current_task if msg.HasField("current_task") else None,
+        slots=(slots[0], slots[1], slots[2], slots[3]),
+    )
+
+
+def hit_to(host: str, cpu: int, hit: HitRecord, *, ptrace_index: int | None, seq: int) -> pb.Hit:
+    return pb.Hit(
+        host=host,
+        cpu=cpu,
+        task=hit.task,
+        reservation_id=hit.reservation_id,
+        physical_index=hit.index,
+        ptrace_index=-1 if ptrace_index is None else ptrace_index,
+        addr=hit.bp.addr,
+        access_addr=hit.access_addr,
+        ip=hit.ip,
+        dr6=hit.dr6,
+        seq=seq,
+    )
