@@ -35,6 +35,7 @@ class Proc:
     popen: subprocess.Popen[str]
     name: str
     lines: list[str] = field(default_factory=list)
+    pump: Any = None
 
     @property
     def pid(self) -> int:
@@ -50,6 +51,10 @@ class Proc:
                 self.popen.wait(timeout=timeout)
             except ProcessLookupError:
                 pass
+        if self.pump is not None:
+            self.pump.join(timeout)
+        if self.popen.stdout is not None and (self.pump is None or not self.pump.is_alive()):
+            self.popen.stdout.close()
         return self.popen.returncode
 
     def kill(self) -> None:
@@ -97,7 +102,8 @@ def _drain_in_background(proc: Proc) -> None:
         for line in proc.popen.stdout:
             proc.lines.append(line)
 
-    threading.Thread(target=pump, daemon=True).start()
+    proc.pump = threading.Thread(target=pump, daemon=True)
+    proc.pump.start()
 
 
 def start_arbiter(*extra: str) -> tuple[Proc, str]:
