@@ -1,0 +1,257 @@
+"""What a sync ``Client`` hands out: reservation handles, leased sessions, tracers.
+
+Kept apart from ``client.sdk`` so each module stays small; they reach the channel
+through the client's ``_call`` so deadlines, retries and error decoding stay in one place.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import threading
+from collections.abc import Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from client import wire
+from client.errors import from_rpc_error
+from client.retry import MUTATE_TIMEOUT, READ_TIMEOUT, SESSION_TIMEOUT
+from client.values import ReservationFields, ReservationInfo, TrapInfo
+from hwbp.errors import HwbpError, NotAttached, ReservationNotFound, SessionNotFound
+from hwbp.model import BpType
+from hwbp_pb import ptrace_pb2, session_pb2
+
+if TYPE_CHECKING:
+    from client.sdk import Client
+
+
+class ReservationHandle(ReservationFields):
+    """A reservation you hold: fields, ``release()``, ``modify()``; ``with`` releases it."""
+
+    def __init__(self, client: Client, info: ReservationInfo) -> None:
+        self._client = client
+        self._info = info
+        self.released = False
+
+    @property
+    def info(self) -> ReservationInfo:
+        return self._info
+
+    def release(self) -> None:
+        self._client.release(self.id, session_id=self.session_id)
+        self.released = True
+
+    def modify(
+        self,
+        *,
+        addr: int | None = None,
+        len: int | None = None,
+        type: BpType | str | None = None,
+        enabled: bool | None = None,
+    ) -> ReservationInfo:
+        self._info = self._client.modify(
+            self.id, addr=addr, len=len, type=type, enabled=enabled, session_id=self.session_id
+        )
+        return self._info
+
+    def __enter__(self) -> ReservationHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.released:
+            return
+        # Already released by someone else or by the session's end: the goal is met.
+        with contextlib.suppress(ReservationNotFound):
+            self.release()
+
+
+class Session:
+    """A leased session: what it holds is released when it closes or its keep-alive stops.
+
+    A background thread pings every ttl/3, so two pings can be lost before the lease ends.
+    """
+
+    def __init__(self, client: Client, session_id: str, ttl: float, owner: str) -> None:
+        self._client = client
+        self.id = session_id
+        self.ttl = ttl
+        self.owner = owner
+        self.expired = False  # the arbiter forgot the session (lease lapsed)
+        self.remaining: float | None = None
+        self._stop = threading.Event()
+        self._call: Any = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(
+            target=self._keep_alive, name=f"hwbp-keepalive-{session_id}", daemon=True
+        )
+        self._thread.start()
+
+    def _pings(self) -> Iterator[session_pb2.KeepAliveRequest]:
+        while True:
+            yield session_pb2.KeepAliveRequest(request_id=wire.new_id(), session_id=self.id)
+            if self._stop.wait(self.ttl / 3):
+                return
+
+    def _keep_alive(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                self._call = call = self._client._sessions.KeepAlive(self._pings())
+            try:
+                for resp in call:
+                    self.remaining = resp.remaining_seconds
+            except grpc.RpcError as e:
+                if self._stop.is_set():
+                    return
+                if isinstance(from_rpc_error(e), SessionNotFound):
+                    self.expired = True
+                    return
+            # The stream broke (arbiter restart, network blip): reconnect soon enough
+            # to renew the lease before it lapses.
+            self._stop.wait(min(self.ttl / 6, 1.0))
+
+    def reserve(
+        self,
+        host: str,
+        *,
+        system: bool = False,
+        cpu: int | None = None,
+        task: int | None = None,
+        addr: int,
+        len: int | None = None,
+        type: BpType | str,
+        owner: str = "",
+        kernel: bool = False,
+        enabled: bool = True,
+        request_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> ReservationHandle:
+        """Like ``Client.reserve``, but released with the session at the latest."""
+        return self._client.reserve(
+            host,
+            system=system,
+            cpu=cpu,
+            task=task,
+            addr=addr,
+            len=len,
+            type=type,
+            owner=owner or self.owner,
+            kernel=kernel,
+            enabled=enabled,
+            request_id=request_id,
+            idempotency_key=idempotency_key,
+            session_id=self.id,
+        )
+
+    def list(self) -> builtins.list[ReservationInfo]:
+        return self._client.list(session_id=self.id)
+
+    def attach(self, host: str, pid: int) -> Tracer:
+        """PTRACE_ATTACH: the task's debug registers become ours for the session."""
+        req = ptrace_pb2.AttachRequest(
+            request_id=wire.new_id(), session_id=self.id, host=host, task=pid
+        )
+        self._client._call(self._client._ptrace.Attach, req, timeout=MUTATE_TIMEOUT, retry=False)
+        return Tracer(self._client, host, pid, session_id=self.id)
+
+    def close(self) -> int:
+        """Stop the keep-alive and release everything the session holds; returns how many."""
+        with self._lock:
+            self._stop.set()
+            if self._call is not None:
+                self._call.cancel()
+        self._thread.join(timeout=5.0)
+        if self.expired:
+            return 0
+        req = session_pb2.CloseSessionRequest(request_id=wire.new_id(), session_id=self.id)
+        resp = self._client._call(
+            self._client._sessions.CloseSession,
+            req,
+            timeout=SESSION_TIMEOUT,
+            retry=True,
+            gone=SessionNotFound,
+        )
+        return 0 if resp is None else int(resp.released)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.close()
+        except HwbpError:
+            if exc is None:
+                raise  # otherwise keep the caller's error; the lease expires on its own
+
+
+class Tracer:
+    """PTRACE_POKEUSER / PEEKUSER on one task's u_debugreg, with the kernel's semantics."""
+
+    def __init__(self, client: Client, host: str, task: int, *, session_id: str) -> None:
+        self._client = client
+        self.host = host
+        self.task = task
+        self.session_id = session_id
+
+    def poke(self, reg: int, value: int, *, request_id: str | None = None) -> int:
+        """Write DR``reg`` (0..7); returns the generation that installed it."""
+        req = ptrace_pb2.PokeUserRequest(
+            request_id=request_id or wire.new_id(),
+            session_id=self.session_id,
+            host=self.host,
+            task=self.task,
+            reg=reg,
+            value=value,
+        )
+        # Not retried: a DR7 poke after a lost answer could reorder with a later poke.
+        resp = self._client._call(
+            self._client._ptrace.PokeUser, req, timeout=MUTATE_TIMEOUT, retry=False
+        )
+        return int(resp.generation)
+
+    def peek(self, reg: int, *, request_id: str | None = None) -> int:
+        req = ptrace_pb2.PeekUserRequest(
+            request_id=request_id or wire.new_id(),
+            session_id=self.session_id,
+            host=self.host,
+            task=self.task,
+            reg=reg,
+        )
+        resp = self._client._call(
+            self._client._ptrace.PeekUser, req, timeout=READ_TIMEOUT, retry=True
+        )
+        return int(resp.value)
+
+    def detach(self, *, request_id: str | None = None) -> int:
+        """Drop the task's ptrace breakpoints; returns how many were released."""
+        req = ptrace_pb2.DetachRequest(
+            request_id=request_id or wire.new_id(),
+            session_id=self.session_id,
+            host=self.host,
+            task=self.task,
+        )
+        resp = self._client._call(
+            self._client._ptrace.Detach, req, timeout=MUTATE_TIMEOUT, retry=True, gone=NotAttached
+        )
+        return 0 if resp is None else int(resp.released)
+
+    def traps(self, *, timeout: float | None = None) -> Iterator[TrapInfo]:
+        """Traps of this task as they happen; ``timeout`` ends the stream quietly."""
+        req = ptrace_pb2.TrapsRequest(request_id=wire.new_id(), host=self.host, task=self.task)
+        call = self._client._ptrace.Traps(req, timeout=timeout)
+        return self._client._stream(call, wire.trap, timeout)
+
+    def __enter__(self) -> Tracer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(NotAttached):
+            self.detach()
