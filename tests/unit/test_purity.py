@@ -1,0 +1,98 @@
+"""The core package stays pure: no gRPC, no event loop, no clock, no OS access.
+
+Two checks: a fresh interpreter imports every module under ``hwbp/`` and must not
+have pulled in a forbidden module (catches indirect imports), and each module's own
+import statements are scanned (catches ``time``/``os``, which the interpreter always
+loads at startup and so cannot be seen in ``sys.modules``).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import hwbp
+
+# Never loaded by a bare interpreter, so their presence after importing hwbp is a leak.
+LOADED_FORBIDDEN = ("grpc", "asyncio", "socket", "subprocess", "selectors", "threading")
+# Forbidden as direct imports in hwbp/ source (no I/O, no clock, no shells above us).
+IMPORT_FORBIDDEN = frozenset(
+    {
+        *LOADED_FORBIDDEN,
+        "os",
+        "time",
+        "signal",
+        "ctypes",
+        "google",
+        "hwbp_pb",
+        "server",
+        "agent",
+        "client",
+    }
+)
+
+PROBE = """
+import importlib, json, sys
+before = set(sys.modules)
+leaks = {}
+for name in json.loads(sys.argv[1]):
+    importlib.import_module(name)
+    new = [m for m in sys.modules if m not in before and m in json.loads(sys.argv[2])]
+    if new:
+        leaks[name] = sorted(new)
+    before = set(sys.modules)
+print(json.dumps(leaks))
+"""
+
+
+def core_modules() -> list[str]:
+    found = pkgutil.walk_packages(hwbp.__path__, prefix="hwbp.")
+    return ["hwbp", *sorted(m.name for m in found)]
+
+
+def test_every_core_module_is_found() -> None:
+    names = core_modules()
+    assert {"hwbp.model", "hwbp.errors", "hwbp.arch", "hwbp.ledger", "hwbp.validate"} <= set(names)
+
+
+def test_importing_the_core_pulls_in_no_io_modules() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PROBE,
+            json.dumps(core_modules()),
+            json.dumps(LOADED_FORBIDDEN),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    leaks = json.loads(out.stdout)
+    assert leaks == {}, "core modules import forbidden modules: " + ", ".join(
+        f"{mod} -> {' '.join(new)}" for mod, new in leaks.items()
+    )
+
+
+def test_core_sources_import_nothing_impure() -> None:
+    offenders: list[str] = []
+    for path in sorted(Path(hwbp.__path__[0]).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            offenders += [
+                f"{path.name}:{node.lineno} imports {name}"
+                for name in names
+                if name.split(".")[0] in IMPORT_FORBIDDEN
+            ]
+    assert offenders == [], "impure imports in hwbp/: " + "; ".join(offenders)
