@@ -308,15 +308,10 @@ class HostLedger:
         here = [e for e in self._applying(cpu) if e.cls is cls]
         task = target.task
         if target.cpu_bound:
-            counters, task = self._counters[cls], None
-            busiest = counters.max_task(cpu)
-            if busiest:
-                task = next(
-                    e.res.target.task
-                    for e in here
-                    if e.res.target.task is not None
-                    and counters.task_on(e.res.target.task, cpu) == busiest
-                )
+            counters = self._counters[cls]
+            busiest = counters.max_task(cpu)  # 0: no task there, so none is named
+            tasks = (e.res.target.task for e in here if not e.res.target.cpu_bound)
+            task = next((t for t in tasks if counters.task_on(t, cpu) == busiest), None)
         holders = [e.res for e in here if e.res.target.cpu_bound or e.res.target.task == task]
         return NoFreeSlot(
             host=self._host,
