@@ -35,6 +35,7 @@ TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 class Backend(Protocol):
     name: str
+    polls: bool  # reports hits and task exits on its own (fds to watch)
 
     def apply(self, assignments: Any) -> RegisterImage: ...
     def image(self) -> RegisterImage: ...
@@ -231,9 +232,9 @@ class AgentLink:
 
     async def _watch_backend(self) -> None:
         """Real CPUs report hits and task exits on their own; forward them promptly."""
-        fds = self.backend.fds
-        if not fds():
+        if not self.backend.polls:
             return
+        fds = self.backend.fds
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
         watched: set[int] = set()

@@ -141,6 +141,7 @@ class PerfBackend:
     """
 
     name = "perf"
+    polls = True  # the kernel reports hits and exits on fds the agent watches
 
     def __init__(self, cpu: int, ring_pages: int = 16) -> None:
         self.cpu = cpu

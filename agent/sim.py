@@ -12,6 +12,7 @@ class SimBackend:
     """One simulated x86 CPU: context switches and memory accesses that hit or miss."""
 
     name = "sim"
+    polls = False  # hits come back in the answer to an access
 
     def __init__(self, cpu: int, *, refuse_addr: int | None = None) -> None:
         self.cpu = cpu

@@ -84,7 +84,9 @@ def _check_address(bp: Breakpoint) -> None:
             addr=f"{addr:#x}",
             length=length,
         )
-    if addr & (length - 1):
+    # Exec breakpoints use LEN 00 (X86_BREAKPOINT_LEN_X == LEN_1): the kernel checks no
+    # alignment for them, since an instruction may start at any byte.
+    if bp.type is not BpType.EXEC and addr & (length - 1):
         raise MisalignedAddress(
             f"address {addr:#x} is not aligned to its length {length}",
             addr=f"{addr:#x}",

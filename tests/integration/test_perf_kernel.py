@@ -7,79 +7,26 @@ Every wait is bounded and every child is killed in ``finally``.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import platform
 import select
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from agent.perf import PerfBackend, probe
 from hwbp.errors import KernelNoSpace, KernelRefused
 from hwbp.model import Assignment, BpType, Breakpoint
+from tests.integration.targets import WAIT, Target
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(30)]
 
-TARGET = Path(__file__).with_name("perf_target.py")
-ROOT = TARGET.parents[2]
 FIXED_ADDR = 0x5A5A00000000  # both processes of the isolation test map their long here
-WAIT = 10.0
 
 _reason = probe()
 if _reason is not None:
     pytest.skip(_reason, allow_module_level=True)
-
-
-class Target:
-    """A perf_target.py child speaking its one-line protocol."""
-
-    def __init__(self, cpu: int, at: int | None = None) -> None:
-        cmd = [sys.executable, str(TARGET), "--cpu", str(cpu)]
-        if at is not None:
-            cmd += ["--at", hex(at)]
-        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-        )
-        info = json.loads(self._line())
-        self.pid: int = info["pid"]
-        self.addr: int = info["addr"]
-        self.getpid: int = info["getpid"]
-
-    def _line(self) -> str:
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], WAIT)
-        if not ready:
-            raise TimeoutError("perf_target did not answer")
-        line = self.proc.stdout.readline()
-        if not line:
-            raise EOFError(f"perf_target exited ({self.proc.poll()})")
-        return line.strip()
-
-    def ask(self, cmd: str) -> str:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(cmd + "\n")
-        self.proc.stdin.flush()
-        return self._line()
-
-    def quit(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("q\n")
-        self.proc.stdin.flush()
-        self.proc.wait(timeout=WAIT)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=WAIT)
-        for f in (self.proc.stdin, self.proc.stdout):
-            if f is not None:
-                f.close()
 
 
 @pytest.fixture

@@ -85,8 +85,9 @@ def test_misaligned(addr: int, length: int) -> None:
     assert err.metadata["addr"] == f"{addr:#x}"
 
 
-def test_misaligned_exec() -> None:
-    assert isinstance(refused(Breakpoint(0x1004, 8, BpType.EXEC)), MisalignedAddress)
+def test_exec_needs_no_alignment() -> None:
+    """LEN_X equals LEN_1 in the kernel: an instruction may start at any byte."""
+    validate_breakpoint(Breakpoint(0x1003, 8, BpType.EXEC), scope=TASK)
 
 
 @pytest.mark.parametrize(("addr", "length"), [(0x1000, 8), (0x1001, 1), (0x1002, 2), (0, 1)])
