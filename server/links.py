@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -21,6 +22,8 @@ from hwbp_pb import agent_pb2
 from wire import convert
 
 log = logging.getLogger("hwbp.server")
+# Observers of every matched answer: (channel, answer, seconds since the reload was sent).
+ANSWER_HOOKS: list[Callable[[AgentChannel, AckResult, float], None]] = []
 
 
 class LinkState(Enum):
@@ -67,6 +70,7 @@ class _Reload:
     future: asyncio.Future[AckResult] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    sent_at: float = 0.0
 
 
 class AgentChannel:
@@ -119,6 +123,7 @@ class AgentChannel:
 
     def _send(self, item: _Reload) -> None:
         self._in_flight = item
+        item.sent_at = time.monotonic()
         self.sent_generation = item.generation
         msg = agent_pb2.ArbiterMessage(
             reload=agent_pb2.Reload(
@@ -141,6 +146,8 @@ class AgentChannel:
                 current.generation if current else "none",
             )
             return
+        for hook in ANSWER_HOOKS:
+            hook(self, result, time.monotonic() - current.sent_at)
         if result.ok:
             self.acked_generation = result.generation
             self.image = result.image

@@ -29,6 +29,9 @@ from hwbp_pb import (
 )
 from server.agent_link import AgentLinkServicer
 from server.fleet import Fleet
+from server.interceptors import MetricsInterceptor
+from server.logs import setup as setup_logging
+from server.metrics import Metrics
 from server.ptrace_service import PtraceServicer
 from server.reservations import ArbiterServicer
 from server.sessions import SessionsServicer, SessionTable, reaper
@@ -79,6 +82,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="allow listening on a non-loopback address without TLS",
     )
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-format", choices=["text", "json"], default="text")
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics over HTTP here; port 0 picks a free one and prints it",
+    )
     return p.parse_args(argv)
 
 
@@ -95,7 +104,9 @@ def _is_loopback(listen: str) -> bool:
 async def serve(args: argparse.Namespace) -> int:
     fleet = Fleet(ack_timeout=args.ack_timeout)
     sessions = SessionTable()
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    metrics = Metrics(fleet)
+    metrics.start()
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[MetricsInterceptor(metrics)])
     arbiter_pb2_grpc.add_ArbiterServicer_to_server(ArbiterServicer(fleet, sessions), server)
     session_pb2_grpc.add_SessionsServicer_to_server(SessionsServicer(fleet, sessions), server)
     ptrace_pb2_grpc.add_PtraceServicer_to_server(PtraceServicer(fleet, sessions), server)
@@ -110,6 +121,16 @@ async def serve(args: argparse.Namespace) -> int:
     for name in ["", *(s.full_name for s in SERVICES)]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
+    if args.metrics_listen:
+        try:
+            metrics_host, metrics_port = metrics.serve(args.metrics_listen)
+        except (OSError, ValueError) as err:
+            print(
+                f"hwbp-arbiter: cannot serve metrics on {args.metrics_listen}: {err}",
+                file=sys.stderr,
+            )
+            return 2
+        print(f"metrics on {metrics_host}:{metrics_port}", flush=True)
     port = server.add_insecure_port(args.listen)
     if port == 0:
         print(f"hwbp-arbiter: cannot listen on {args.listen}", file=sys.stderr)
@@ -134,17 +155,14 @@ async def serve(args: argparse.Namespace) -> int:
     await asyncio.wait_for(asyncio.gather(*(h.drain() for h in fleet.hosts.values())), timeout=10)
     reaping.cancel()
     await server.stop(grace=1.0)
+    metrics.stop()
     log.info("stopped")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(args.log_level, args.log_format)
     if not _is_loopback(args.listen) and not args.insecure:
         print(
             f"hwbp-arbiter: refusing to listen on {args.listen} without TLS; "
