@@ -4,7 +4,7 @@
 frozen dataclasses from ``client.values`` and failures are ``hwbp.errors`` classes.
 """
 
-from client.errors import DeadlineExceeded, RemoteError, Unavailable, UsageError
+from client.errors import DeadlineExceeded, NoFreeSlot, RemoteError, Unavailable, UsageError
 from client.sdk import Client, ReservationHandle, Session, Tracer
 from client.values import (
     AccessResult,
@@ -26,6 +26,7 @@ __all__ = [
     "EventKind",
     "HitInfo",
     "HolderInfo",
+    "NoFreeSlot",
     "RemoteError",
     "ReservationHandle",
     "ReservationInfo",

@@ -18,13 +18,13 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
+from hwbp import errors as core_errors
 from hwbp.errors import (
     AgentRefused,
     ErrorClass,
     FailedPrecondition,
     HwbpError,
     InvalidArgument,
-    NoFreeSlot,
     NotFound,
     PermissionDenied,
     Unauthenticated,
@@ -106,6 +106,19 @@ def remote_class(cls: type[HwbpError]) -> type[RemoteError]:
     return made
 
 
+class NoFreeSlot(RemoteError, core_errors.NoFreeSlot):  # type: ignore[misc]
+    """NO_FREE_SLOT from the arbiter; also an ``hwbp.errors.NoFreeSlot``.
+
+    Declared here (not made on the fly) so type checkers see ``holders`` as the list of
+    the server's descriptions ("r-1 (alice, cpu 0)"), not the core's Reservation values.
+    """
+
+    holders: list[str]  # type: ignore[assignment]
+
+
+_REMOTE_CLASSES[core_errors.NoFreeSlot] = NoFreeSlot
+
+
 def _walk(cls: type[HwbpError]) -> Iterable[type[HwbpError]]:
     for sub in cls.__subclasses__():
         if issubclass(sub, RemoteError):
@@ -127,7 +140,7 @@ _BY_CODE: Mapping[grpc.StatusCode, type[HwbpError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: NoFreeSlot,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: core_errors.NoFreeSlot,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.ALREADY_EXISTS: FailedPrecondition,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,

@@ -11,6 +11,7 @@ from client.errors import (
     EXIT_CODES,
     DeadlineExceeded,
     ExitCode,
+    NoFreeSlot,
     RemoteError,
     Unavailable,
     UsageError,
@@ -54,6 +55,7 @@ def no_slot() -> RemoteError:
 def test_no_free_slot_is_typed_with_host_cpu_and_holders() -> None:
     err = no_slot()
     assert isinstance(err, core.NoFreeSlot)
+    assert isinstance(err, NoFreeSlot)
     assert isinstance(err, RemoteError)
     assert (err.host, err.cpu) == ("h1", 0)
     assert err.holders == ["r-1 (alice, cpu 0)", "r-2 (bob, task 7)"]
