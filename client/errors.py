@@ -169,7 +169,9 @@ def from_status(
         reason = reason or cls.reason
     if not message:
         message = f"arbiter answered {code.name if code else 'an unknown error'}"
-    if info is None and issubclass(cls, Unavailable):
+    if info is None and issubclass(cls, DeadlineExceeded):
+        message = f"no answer from the arbiter in time: {message}"
+    elif info is None and issubclass(cls, Unavailable):
         message = f"arbiter unavailable: {message}"
     return remote_class(cls)(message, reason=reason, metadata=metadata, code=code)
 

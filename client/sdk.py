@@ -206,6 +206,7 @@ class Client:
         request_id: str | None = None,
     ) -> Iterator[EventInfo]:
         """Events as they happen; ``timeout`` ends the stream quietly after that many seconds."""
+        # No deadline unless asked: a watch is meant to last as long as its reader does.
         req = wire.watch_request(host, task, kinds, request_id)
         return self._stream(self._arbiter.Watch(req, timeout=timeout), wire.event, timeout)
 
