@@ -174,12 +174,3 @@ def _check_reserve(args: argparse.Namespace) -> None:
         if args.type != "x":
             raise UsageError(f"hwbpctl reserve: --len is required for --type {args.type}")
         args.len = DEFAULT_EXEC_LEN
-
-
-def scope_name(args: argparse.Namespace) -> str:
-    """The scope a reserve invocation asks for, in the CLI's spelling."""
-    if args.system:
-        return "system"
-    if args.task is not None:
-        return "task+cpu" if args.cpu is not None else "task"
-    return "cpu"
