@@ -1,0 +1,3 @@
+from load.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""Raw grpc.aio stubs and the google.rpc ErrorInfo of a failed call (no SDK in the way)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from hwbp_pb import (
+    arbiter_pb2_grpc,
+    ptrace_pb2_grpc,
+    simulation_pb2_grpc,
+)
+
+# Load traffic is loopback only; a generous message limit matches the arbiter's.
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+]
+RPC_TIMEOUT = 20.0  # seconds; longer than any ack timeout, so a hang is seen as one
+
+
+class Stubs:
+    """One channel per client (as separate processes would have), with every stub on it."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.arb = arbiter_pb2_grpc.ArbiterStub(self.channel)
+        self.sim = simulation_pb2_grpc.SimulationStub(self.channel)
+        self.ptrace = ptrace_pb2_grpc.PtraceStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a failed call said: status code, ErrorInfo reason and metadata, message."""
+
+    code: str
+    reason: str
+    message: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def holder_ids(self) -> list[str]:
+        """Reservation ids named in ``holders`` ("r12 (owner, cpu 1);r13 (...)")."""
+        text = self.metadata.get("holders", "")
+        return [part.strip().split(" ", 1)[0] for part in text.split(";") if part.strip()]
+
+
+def failure(err: grpc.aio.AioRpcError) -> Failure:
+    """Decode the rich status; a call without one gets reason "" so checks can flag it."""
+    reason, meta = "", {}
+    for key, value in err.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    reason, meta = info.reason, dict(info.metadata)
+    return Failure(err.code().name, reason, err.details() or "", meta)
+
+
+def request_id(prefix: str, n: int) -> str:
+    return f"{prefix}-{n}"
+
+
+Msg = Any  # generated protobuf messages carry no static types
