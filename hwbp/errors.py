@@ -229,6 +229,13 @@ class LedgerCorrupt(FailedPrecondition):
     reason = "LEDGER_CORRUPT"
 
 
+class LedgerWriteFailed(HwbpError):
+    """The durable ledger refused a write; the change was rolled back."""
+
+    reason = "LEDGER_WRITE_FAILED"
+    error_class = ErrorClass.UNAVAILABLE
+
+
 class Draining(HwbpError):
     reason = "DRAINING"
     error_class = ErrorClass.UNAVAILABLE

@@ -234,6 +234,14 @@ class HostLedger:
                 entry.res, entry.cls = old, old_cls
         self._trim()
 
+    def touched_since(self, token: int) -> set[str]:
+        """Ids of the reservations reserved, released or modified since ``token``
+        (what a durable store must write when the changes are kept)."""
+        start = self._marks.get(token)
+        if start is None:
+            raise InvalidArgument(f"checkpoint {token} is not open", token=token)
+        return {entry.res.id for _, entry, _, _ in self._journal[start - self._journal_base :]}
+
     def commit(self, token: int) -> None:
         """Keep the changes since ``token``; its journal entries are dropped unless an
         outer checkpoint still needs them."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 
 from hwbp.arch import X86_64, ArchProfile
 from hwbp.errors import HostNotFound, HostShapeConflict, ReservationNotFound
@@ -27,6 +28,14 @@ class Fleet:
         self._ids = itertools.count(1)
         self.idempotency: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self.draining = False
+        self.paranoid = False
+        self.pending_keys: dict[str, str] = {}  # reservation id -> idempotency key to persist
+        self.on_host_created: Callable[[Host], None] | None = None
+        self.on_commit: Callable[[Host, set[str]], None] | None = None
+
+    def reseed_ids(self, start: int) -> None:
+        """After a restore: new ids continue after the highest one in the ledger."""
+        self._ids = itertools.count(start)
 
     def new_id(self) -> str:
         return f"r{next(self._ids)}"
@@ -45,7 +54,17 @@ class Fleet:
         """A hello names the host's CPU count, so CPUs without an agent are known offline."""
         host = self.hosts.get(name)
         if host is None:
-            host = Host(name, ncpus, self.profile, ack_timeout=self.ack_timeout, bus=self.bus)
+            host = Host(
+                name,
+                ncpus,
+                self.profile,
+                ack_timeout=self.ack_timeout,
+                bus=self.bus,
+                on_commit=self.on_commit,
+            )
+            host.paranoid = self.paranoid
+            if self.on_host_created is not None:
+                self.on_host_created(host)
             self.hosts[name] = host
             log.info("host %s appeared with %d cpus", name, ncpus)
         elif host.ncpus != ncpus:

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hwbp.arch import ArchProfile
-from hwbp.errors import AckTimeout, AgentRefused, HwbpError, KernelNoSpace, KernelRefused
+from hwbp.errors import (
+    AckTimeout,
+    AgentRefused,
+    HwbpError,
+    KernelNoSpace,
+    KernelRefused,
+    LedgerWriteFailed,
+)
 from hwbp.ledger import HostLedger
 from hwbp.model import Reservation
 from hwbp.ptrace import PtraceState
@@ -69,7 +76,7 @@ class Host:
         *,
         ack_timeout: float,
         bus: EventBus,
-        on_commit: Callable[[Host], None] | None = None,
+        on_commit: Callable[[Host, set[str]], None] | None = None,
     ) -> None:
         self.name = name
         self.ncpus = ncpus
@@ -79,6 +86,8 @@ class Host:
         self.channels: list[AgentChannel | None] = [None] * ncpus
         self.backends: list[str] = [""] * ncpus
         self.attachments: dict[int, Attachment] = {}
+        self.dirty_tasks: set[int] = set()
+        self.paranoid = False  # ptrace attachments to write at the next commit
         self.ack_timeout = ack_timeout
         self.bus = bus
         self.on_commit = on_commit
@@ -141,9 +150,11 @@ class Host:
         request_ids = ",".join(ch.request_id for ch, _ in admitted)
         failure = await self._broadcast(self.generation, affected, request_ids)
         if failure is None:
+            failure = self._persist(token)
+        if failure is None:
             self.ledger.commit(token)
-            if self.on_commit is not None:
-                self.on_commit(self)
+            if self.paranoid:
+                self.ledger.validate()  # drills and fuzzing: fail loudly on any drift
             self._publish(types_pb2.EVENT_KIND_RELOAD, request_ids)
             for ch, result in admitted:
                 if not ch.future.done():
@@ -170,6 +181,21 @@ class Host:
         else:
             for ch, _ in admitted:
                 _fail(ch.future, failure)
+
+    def _persist(self, token: int) -> HwbpError | None:
+        """Make the batch durable before anyone hears success; a failed write fails it."""
+        if self.on_commit is None:
+            return None
+        try:
+            self.on_commit(self, self.ledger.touched_since(token))
+        except Exception as err:
+            log.error("host %s: ledger write failed: %s", self.name, err)
+            return LedgerWriteFailed(
+                f"host {self.name}: the change could not be made durable ({err}); "
+                "it was rolled back",
+                host=self.name,
+            )
+        return None
 
     async def _broadcast(
         self, generation: int, cpus: Iterable[int], request_id: str, *, rollback: bool = False

@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hwbp.errors import LedgerCorrupt
 from hwbp_pb import (
     agent_pb2,
     agent_pb2_grpc,
@@ -32,10 +33,12 @@ from server.fleet import Fleet
 from server.interceptors import MetricsInterceptor
 from server.logs import setup as setup_logging
 from server.metrics import Metrics
+from server.persist import Persistence
 from server.ptrace_service import PtraceServicer
 from server.reservations import ArbiterServicer
 from server.sessions import SessionsServicer, SessionTable, reaper
 from server.simulation import SimulationServicer
+from server.store import open_store
 
 log = logging.getLogger("hwbp.server")
 
@@ -81,6 +84,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="allow listening on a non-loopback address without TLS",
     )
+    p.add_argument(
+        "--db",
+        default="var/hwbp.db",
+        help="SQLite ledger file (WAL); ':memory:' keeps nothing across restarts",
+    )
+    p.add_argument(
+        "--db-sync",
+        choices=["normal", "full"],
+        default="normal",
+        help="normal: durable against an arbiter crash; full: also against power loss",
+    )
+    p.add_argument(
+        "--paranoid",
+        action="store_true",
+        help="check every ledger invariant after each committed change (drills, fuzzing)",
+    )
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--log-format", choices=["text", "json"], default="text")
     p.add_argument(
@@ -103,7 +122,27 @@ def _is_loopback(listen: str) -> bool:
 
 async def serve(args: argparse.Namespace) -> int:
     fleet = Fleet(ack_timeout=args.ack_timeout)
+    fleet.paranoid = args.paranoid
     sessions = SessionTable()
+    try:
+        store = open_store(args.db, sync=args.db_sync)
+        persistence = Persistence(store, fleet, sessions)
+        fleet.on_commit = persistence.host_committed
+        restored = persistence.restore()
+    except LedgerCorrupt as err:
+        print(f"hwbp-arbiter: refusing to start: {err}", file=sys.stderr)
+        return 3
+    fleet.on_host_created = persistence.host_created
+    sessions.on_open = persistence.session_opened
+    sessions.on_end = persistence.session_ended
+    log.info(
+        "ledger %s: %d hosts, %d reservations, %d ptrace attachments, %d sessions restored",
+        args.db,
+        restored.hosts,
+        restored.reservations,
+        restored.attachments,
+        restored.sessions,
+    )
     metrics = Metrics(fleet)
     metrics.start()
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[MetricsInterceptor(metrics)])
@@ -156,6 +195,7 @@ async def serve(args: argparse.Namespace) -> int:
     reaping.cancel()
     await server.stop(grace=1.0)
     metrics.stop()
+    store.close()
     log.info("stopped")
     return 0
 

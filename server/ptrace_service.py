@@ -63,6 +63,7 @@ def flush_attachment(host: Host, task: int) -> int:
     att = host.attachments.pop(task, None)
     if att is None:
         return 0
+    host.dirty_tasks.add(task)
     for rid in att.reservations.values():
         if rid in host.ledger:
             host.ledger.release(rid)
@@ -162,6 +163,7 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
                 host.attachments.pop(task, None)
 
         def apply() -> tuple[Any, range]:
+            host.dirty_tasks.add(task)
             try:
                 att.state = ptrace.poke(att.state, request.reg, request.value, registrar)
             except HwbpError as err:

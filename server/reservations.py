@@ -78,6 +78,8 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
                 session=session or None,
             )
             host.ledger.reserve(res)
+            if key:
+                self.fleet.pending_keys[res.id] = key
             return res, host.ledger.affected_cpus(target)
 
         try:

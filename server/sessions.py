@@ -32,12 +32,15 @@ class Session:
     owner: str
     ttl: float
     expires_at: float
+    ending: bool = False  # being released: keep-alives no longer renew it
 
 
 class SessionTable:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.sessions: dict[str, Session] = {}
+        self.on_open: Callable[[Session], None] | None = None  # durable record
+        self.on_end: Callable[[str], None] | None = None
 
     def open(self, ttl: float, owner: str) -> Session:
         if not MIN_TTL <= ttl <= MAX_TTL:
@@ -46,6 +49,8 @@ class SessionTable:
             )
         sid = "s-" + uuid.uuid4().hex[:16]
         session = Session(sid, owner, ttl, self.clock() + ttl)
+        if self.on_open is not None:
+            self.on_open(session)
         self.sessions[sid] = session
         return session
 
@@ -59,6 +64,8 @@ class SessionTable:
 
     def renew(self, sid: str) -> Session:
         session = self.get(sid)
+        if session.ending:
+            raise SessionNotFound(f"session {sid!r} has expired", session=sid)
         session.expires_at = self.clock() + session.ttl
         return session
 
@@ -77,30 +84,47 @@ class SessionTable:
 
 
 async def end_session(fleet: Fleet, table: SessionTable, sid: str, reason: str) -> int:
-    """Release everything a session holds on every host; returns how many were released."""
+    """Release everything a session holds on every host; returns how many were released.
+
+    The session stops accepting keep-alives at once, but is forgotten (and its durable
+    record deleted) only once every host released its breakpoints; if a host could not,
+    the reaper tries again a second later.
+    """
     from server.ptrace_service import flush_attachment
 
-    table.remove(sid)
-    released = 0
+    session = table.sessions.get(sid)
+    if session is None:
+        return 0
+    session.ending = True
+    released, failed = 0, False
     for host in list(fleet.hosts.values()):
-        mine = [r for r in host.ledger.by_session(sid) if r.ptrace_index is None]
-        tasks = [t for t, a in host.attachments.items() if a.session == sid]
-        if not mine and not tasks:
+        if not host.ledger.by_session(sid) and not any(
+            a.session == sid for a in host.attachments.values()
+        ):
             continue
 
-        def apply(host: Any = host, mine: Any = mine, tasks: Any = tasks) -> tuple[int, range]:
-            for res in mine:
-                host.ledger.release(res.id)
+        def apply(host: Any = host) -> tuple[int, range]:
+            mine = [r.id for r in host.ledger.by_session(sid) if r.ptrace_index is None]
+            for rid in mine:
+                host.ledger.release(rid)
             count = len(mine)
-            for task in tasks:
+            for task in [t for t, a in host.attachments.items() if a.session == sid]:
                 count += flush_attachment(host, task)
             return count, range(host.ncpus)
 
         try:
             released += await host.change(f"session:{sid}", apply)
         except Exception as err:
+            failed = True
             log.error("session %s: releasing on host %s failed: %s", sid, host.name, err)
+            continue
         host._publish(types_pb2.EVENT_KIND_LEASE_EXPIRED, f"session:{sid}", reason=reason)
+    if failed:
+        session.expires_at = table.clock() + 1.0
+        return released
+    table.remove(sid)
+    if table.on_end is not None:
+        table.on_end(sid)
     log.info("session %s ended (%s): %d released", sid, reason, released)
     return released
 

@@ -108,8 +108,9 @@ def _drain_in_background(proc: Proc) -> None:
 
 def start_arbiter(*extra: str) -> tuple[Proc, str]:
     """Start an arbiter on 127.0.0.1 with a port picked by the kernel; return (proc, address)."""
+    db = [] if "--db" in extra else ["--db", ":memory:"]  # tests share no ledger file
     proc, line = start(
-        ["server", "--listen", "127.0.0.1:0", *extra], "arbiter", wait_for="listening on"
+        ["server", "--listen", "127.0.0.1:0", *db, *extra], "arbiter", wait_for="listening on"
     )
     return proc, line.rsplit(" ", 1)[-1]
 

@@ -1,0 +1,52 @@
+"""The in-memory store: the same semantics as SQLite, gone when the process exits."""
+
+from __future__ import annotations
+
+from server.store.base import (
+    AttachmentRecord,
+    Batch,
+    HostRecord,
+    ReservationRecord,
+    SessionRecord,
+    Snapshot,
+    id_order,
+)
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.hosts: dict[str, HostRecord] = {}
+        self.reservations: dict[str, ReservationRecord] = {}
+        self.attachments: dict[tuple[str, int], AttachmentRecord] = {}
+        self.sessions: dict[str, SessionRecord] = {}
+        self.commits = 0
+
+    def load(self) -> Snapshot:
+        return Snapshot(
+            hosts=tuple(self.hosts.values()),
+            reservations=tuple(
+                sorted(self.reservations.values(), key=lambda r: id_order(r.reservation.id))
+            ),
+            attachments=tuple(self.attachments.values()),
+            sessions=tuple(self.sessions.values()),
+        )
+
+    def commit(self, batch: Batch) -> None:
+        for h in batch.hosts:
+            self.hosts[h.name] = h
+        for rid in batch.deleted_reservations:
+            self.reservations.pop(rid, None)
+        for r in batch.reservations:
+            self.reservations[r.reservation.id] = r
+        for key in batch.deleted_attachments:
+            self.attachments.pop(key, None)
+        for a in batch.attachments:
+            self.attachments[(a.host, a.task)] = a
+        for sid in batch.deleted_sessions:
+            self.sessions.pop(sid, None)
+        for s in batch.sessions:
+            self.sessions[s.id] = s
+        self.commits += 1
+
+    def close(self) -> None:
+        """Nothing to flush."""
