@@ -1,0 +1,145 @@
+"""Bare grpc.aio baselines, run as their own processes like the arbiter and the fleet.
+
+* ``unary``: a generic-handler unary echo (bytes in, same bytes out): what a gRPC round
+  trip costs with no arbiter logic at all (P1's baseline).
+* ``fanout``: N bidi streams held open; a unary Broadcast writes one message to every
+  stream and returns when all N replied (P3's baseline: the IPI-with-wait, minus the
+  arbiter).
+* ``agents``: the N stream ends for ``fanout``, spread 64 to a channel like the fleet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+
+SERVICE = "bench.Echo"
+STREAMS_PER_CHANNEL = 64  # as agent.main does
+ACK = b"\x08\x01" + b"a" * 40  # about the size of an agent's Ack with a small image
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+class Fanout:
+    """Server side of the fan-out baseline: one outbox and one pending reply per stream."""
+
+    def __init__(self) -> None:
+        self.streams: list[tuple[asyncio.Queue[bytes], list[asyncio.Future[bytes]]]] = []
+
+    async def connect(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        waiting: list[asyncio.Future[bytes]] = []
+        entry = (outbox, waiting)
+        self.streams.append(entry)
+
+        async def read() -> None:
+            async for reply in requests:
+                if waiting:
+                    waiting.pop(0).set_result(reply)
+
+        reader = asyncio.create_task(read())
+        try:
+            yield b"welcome"
+            while True:
+                yield await outbox.get()
+        finally:
+            reader.cancel()
+            self.streams.remove(entry)
+
+    async def broadcast(self, payload: bytes, context: Any) -> bytes:
+        loop = asyncio.get_running_loop()
+        futures = []
+        for outbox, waiting in self.streams:
+            fut: asyncio.Future[bytes] = loop.create_future()
+            waiting.append(fut)
+            futures.append(fut)
+            outbox.put_nowait(payload)
+        await asyncio.gather(*futures)
+        return len(futures).to_bytes(4, "little")
+
+
+async def serve(kind: str, listen: str) -> None:
+    server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 100_000)])
+
+    async def echo(request: bytes, context: Any) -> bytes:
+        return request
+
+    fan = Fanout()
+    handlers = {
+        "Echo": grpc.unary_unary_rpc_method_handler(echo, _identity, _identity),
+        "Broadcast": grpc.unary_unary_rpc_method_handler(fan.broadcast, _identity, _identity),
+        "Connect": grpc.stream_stream_rpc_method_handler(fan.connect, _identity, _identity),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    port = server.add_insecure_port(listen)
+    await server.start()
+    print(f"echo {kind} listening on {listen.rsplit(':', 1)[0]}:{port}", flush=True)
+    await _until_signal()
+    await server.stop(grace=0.5)
+
+
+async def agents(target: str, n: int) -> None:
+    """N stream ends that answer every message with an ack-sized reply."""
+    channels = [grpc.aio.insecure_channel(target) for _ in range(0, n, STREAMS_PER_CHANNEL)]
+    ready = 0
+
+    async def one(i: int) -> None:
+        nonlocal ready
+        replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def outgoing() -> AsyncIterator[bytes]:
+            while True:
+                yield await replies.get()
+
+        call = channels[i // STREAMS_PER_CHANNEL].stream_stream(
+            f"/{SERVICE}/Connect", request_serializer=_identity, response_deserializer=_identity
+        )(outgoing())
+        first = True
+        async for _ in call:
+            if first:
+                first = False
+                ready += 1
+                if ready == n:
+                    print("agents ready", flush=True)
+                continue
+            replies.put_nowait(ACK)
+
+    tasks = [asyncio.create_task(one(i)) for i in range(n)]
+    await _until_signal()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for ch in channels:
+        await ch.close()
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.echo", description=__doc__)
+    p.add_argument("kind", choices=["server", "agents"])
+    p.add_argument("--listen", default="127.0.0.1:0")
+    p.add_argument("--target", default="")
+    p.add_argument("-n", type=int, default=1)
+    args = p.parse_args(argv)
+    if args.kind == "server":
+        asyncio.run(serve(args.kind, args.listen))
+    else:
+        asyncio.run(agents(args.target, args.n))
+
+
+if __name__ == "__main__":
+    main()

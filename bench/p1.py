@@ -1,0 +1,200 @@
+"""P1: reserve+release round trips through the arbiter vs a bare unary echo.
+
+One op is a Reserve then a Release of a task+cpu breakpoint (each worker its own task,
+so 32 in flight never run out of slots); every one waits for the 1-CPU fleet's ACK. The
+echo op is two unary echoes with payloads the size of those two requests. Afterwards
+the arbiter is run again under cProfile at 32 in flight to see where its time goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pstats
+import tempfile
+from typing import Any
+
+import grpc
+
+from bench.harness import Run, closed_loop, start_echo
+from hwbp_pb import arbiter_pb2, types_pb2
+from load import procs
+from load.rpc import CHANNEL_OPTIONS
+
+IN_FLIGHT = (1, 32)
+TARGET = 0.8
+
+
+def _reserve(w: int, n: int) -> arbiter_pb2.ReserveRequest:
+    return arbiter_pb2.ReserveRequest(
+        request_id=f"p1-{w}-{n:08d}",
+        target=types_pb2.Target(host="p1", scope=types_pb2.SCOPE_TASK_CPU, cpu=0, task=1000 + w),
+        spec=types_pb2.BreakpointSpec(
+            addr=0x400000 + 8 * w, len=8, type=types_pb2.BREAKPOINT_TYPE_WRITE, enabled=True
+        ),
+        owner="bench-p1",
+    )
+
+
+async def arbiter_runs(address: str, seconds: float, warmup: float) -> dict[int, Run]:
+    out: dict[int, Run] = {}
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as ch:
+        from hwbp_pb import arbiter_pb2_grpc
+
+        stub = arbiter_pb2_grpc.ArbiterStub(ch)
+        counter = [0]
+
+        async def op(w: int) -> None:
+            counter[0] += 1
+            res = await stub.Reserve(_reserve(w, counter[0]), timeout=30)
+            await stub.Release(
+                arbiter_pb2.ReleaseRequest(
+                    request_id=f"p1-{w}-{counter[0]:08d}r", reservation_id=res.reservation.id
+                ),
+                timeout=30,
+            )
+
+        for n in IN_FLIGHT:
+            out[n] = await closed_loop(op, n, seconds, warmup)
+    return out
+
+
+async def echo_runs(address: str, seconds: float, warmup: float) -> dict[int, Run]:
+    big = _reserve(0, 0).SerializeToString()
+    small = arbiter_pb2.ReleaseRequest(
+        request_id="p1-0-00000000r", reservation_id="r123456"
+    ).SerializeToString()
+    out: dict[int, Run] = {}
+    async with grpc.aio.insecure_channel(address) as ch:
+        echo = ch.unary_unary("/bench.Echo/Echo")
+
+        async def op(w: int) -> None:
+            await echo(big, timeout=30)
+            await echo(small, timeout=30)
+
+        for n in IN_FLIGHT:
+            out[n] = await closed_loop(op, n, seconds, warmup)
+    return out
+
+
+def _with_fleet(profile: str = "") -> tuple[list[procs.Child], str]:
+    arb, address = procs.start_arbiter(profile=profile)
+    return [arb, procs.start_fleet(address, "p1", 1)], address
+
+
+def profile_summary(path: str, top: int = 12) -> dict[str, Any]:
+    """Where the arbiter's main thread spent its time, by area and by function.
+
+    Cython code (grpc's cygrpc) is invisible to cProfile: its time is billed to the
+    Python frame that resumed it, which for asyncio task steps is ``Context.run``.
+    """
+    st = pstats.Stats(path)
+    total = 0.0
+    areas: dict[str, float] = {}
+    rows, ours = [], []
+    for (file, line, fn), (_cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
+        total += tt
+        area = _area(file, fn)
+        areas[area] = areas.get(area, 0.0) + tt
+        name = f"{_short(file)}:{line}({fn})"
+        rows.append((tt, ct, nc, name))
+        if area.startswith("arbiter"):
+            ours.append((ct, tt, nc, name))
+    rows.sort(reverse=True)
+    ours.sort(reverse=True)
+    idle = areas.get(IDLE, 0.0)
+    busy = total - idle
+    return {
+        "total_s": round(total, 3),
+        "idle_s": round(idle, 3),
+        "busy_by_area_pct": {
+            k: round(100 * v / busy, 1)
+            for k, v in sorted(areas.items(), key=lambda kv: -kv[1])
+            if busy and k != IDLE
+        },
+        "top_self": [
+            {"fn": name, "self_s": round(tt, 3), "cum_s": round(ct, 3), "calls": nc}
+            for tt, ct, nc, name in rows[:top]
+        ],
+        "top_arbiter_cumulative": [
+            {"fn": name, "cum_s": round(ct, 3), "self_s": round(tt, 3), "calls": nc}
+            for ct, tt, nc, name in ours[:top]
+        ],
+    }
+
+
+IDLE = "idle (epoll wait)"
+
+
+def _short(file: str) -> str:
+    parts = file.replace("\\", "/").split("/")
+    return "/".join(parts[-2:])
+
+
+def _area(file: str, fn: str) -> str:
+    f = file.replace("\\", "/")
+    if "select.epoll" in fn:
+        return IDLE
+    if "_contextvars.Context" in fn:
+        return "grpc Cython/C steps (billed to Context.run)"
+    if "/server/" in f or "/hwbp/" in f or "/wire/" in f:
+        return "arbiter code (server, hwbp, wire)"
+    if "grpc" in f:
+        return "grpc python layer"
+    if "protobuf" in f or "google/" in f:
+        return "protobuf"
+    if "asyncio" in f or "selectors" in f:
+        return "asyncio event loop"
+    if "logging" in f:
+        return "logging"
+    if "sqlite" in f or "sqlite" in fn:
+        return "sqlite persistence"
+    return "other (builtins, stdlib)"
+
+
+def run(quick: bool) -> dict[str, Any]:
+    seconds, warmup = (1.0, 0.3) if quick else (4.0, 0.5)
+    children, address = _with_fleet()
+    try:
+        arb = asyncio.run(arbiter_runs(address, seconds, warmup))
+    finally:
+        procs.stop_all(children)
+    echo_child, echo_addr = start_echo()
+    try:
+        base = asyncio.run(echo_runs(echo_addr, seconds, warmup))
+    finally:
+        echo_child.stop()
+    out: dict[str, Any] = {"seconds_per_point": seconds, "points": {}}
+    for n in IN_FLIGHT:
+        a, b = arb[n], base[n]
+        ratio = a.ops_per_s / b.ops_per_s if b.ops_per_s else 0.0
+        out["points"][str(n)] = {
+            "in_flight": n,
+            "arbiter_ops_per_s": round(a.ops_per_s, 1),
+            "arbiter_p50_ms": round(a.median_ms, 3),
+            "arbiter_p99_ms": round(a.pct_ms(99), 3),
+            "echo_ops_per_s": round(b.ops_per_s, 1),
+            "echo_p50_ms": round(b.median_ms, 3),
+            "ratio": round(ratio, 3),
+            "target": TARGET,
+            "met": ratio >= TARGET,
+        }
+    out["profile"] = _profiled(seconds, warmup)
+    return out
+
+
+def _profiled(seconds: float, warmup: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "arbiter.prof")
+        children, address = _with_fleet(profile=path)
+        try:
+            runs = asyncio.run(arbiter_runs(address, seconds, warmup))
+        finally:
+            procs.stop_all(children)
+        summary = profile_summary(path)
+    summary["note"] = (
+        "cProfile of the arbiter's main thread (the asyncio loop) during a reserve+release "
+        f"run at 1 and 32 in flight; ops/s under the profiler: "
+        f"{', '.join(f'{n}: {r.ops_per_s:.0f}' for n, r in runs.items())}"
+    )
+    return summary
