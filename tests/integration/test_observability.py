@@ -347,17 +347,19 @@ def _npm_install() -> None:
         return
     try:
         done = subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund"],
+            # No retries: offline, fail fast and skip rather than stall the suite.
+            [npm, "install", "--no-audit", "--no-fund", "--fetch-retries=0"],
             cwd=NODE_DIR,
             capture_output=True,
             text=True,
-            timeout=90,
+            timeout=45,
             check=False,
         )
     except subprocess.TimeoutExpired:
-        pytest.skip("npm install did not finish within 90 s (registry unreachable?)")
+        pytest.skip("npm install did not finish within 45 s (registry unreachable?)")
     if done.returncode != 0:
-        pytest.skip(f"npm install failed: {done.stderr.strip()[-400:]}")
+        why = [x for x in done.stderr.splitlines() if "npm error" in x and " at " not in x]
+        pytest.skip("npm install failed: " + " / ".join(why[:4])[:400])
 
 
 def test_node_client_reserves_and_releases(arb: Arbiter, host: str, api: Api) -> None:
