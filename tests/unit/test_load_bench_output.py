@@ -1,0 +1,45 @@
+"""The bench's outputs: a valid PNG from the pure-Python writer and an honest table."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+from bench.png import line_chart
+from bench.report import rows
+
+
+def test_line_chart_is_a_decodable_png_of_the_asked_size() -> None:
+    data = line_chart("T", [1, 16], [("A", (255, 0, 0), [1.0, 2.0])], "MS", 120, 80)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert length == 13
+    width, height = struct.unpack(">II", data[16:24])
+    assert kind == b"IHDR" and (width, height) == (120, 80)
+    idat_len = struct.unpack(">I", data[33:37])[0]
+    raw = zlib.decompress(data[41 : 41 + idat_len])
+    assert len(raw) == height * (1 + 3 * width)
+    assert b"\xff\x00\x00" in raw  # the series colour was drawn
+
+
+def test_table_says_by_how_much_a_target_was_missed() -> None:
+    results = {
+        "P1": {
+            "points": {
+                "1": {
+                    "arbiter_ops_per_s": 400.0,
+                    "echo_ops_per_s": 800.0,
+                    "ratio": 0.5,
+                    "target": 0.8,
+                },
+            }
+        },
+        "P3": {
+            "points": {
+                "64": {"arbiter_p50_ms": 3.0, "echo_p50_ms": 2.0, "ratio": 1.5, "target": 1.5},
+            }
+        },
+    }
+    got = {r[0]: r for r in rows(results)}
+    assert got["P1"][-1] == "no: 38% short"
+    assert got["P3"][-1] == "yes"

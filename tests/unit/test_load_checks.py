@@ -1,0 +1,88 @@
+"""The load generator's own judgement, fed made-up answers: it must flag what is wrong."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from load.contend import Outcome, judge
+from load.invariants import Checker
+from load.rpc import Failure, Stubs
+from load.stats import Stats, percentile
+
+
+def _checker() -> Checker:
+    return Checker(cast(Stubs, None), "load-test")
+
+
+def _full(holders: str = "r1 (a, cpu 0);r2 (b, cpu 0)", **meta: str) -> Failure:
+    m = {"host": "h0", "cpu": "0", "used": "4", "slots": "4", "holders": holders, **meta}
+    return Failure("RESOURCE_EXHAUSTED", "NO_FREE_SLOT", "no free slot", m)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([], 50) == 0.0
+
+
+def test_stats_count_refusals_and_rolled_back_changes() -> None:
+    s = Stats()
+    s.record("reserve", 0.001, None)
+    s.record("reserve", 0.002, "NO_FREE_SLOT")
+    s.record("release", 0.003, "ACK_TIMEOUT")
+    out = s.summary(1.0)
+    assert out["ops"] == 3 and out["ack_timeouts"] == 1 and out["nacks"] == 0
+    assert out["per_op"]["reserve"]["refused"] == {"NO_FREE_SLOT": 1}
+
+
+def test_holder_ids_are_read_from_the_metadata() -> None:
+    assert _full().holder_ids == ["r1", "r2"]
+
+
+def test_a_justified_no_free_slot_is_not_a_violation() -> None:
+    c = _checker()
+    c.refused("reserve", _full())
+    assert c.violations == 0
+
+
+def test_refusals_that_do_not_hold_up_are_violations() -> None:
+    c = _checker()
+    c.refused("reserve", _full(holders=""))
+    c.refused("reserve", _full(used="2"))
+    c.refused("release", _full())  # a release never needs a slot
+    c.refused("reserve", Failure("INTERNAL", "INTERNAL", "boom"))
+    assert c.kinds["bad_refusal"] == 4
+
+
+def test_a_hit_returned_twice_is_flagged() -> None:
+    class Hit:
+        seq, reservation_id = 7, "r1"
+
+    class Response:
+        hits = [Hit(), Hit()]
+
+    c = _checker()
+    c.hits(Response())
+    assert c.kinds["hit_seq"] == 1
+
+
+def _race(gens: list[int], checker: Checker, holders: str) -> dict[str, Any]:
+    outcomes = [Outcome(i, i, 0.01, g, f"r{10 + i}", None, f"race-{i}") for i, g in enumerate(gens)]
+    for o in outcomes:
+        checker.committed[o.request_id] = o.generation
+    outcomes += [Outcome(9, 9, 0.01, refusal=_full(holders=holders))]
+    return judge(outcomes, checker, host="h0", cpu=0, slots=4, base=5)
+
+
+def test_contention_with_four_grants_in_order_passes() -> None:
+    c = _checker()
+    report = _race([6, 7, 7, 8], c, "r10 (x);r11 (x);r12 (x);r13 (x)")
+    assert c.violations == 0, c.details
+    assert report["grants"] == 4 and report["admission_matches_send_order"]
+
+
+def test_contention_flags_a_fifth_grant_a_gap_and_wrong_holders() -> None:
+    c = _checker()
+    _race([6, 7, 9, 9, 10], c, "r10 (x);r11 (x)")
+    assert c.kinds["contend"] == 3, c.details
