@@ -111,24 +111,29 @@ class AgentLink:
         self.state = new
 
     async def run(self) -> None:
-        """Connect, resync and serve until stopped; reconnect on transient failures."""
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(_transient),
-            wait=wait_random_exponential(multiplier=0.1, max=5.0),
-            stop=stop_never,
-            reraise=True,
-            before_sleep=lambda rs: log.info(
-                "agent %s/%d: arbiter unreachable (%s); retrying",
-                self.host,
-                self.cpu,
-                rs.outcome.exception() if rs.outcome else "?",
-            ),
-        ):
-            with attempt:
-                if self.state in (AgentState.DRAINING, AgentState.CLOSED):
-                    return
-                self.move(AgentState.CONNECTING)
-                await self._session()
+        """Connect, resync and serve until stopped; reconnect on transient failures.
+
+        The backoff starts afresh after every session that went live, so an arbiter
+        restart is followed within a fraction of a second, not after a long backoff.
+        """
+        while self.state not in (AgentState.DRAINING, AgentState.CLOSED):
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_transient),
+                wait=wait_random_exponential(multiplier=0.05, max=2.0),
+                stop=stop_never,
+                reraise=True,
+                before_sleep=lambda rs: log.info(
+                    "agent %s/%d: arbiter unreachable (%s); retrying",
+                    self.host,
+                    self.cpu,
+                    rs.outcome.exception() if rs.outcome else "?",
+                ),
+            ):
+                with attempt:
+                    if self.state in (AgentState.DRAINING, AgentState.CLOSED):
+                        return
+                    self.move(AgentState.CONNECTING)
+                    await self._session()
 
     async def _session(self) -> None:
         self.connects += 1
@@ -149,9 +154,22 @@ class AgentLink:
         try:
             async for msg in call:
                 await self._handle(msg)
+        except grpc.aio.AioRpcError as err:
+            if self.state is not AgentState.LIVE or not _transient(err):
+                raise
+            log.info(
+                "agent %s/%d: lost the arbiter (%s); reconnecting",
+                self.host,
+                self.cpu,
+                err.code().name,
+            )
+            return
         finally:
             watcher.cancel()
             self._outbox.put_nowait(None)
+        if self.state is AgentState.LIVE:
+            log.info("agent %s/%d: stream ended; reconnecting", self.host, self.cpu)
+            return  # went live: the next attempt starts a fresh backoff
         if self.state not in (AgentState.DRAINING, AgentState.CLOSED):
             raise StreamLost(f"arbiter closed the stream of {self.host}/{self.cpu}")
 
