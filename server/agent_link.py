@@ -14,7 +14,7 @@ from typing import Any
 
 from hwbp.errors import CpuNotFound, HwbpError, InvalidArgument
 from hwbp_pb import agent_pb2, agent_pb2_grpc, types_pb2
-from server.errors import abort
+from server.errors import Malformed, abort
 from server.fleet import Fleet
 from server.hosts import Host
 from server.links import AckResult, AgentChannel, LinkState
@@ -60,7 +60,7 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
                 self._event(host, types_pb2.EVENT_KIND_AGENT_OFFLINE, channel.cpu)
 
     def _hello(self, msg: Any) -> tuple[Host, AgentChannel]:
-        if msg.WhichOneof("body") != "hello":
+        if isinstance(msg, Malformed) or msg.WhichOneof("body") != "hello":
             raise InvalidArgument("the first message on an agent stream must be a hello")
         hello = msg.hello
         name = convert.name(hello.host, "hello.host")

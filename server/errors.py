@@ -41,7 +41,7 @@ def to_status(err: HwbpError, request_id: str) -> status_pb2.Status:
     code = STATUS[err.error_class]
     metadata = dict(err.details())
     if request_id:
-        metadata["request_id"] = request_id
+        metadata["request_id"] = request_id[:MAX_REQUEST_ID]
     details = [error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=metadata)]
     if isinstance(err, NoFreeSlot):
         details.append(
@@ -95,6 +95,8 @@ def rpc(method: F) -> F:
     async def wrapper(self: Any, request: Any, context: Any) -> Any:
         request_id = getattr(request, "request_id", "")
         try:
+            _refuse_malformed(request)
+            _check_request_id(request_id)
             return await method(self, request, context)
         except HwbpError as err:
             log.info("request %s refused: %s %s", request_id, err.reason, err.message)
@@ -118,6 +120,8 @@ def stream_rpc(method: G) -> G:
     async def wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
         request_id = getattr(request, "request_id", "")
         try:
+            _refuse_malformed(request)
+            _check_request_id(request_id)
             async for item in method(self, request, context):
                 yield item
         except HwbpError as err:
@@ -130,6 +134,55 @@ def stream_rpc(method: G) -> G:
             await abort(context, _internal(method.__name__, request_id), request_id)
 
     return wrapper  # type: ignore[return-value]
+
+
+class Malformed:
+    """Stands in for a request whose bytes do not parse, so the guard can refuse it with
+    INVALID_ARGUMENT and ErrorInfo instead of gRPC's bare UNKNOWN."""
+
+    request_id = ""
+
+    def __init__(self, type_name: str, problem: str) -> None:
+        self.type_name, self.problem = type_name, problem
+
+
+def _safe(deserialize: Callable[[bytes], Any], type_name: str) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as err:
+            return Malformed(type_name, str(err))
+
+    return parse
+
+
+class MalformedRequests(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Wrap every method's request parser with ``_safe``."""
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        safe = _safe(handler.request_deserializer, details.method)
+        return handler._replace(request_deserializer=safe)
+
+
+MAX_REQUEST_ID = 128  # it is logged and echoed in every error: keep it a name, not a payload
+
+
+def _check_request_id(request_id: str) -> None:
+    if len(request_id) > MAX_REQUEST_ID or any(ord(c) < 32 for c in request_id):
+        raise InvalidArgument(
+            f"request_id must be at most {MAX_REQUEST_ID} printable characters", field="request_id"
+        )
+
+
+def _refuse_malformed(request: Any) -> None:
+    if isinstance(request, Malformed):
+        raise InvalidArgument(
+            f"the request bytes for {request.type_name} do not parse: {request.problem}",
+            method=request.type_name,
+        )
 
 
 def require(condition: bool, message: str, **metadata: object) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,7 +155,7 @@ class Host:
         if failure is None:
             self.ledger.commit(token)
             if self.paranoid:
-                self.ledger.validate()  # drills and fuzzing: fail loudly on any drift
+                self._validate_or_die()
             self._publish(types_pb2.EVENT_KIND_RELOAD, request_ids)
             for ch, result in admitted:
                 if not ch.future.done():
@@ -181,6 +182,14 @@ class Host:
         else:
             for ch, _ in admitted:
                 _fail(ch.future, failure)
+
+    def _validate_or_die(self) -> None:
+        """Drills and fuzzing: any drift of the ledger ends the process loudly."""
+        try:
+            self.ledger.validate()
+        except HwbpError as err:
+            log.critical("host %s: ledger invariant broken: %s", self.name, err)
+            os._exit(70)
 
     def _persist(self, token: int) -> HwbpError | None:
         """Make the batch durable before anyone hears success; a failed write fails it."""

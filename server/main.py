@@ -29,6 +29,7 @@ from hwbp_pb import (
     simulation_pb2_grpc,
 )
 from server.agent_link import AgentLinkServicer
+from server.errors import MalformedRequests
 from server.fleet import Fleet
 from server.interceptors import MetricsInterceptor
 from server.logs import setup as setup_logging
@@ -145,7 +146,9 @@ async def serve(args: argparse.Namespace) -> int:
     )
     metrics = Metrics(fleet)
     metrics.start()
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[MetricsInterceptor(metrics)])
+    server = grpc.aio.server(
+        options=SERVER_OPTIONS, interceptors=[MalformedRequests(), MetricsInterceptor(metrics)]
+    )
     arbiter_pb2_grpc.add_ArbiterServicer_to_server(ArbiterServicer(fleet, sessions), server)
     session_pb2_grpc.add_SessionsServicer_to_server(SessionsServicer(fleet, sessions), server)
     ptrace_pb2_grpc.add_PtraceServicer_to_server(PtraceServicer(fleet, sessions), server)

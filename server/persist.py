@@ -73,7 +73,9 @@ class Persistence:
                     f"ptrace attachment of task {a.task} on {a.host} names "
                     "reservations that do not exist"
                 )
-            traced.attachments[a.task] = Attachment(a.session, a.owner, a.state, dict(a.reservations))
+            traced.attachments[a.task] = Attachment(
+                a.session, a.owner, a.state, dict(a.reservations)
+            )
         now = self.sessions.clock()
         for s in snap.sessions:
             # A fresh grace period: live clients get a full TTL to reconnect.
