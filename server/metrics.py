@@ -155,9 +155,11 @@ class Metrics:
 
     fleet: Fleet
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-    _http: WSGIServer | None = None
-    _follower: asyncio.Task[None] | None = None
-    _expired: deque[str] = field(default_factory=lambda: deque(maxlen=SEEN_SESSIONS))
+    _http: WSGIServer | None = field(default=None, init=False, repr=False)
+    _follower: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _expired: deque[str] = field(
+        default_factory=lambda: deque(maxlen=SEEN_SESSIONS), init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         r = self.registry
