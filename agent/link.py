@@ -246,7 +246,11 @@ class AgentLink:
         return out
 
     def _hit_pb(self, hit: HitRecord) -> types_pb2.Hit:
-        return convert.hit_to(self.host, self.cpu, hit, ptrace_index=None, seq=0)
+        msg = convert.hit_to(self.host, self.cpu, hit, ptrace_index=None, seq=0)
+        current = self.backend.image().current_task
+        if not msg.HasField("task") and current is not None:
+            msg.task = current  # a CPU-bound breakpoint: name the task that made the access
+        return msg
 
     async def _watch_backend(self) -> None:
         """Real CPUs report hits and task exits on their own; forward them promptly."""

@@ -155,7 +155,7 @@ class NoFreeSlot(HwbpError):
     ) -> None:
         who = ", ".join(h.describe() for h in holders) or "nobody (all slots free)"
         super().__init__(
-            f"no free {slot_class} debug register on host {host} cpu {cpu}: "
+            f"no free {_pool(slot_class)}debug register on host {host} cpu {cpu}: "
             f"{used} of {slots} in use, held by {who}",
             host=host,
             cpu=cpu,
@@ -168,6 +168,11 @@ class NoFreeSlot(HwbpError):
         self.cpu = cpu
         self.slot_class = slot_class
         self.holders = tuple(holders)
+
+
+def _pool(slot_class: str) -> str:
+    """x86 has one shared pool: say "debug register", not "shared debug register"."""
+    return "" if slot_class == "shared" else f"{slot_class} "
 
 
 # --- lookups --------------------------------------------------------------------------

@@ -324,7 +324,7 @@ class HostLedger:
         return NoFreeSlot(
             host=self._host,
             cpu=cpu,
-            slot_class=cls.value,
+            slot_class="shared" if self._profile.mixed else cls.value,
             used=used,
             slots=self._counters[cls].slots,
             holders=holders,

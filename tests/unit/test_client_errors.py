@@ -34,7 +34,7 @@ def status(code: int, message: str, reason: str, **metadata: str) -> status_pb2.
 
 
 NO_SLOT_MSG = (
-    "no free data debug register on host h1 cpu 0: 4 of 4 in use, "
+    "no free debug register on host h1 cpu 0: 4 of 4 in use, "
     "held by r-1 (alice, cpu 0), r-2 (bob, task 7)"
 )
 

@@ -151,7 +151,7 @@ def test_four_cpu_bound_fill_a_cpu(ledger: CheckedLedger) -> None:
     ids = put(ledger, cpu(1), 4)
     assert ledger.used(1) == 4 and ledger.used(0) == 0
     err = refusal(ledger, cpu(1))
-    assert (err.cpu, err.host, err.slot_class) == (1, HOST, "data")
+    assert (err.cpu, err.host, err.slot_class) == (1, HOST, "shared")
     assert err.metadata["used"] == "4" and err.metadata["slots"] == "4"
     assert [h.id for h in err.holders] == ids
     assert "cpu 1" in err.message and ids[0] in err.message
@@ -170,7 +170,7 @@ def test_disabled_breakpoints_hold_their_slot(ledger: CheckedLedger) -> None:
 def test_exec_and_data_share_the_x86_pool(ledger: CheckedLedger) -> None:
     put(ledger, cpu(0), 2, BpType.EXEC)
     put(ledger, cpu(0), 2, BpType.RW)
-    assert refusal(ledger, cpu(0), BpType.EXEC).slot_class == "data"
+    assert refusal(ledger, cpu(0), BpType.EXEC).slot_class == "shared"
 
 
 # --- tasks ---------------------------------------------------------------------------
