@@ -98,7 +98,7 @@ def profile_summary(path: str, top: int = 12) -> dict[str, Any]:
         areas[area] = areas.get(area, 0.0) + tt
         name = f"{_short(file)}:{line}({fn})"
         rows.append((tt, ct, nc, name))
-        if area.startswith("arbiter"):
+        if area.startswith("arbiter") and fn not in ("<module>", "main", "serve"):
             ours.append((ct, tt, nc, name))
     rows.sort(reverse=True)
     ours.sort(reverse=True)

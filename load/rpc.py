@@ -65,8 +65,4 @@ def failure(err: grpc.aio.AioRpcError) -> Failure:
     return Failure(err.code().name, reason, err.details() or "", meta)
 
 
-def request_id(prefix: str, n: int) -> str:
-    return f"{prefix}-{n}"
-
-
 Msg = Any  # generated protobuf messages carry no static types
