@@ -238,7 +238,15 @@ def cpu_inventory(host: Host, cpu: int) -> types_pb2.CpuInventory:
     channel = host.channels[cpu]
     expected = host.expected_image(cpu)
     reported = channel.image if channel is not None else None
-    mismatch = channel is not None and reported is not None and _differs(reported, expected)
+    mismatch = (
+        channel is not None
+        and reported is not None
+        and (
+            _perf_differs(reported, host.ledger.for_cpu(cpu))
+            if channel.backend == "perf"
+            else _differs(reported, expected)
+        )
+    )
     holders = [
         types_pb2.Holder(
             reservation_id=r.id,
@@ -265,6 +273,15 @@ def cpu_inventory(host: Host, cpu: int) -> types_pb2.CpuInventory:
         backend=host.backends[cpu],
         detail=channel.detail if channel else "offline",
     )
+
+
+def _perf_differs(reported: Any, applying: list[Any]) -> bool:
+    """A real CPU's image is what the kernel accepted, not a register read: every
+    CPU-bound breakpoint must be there, and nothing the ledger does not know."""
+    ids = {s for s in reported.slots if s is not None}
+    known = {a.reservation_id for a in applying}
+    cpu_bound = {a.reservation_id for a in applying if a.task is None and a.bp.enabled}
+    return not (ids <= known and cpu_bound <= ids)
 
 
 def _differs(reported: Any, expected: Any) -> bool:
