@@ -12,8 +12,9 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from hwbp.errors import CpuNotFound, HwbpError, InvalidArgument
+from hwbp.errors import CpuNotFound, HwbpError, InvalidArgument, PermissionDenied
 from hwbp_pb import agent_pb2, agent_pb2_grpc, types_pb2
+from server.authz import Action, Principal, Target
 from server.errors import Malformed, abort
 from server.fleet import Fleet
 from server.hosts import Host
@@ -37,7 +38,8 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
         except (StopAsyncIteration, TimeoutError):
             return
         try:
-            host, channel = self._hello(first)
+            who = self.fleet.authz.identify(context)
+            host, channel = self._hello(first, who)
         except HwbpError as err:
             log.warning("agent refused: %s", err)
             await abort(context, err, "hello")
@@ -45,13 +47,15 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
             welcome=agent_pb2.Welcome(generation=host.generation, arbiter_id=self.arbiter_id)
         )
         host.resync(channel)
-        reader = asyncio.create_task(self._read(request_iterator, host, channel))
+        reader = asyncio.create_task(self._read(request_iterator, host, channel, who))
         try:
             while True:
                 msg = await channel.outbox.get()
                 if msg is None:
                     break
                 yield msg
+            if reader.done() and not reader.cancelled() and (refused := reader.result()):
+                await abort(context, refused, "report")
         finally:
             reader.cancel()
             channel.close()
@@ -59,11 +63,13 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
                 log.info("host %s cpu %d: agent offline", host.name, channel.cpu)
                 self._event(host, types_pb2.EVENT_KIND_AGENT_OFFLINE, channel.cpu)
 
-    def _hello(self, msg: Any) -> tuple[Host, AgentChannel]:
+    def _hello(self, msg: Any, who: Principal) -> tuple[Host, AgentChannel]:
         if isinstance(msg, Malformed) or msg.WhichOneof("body") != "hello":
             raise InvalidArgument("the first message on an agent stream must be a hello")
         hello = msg.hello
         name = convert.name(hello.host, "hello.host")
+        target = Target(name, name=f"cpu {hello.cpu}")
+        self.fleet.authz.authorize(who, "hello", Action.AGENT_HELLO, target)
         if not 0 < hello.ncpus <= convert.MAX_CPUS:
             raise InvalidArgument(
                 f"hello.ncpus must be 1..{convert.MAX_CPUS}, got {hello.ncpus}", field="ncpus"
@@ -93,7 +99,14 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
         self._event(host, types_pb2.EVENT_KIND_AGENT_ONLINE, hello.cpu)
         return host, channel
 
-    async def _read(self, requests: Any, host: Host, channel: AgentChannel) -> None:
+    async def _read(
+        self, requests: Any, host: Host, channel: AgentChannel, who: Principal
+    ) -> PermissionDenied | None:
+        """Apply what the agent reports; a report it may not make ends the stream.
+
+        Acks and exits can only be for the host the stream said hello for; hits name a
+        host, so a hit naming another is refused (returned, for Connect to abort with).
+        """
         try:
             async for msg in requests:
                 kind = msg.WhichOneof("body")
@@ -127,6 +140,9 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
                 elif kind == "control_result":
                     channel.control_result(msg.control_result)
                 elif kind == "hits":
+                    for claimed in {h.host for h in msg.hits.hits if h.host} - {host.name}:
+                        target = Target(claimed, name=f"hits from cpu {channel.cpu}")
+                        self.fleet.authz.authorize(who, "hits", Action.AGENT_REPORT, target)
                     for hit in msg.hits.hits:
                         self.fleet.publish_hit(host, channel.cpu, hit)
                 elif kind == "task_exited":
@@ -138,10 +154,14 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
                     )
         except asyncio.CancelledError:
             raise
+        except PermissionDenied as err:
+            log.warning("host %s cpu %d: report refused: %s", host.name, channel.cpu, err)
+            return err
         except Exception as err:
             log.info("host %s cpu %d: stream ended: %s", host.name, channel.cpu, err)
         finally:
             channel.close()
+        return None
 
     async def _exited(self, host: Host, task: int) -> None:
         try:

@@ -12,6 +12,7 @@ from hwbp.errors import HostNotFound, HostShapeConflict, ReservationNotFound
 from hwbp.model import Reservation
 from hwbp.ptrace import on_hit, peek
 from hwbp_pb import ptrace_pb2, types_pb2
+from server.authz import Authz
 from server.events import EventBus
 from server.hosts import Host
 
@@ -32,6 +33,7 @@ class Fleet:
         self.pending_keys: dict[str, str] = {}  # reservation id -> idempotency key to persist
         self.on_host_created: Callable[[Host], None] | None = None
         self.on_commit: Callable[[Host, set[str]], None] | None = None
+        self.authz = Authz()  # every servicer's permission hook; allows all until configured
 
     def reseed_ids(self, start: int) -> None:
         """After a restore: new ids continue after the highest one in the ledger."""

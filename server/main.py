@@ -29,6 +29,7 @@ from hwbp_pb import (
     simulation_pb2_grpc,
 )
 from server.agent_link import AgentLinkServicer
+from server.authz import AuditLog, Authz, Policy, PolicyError
 from server.errors import MalformedRequests
 from server.fleet import Fleet
 from server.interceptors import MetricsInterceptor
@@ -40,6 +41,7 @@ from server.reservations import ArbiterServicer
 from server.sessions import SessionsServicer, SessionTable, reaper
 from server.simulation import SimulationServicer
 from server.store import open_store
+from wire.tls import TlsConfig, TlsConfigError, server_credentials
 
 log = logging.getLogger("hwbp.server")
 
@@ -108,7 +110,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="HOST:PORT",
         help="serve Prometheus metrics over HTTP here; port 0 picks a free one and prints it",
     )
+    sec = p.add_argument_group("security (see README: Security)")
+    sec.add_argument("--tls-cert", metavar="PEM", help="the arbiter's certificate (chain)")
+    sec.add_argument("--tls-key", metavar="PEM", help="its private key")
+    sec.add_argument("--tls-ca", metavar="PEM", help="CA bundle that signs agent and client certs")
+    sec.add_argument("--policy", metavar="TOML", help="identities and roles (needs TLS)")
+    sec.add_argument("--audit-log", metavar="PATH", help="append every decision as a JSON line")
     return p.parse_args(argv)
+
+
+def security(args: argparse.Namespace) -> tuple[TlsConfig | None, Authz]:
+    """TLS settings and the permission hook from the flags; raises on a bad combination."""
+    tls = TlsConfig.resolve(args.tls_cert, args.tls_key, args.tls_ca, env={})
+    if tls is not None:
+        tls.read()  # a missing file stops us now, not at the first handshake
+    if args.policy and tls is None:
+        raise PolicyError("--policy needs TLS (--tls-cert, --tls-key, --tls-ca) to know callers")
+    policy = Policy.load(args.policy) if args.policy else None
+    audit = AuditLog(args.audit_log) if args.audit_log else None
+    return tls, Authz(policy, tls=tls is not None, audit=audit)
 
 
 def _is_loopback(listen: str) -> bool:
@@ -121,8 +141,11 @@ def _is_loopback(listen: str) -> bool:
         return False
 
 
-async def serve(args: argparse.Namespace) -> int:
+async def serve(
+    args: argparse.Namespace, tls: TlsConfig | None = None, authz: Authz | None = None
+) -> int:
     fleet = Fleet(ack_timeout=args.ack_timeout)
+    fleet.authz = authz or fleet.authz
     fleet.paranoid = args.paranoid
     sessions = SessionTable()
     try:
@@ -173,7 +196,11 @@ async def serve(args: argparse.Namespace) -> int:
             )
             return 2
         print(f"metrics on {metrics_host}:{metrics_port}", flush=True)
-    port = server.add_insecure_port(args.listen)
+    if tls is None:
+        port = server.add_insecure_port(args.listen)
+    else:
+        port = server.add_secure_port(args.listen, server_credentials(tls))
+        log.info("mutual TLS: peers need a certificate signed by %s", tls.ca)
     if port == 0:
         print(f"hwbp-arbiter: cannot listen on {args.listen}", file=sys.stderr)
         return 2
@@ -199,6 +226,8 @@ async def serve(args: argparse.Namespace) -> int:
     await server.stop(grace=1.0)
     metrics.stop()
     store.close()
+    if fleet.authz.audit is not None:
+        fleet.authz.audit.close()
     log.info("stopped")
     return 0
 
@@ -206,7 +235,12 @@ async def serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level, args.log_format)
-    if not _is_loopback(args.listen) and not args.insecure:
+    try:
+        tls, authz = security(args)
+    except (TlsConfigError, PolicyError, OSError) as err:
+        print(f"hwbp-arbiter: {err}", file=sys.stderr)
+        return 2
+    if tls is None and not _is_loopback(args.listen) and not args.insecure:
         print(
             f"hwbp-arbiter: refusing to listen on {args.listen} without TLS; "
             "use a loopback address or pass --insecure",
@@ -214,6 +248,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     try:
-        return asyncio.run(serve(args))
+        return asyncio.run(serve(args, tls, authz))
     except KeyboardInterrupt:
         return 0

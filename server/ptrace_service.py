@@ -15,6 +15,8 @@ from hwbp import ptrace
 from hwbp.errors import AlreadyAttached, HwbpError, NotAttached, NotOwner
 from hwbp.model import Breakpoint, Reservation, Scope, Target
 from hwbp_pb import ptrace_pb2, ptrace_pb2_grpc
+from server import authz
+from server.authz import Action, Principal
 from server.errors import rpc, stream_rpc
 from server.fleet import Fleet
 from server.hosts import Attachment, Host
@@ -75,6 +77,14 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
         self.fleet = fleet
         self.sessions = sessions
 
+    def _guard(self, context: Any, request: Any, action: Action) -> Principal:
+        """The permission hook, naming who holds the task's trace (if anyone) as its owner."""
+        host = self.fleet.hosts.get(request.host)
+        att = host.attachments.get(request.task) if host is not None else None
+        owner = att.owner if att is not None else None
+        target = authz.Target(request.host, owner=owner, name=f"task {request.task}")
+        return self.fleet.authz.check(context, request.request_id, action, target)
+
     def _lookup(self, request: Any) -> tuple[Host, int, str]:
         host = self.fleet.host(convert.name(request.host, "host"))
         task = convert.task(request.task)
@@ -83,15 +93,17 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
             self.sessions.get(session)
         return host, task, session
 
-    def _attachment(self, host: Host, task: int, session: str, *, create: bool) -> Attachment:
+    def _attachment(
+        self, host: Host, task: int, session: str, *, create: bool, owner: str = ""
+    ) -> Attachment:
         att = host.attachments.get(task)
         if att is None:
             if not create:
                 raise NotAttached(
                     f"task {task} on host {host.name} is not attached", host=host.name, task=task
                 )
-            att = Attachment(session=session, owner=session or "hwbpctl")
-            if session:
+            att = Attachment(session=session, owner=owner or session or "hwbpctl")
+            if session and not owner:
                 att.owner = self.sessions.get(session).owner or session
             host.attachments[task] = att
             return att
@@ -107,6 +119,7 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
     @rpc
     async def Attach(self, request: Any, context: Any) -> Any:
         check_open(self.fleet)
+        who = self._guard(context, request, Action.PTRACE)
         host, task, session = self._lookup(request)
         existing = host.attachments.get(task)
         if existing is not None:
@@ -115,7 +128,7 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
             raise AlreadyAttached(
                 f"task {task} on host {host.name} is already traced", host=host.name, task=task
             )
-        self._attachment(host, task, session, create=True)
+        self._attachment(host, task, session, create=True, owner=who.name)
         log.info(
             "request %s: attached task %d on %s (session %s)",
             request.request_id,
@@ -128,6 +141,7 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
     @rpc
     async def Detach(self, request: Any, context: Any) -> Any:
         check_open(self.fleet)
+        self._guard(context, request, Action.PTRACE)
         host, task, session = self._lookup(request)
         self._attachment(host, task, session, create=False)
         saved = host.attachments[task]
@@ -151,9 +165,10 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
     @rpc
     async def PokeUser(self, request: Any, context: Any) -> Any:
         check_open(self.fleet)
+        who = self._guard(context, request, Action.PTRACE)
         host, task, session = self._lookup(request)
         fresh = task not in host.attachments
-        att = self._attachment(host, task, session, create=not session)
+        att = self._attachment(host, task, session, create=not session, owner=who.name)
         saved_state, saved_res = att.state, dict(att.reservations)
         registrar = LedgerRegistrar(self.fleet, host, task, att)
 
@@ -195,12 +210,14 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
 
     @rpc
     async def PeekUser(self, request: Any, context: Any) -> Any:
+        self._guard(context, request, Action.PTRACE_READ)
         host, task, session = self._lookup(request)
         att = self._attachment(host, task, session, create=False)
         return ptrace_pb2.PeekUserResponse(value=ptrace.peek(att.state, request.reg))
 
     @stream_rpc
     async def Traps(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        self._guard(context, request, Action.PTRACE_READ)
         host = self.fleet.host(convert.name(request.host, "host"))
         task = convert.task(request.task)
 

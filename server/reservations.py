@@ -10,6 +10,7 @@ from typing import Any
 from hwbp.errors import Draining, FailedPrecondition, HwbpError, InvalidArgument, NotOwner
 from hwbp.model import Reservation
 from hwbp_pb import arbiter_pb2, arbiter_pb2_grpc, types_pb2
+from server.authz import Action, Target, reservation_target, reserve_target
 from server.errors import rpc, stream_rpc
 from server.fleet import Fleet
 from server.hosts import Host
@@ -52,10 +53,11 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
         rid_req = request.request_id
         if not request.HasField("target") or not request.HasField("spec"):
             raise InvalidArgument("target and spec are required", field="target/spec")
+        who = self.fleet.authz.check(context, rid_req, Action.RESERVE, reserve_target(request))
         host = self.fleet.host(convert.name(request.target.host, "target.host"))
         target = convert.target_from(request.target)
         bp = convert.bp_from(request.spec)
-        owner = convert.name(request.owner, "owner", required=False)
+        owner = who.name or convert.name(request.owner, "owner", required=False)
         session = convert.name(request.session_id, "session_id", required=False)
         key = convert.name(request.idempotency_key, "idempotency_key", required=False)
         if session:
@@ -114,6 +116,7 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
     async def Release(self, request: Any, context: Any) -> Any:
         check_open(self.fleet)
         host, res = self.fleet.locate(convert.name(request.reservation_id, "reservation_id"))
+        self.fleet.authz.check(context, request.request_id, Action.RELEASE, reservation_target(res))
         check_owner(res, request.session_id)
 
         def apply() -> tuple[Reservation, Any]:
@@ -137,6 +140,8 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
     async def Modify(self, request: Any, context: Any) -> Any:
         check_open(self.fleet)
         host, res = self.fleet.locate(convert.name(request.reservation_id, "reservation_id"))
+        moved = reservation_target(res, request.addr if request.HasField("addr") else None)
+        self.fleet.authz.check(context, request.request_id, Action.MODIFY, moved)
         check_owner(res, request.session_id)
         changes: dict[str, Any] = {}
         if request.HasField("addr"):
@@ -171,6 +176,7 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
 
     @rpc
     async def List(self, request: Any, context: Any) -> Any:
+        self.fleet.authz.check(context, request.request_id, Action.READ, Target(request.host))
         hosts = self._hosts(request.host)
         out = [
             convert.reservation_to(r, h.generation)
@@ -182,12 +188,14 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
 
     @rpc
     async def Inventory(self, request: Any, context: Any) -> Any:
+        self.fleet.authz.check(context, request.request_id, Action.READ, Target(request.host))
         return arbiter_pb2.InventoryResponse(
             cpus=[cpu_inventory(h, c) for h in self._hosts(request.host) for c in range(h.ncpus)]
         )
 
     @stream_rpc
     async def Watch(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        self.fleet.authz.check(context, request.request_id, Action.READ, Target(request.host))
         if request.host:
             self.fleet.host(request.host)
         kinds = set(request.kinds)

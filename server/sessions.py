@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hwbp.errors import InvalidArgument, SessionNotFound
+from hwbp.errors import HwbpError, InvalidArgument, SessionNotFound
 from hwbp_pb import session_pb2, session_pb2_grpc, types_pb2
+from server.authz import Action, Target
 from server.errors import rpc
 from server.fleet import Fleet
 from wire import convert
@@ -143,7 +144,8 @@ class SessionsServicer(session_pb2_grpc.SessionsServicer):
 
     @rpc
     async def OpenSession(self, request: Any, context: Any) -> Any:
-        owner = convert.name(request.owner, "owner", required=False)
+        who = self.fleet.authz.check(context, request.request_id, Action.SESSION_OPEN, Target())
+        owner = who.name or convert.name(request.owner, "owner", required=False)
         session = self.table.open(request.ttl_seconds, owner)
         log.info(
             "request %s: session %s opened (ttl %.1fs, owner %r)",
@@ -154,11 +156,18 @@ class SessionsServicer(session_pb2_grpc.SessionsServicer):
         )
         return session_pb2.SessionInfo(session_id=session.id, ttl_seconds=session.ttl, owner=owner)
 
+    def _guard(self, context: Any, request: Any, action: Action) -> None:
+        known = self.table.sessions.get(request.session_id)
+        owner = known.owner if known is not None else None
+        target = Target(owner=owner, name=request.session_id)
+        self.fleet.authz.check(context, request.request_id, action, target)
+
     async def KeepAlive(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         async for ping in request_iterator:
             try:
+                self._guard(context, ping, Action.SESSION_KEEPALIVE)
                 session = self.table.renew(ping.session_id)
-            except SessionNotFound as err:
+            except HwbpError as err:
                 from server.errors import abort
 
                 await abort(context, err, ping.request_id)
@@ -170,5 +179,6 @@ class SessionsServicer(session_pb2_grpc.SessionsServicer):
     @rpc
     async def CloseSession(self, request: Any, context: Any) -> Any:
         self.table.get(request.session_id)
+        self._guard(context, request, Action.SESSION_CLOSE)
         released = await end_session(self.fleet, self.table, request.session_id, "closed")
         return session_pb2.CloseSessionResponse(released=released)

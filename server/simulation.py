@@ -8,6 +8,7 @@ from typing import Any
 
 from hwbp.errors import AckTimeout, CpuNotFound, CpuOffline, FailedPrecondition
 from hwbp_pb import agent_pb2, simulation_pb2, simulation_pb2_grpc, types_pb2
+from server.authz import Action, Target
 from server.errors import rpc
 from server.fleet import Fleet
 from server.hosts import Host
@@ -91,6 +92,7 @@ class SimulationServicer(simulation_pb2_grpc.SimulationServicer):
 
     @rpc
     async def ContextSwitch(self, request: Any, context: Any) -> Any:
+        self.fleet.authz.check(context, request.request_id, Action.SIMULATE, Target(request.host))
         host = self.fleet.host(convert.name(request.host, "host"))
         task = convert.task(request.task) if request.HasField("task") else None
         result = await control(
@@ -117,6 +119,7 @@ class SimulationServicer(simulation_pb2_grpc.SimulationServicer):
 
     @rpc
     async def MemoryAccess(self, request: Any, context: Any) -> Any:
+        self.fleet.authz.check(context, request.request_id, Action.SIMULATE, Target(request.host))
         host = self.fleet.host(convert.name(request.host, "host"))
         kind = convert.access_type(request.type)
         if request.len not in (1, 2, 4, 8):
@@ -139,6 +142,7 @@ class SimulationServicer(simulation_pb2_grpc.SimulationServicer):
 
     @rpc
     async def ExitTask(self, request: Any, context: Any) -> Any:
+        self.fleet.authz.check(context, request.request_id, Action.SIMULATE, Target(request.host))
         check_open(self.fleet)
         host = self.fleet.host(convert.name(request.host, "host"))
         released = await exit_task(self.fleet, host, convert.task(request.task), request.request_id)
