@@ -10,10 +10,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
-import grpc
-
 from agent.link import AgentLink, Backend
 from agent.sim import SimBackend
+from wire import tls
 
 log = logging.getLogger("hwbp.agent")
 
@@ -63,7 +62,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="sim backend refuses reloads programming this address (drills: NACK)",
     )
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--tls-cert", help=f"certificate named agent:HOST (${tls.ENV_CERT})")
+    p.add_argument("--tls-key", help=f"its private key (${tls.ENV_KEY})")
+    p.add_argument("--tls-ca", help=f"CA that signed the arbiter's certificate (${tls.ENV_CA})")
     args = p.parse_args(argv)
+    try:
+        args.tls = tls.TlsConfig.resolve(args.tls_cert, args.tls_key, args.tls_ca)
+        if args.tls is not None:
+            args.tls.read()
+    except tls.TlsConfigError as err:
+        p.error(str(err))
     if not args.fleet and args.cpu is None:
         p.error("give --cpu N, or --fleet to run --cpus simulated CPUs")
     if args.cpus < 1:
@@ -97,7 +105,7 @@ async def run(args: argparse.Namespace) -> int:
         except OSError as err:
             log.warning("cannot pin to cpu %d: %s", args.cpu, err)
     channels = [
-        grpc.aio.insecure_channel(args.arbiter, options=CHANNEL_OPTIONS)
+        tls.aio_channel(args.arbiter, args.tls, CHANNEL_OPTIONS)
         for _ in range(0, len(cpus), STREAMS_PER_CHANNEL)
     ]
     live: set[int] = set()

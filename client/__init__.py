@@ -16,6 +16,7 @@ from client.values import (
     ReservationInfo,
     TrapInfo,
 )
+from wire.tls import TlsConfig
 
 __all__ = [
     "AccessResult",
@@ -31,6 +32,7 @@ __all__ = [
     "ReservationHandle",
     "ReservationInfo",
     "Session",
+    "TlsConfig",
     "Tracer",
     "TrapInfo",
     "Unavailable",

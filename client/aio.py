@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
-from grpc import aio
 
 from client import wire
 from client.aio_handles import AsyncReservationHandle, AsyncSession, AsyncTracer
@@ -33,6 +32,7 @@ from hwbp_pb import (
     simulation_pb2,
     simulation_pb2_grpc,
 )
+from wire.tls import TlsConfig, aio_channel
 
 T = TypeVar("T")
 M = TypeVar("M")
@@ -41,10 +41,18 @@ M = TypeVar("M")
 class AsyncClient:
     """An asyncio connection to one arbiter; ``async with`` closes the channel."""
 
-    def __init__(self, endpoint: str | None = None, *, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        tls: TlsConfig | None = None,
+    ) -> None:
+        """``tls``: client certificate, key and CA; default $HWBP_TLS_*, else plaintext."""
         self.endpoint = wire.endpoint_or_default(endpoint)
         self.retry = retry or RetryPolicy()
-        self._channel = aio.insecure_channel(self.endpoint)
+        self.tls = tls if tls is not None else TlsConfig.resolve()
+        self._channel = aio_channel(self.endpoint, self.tls)
         self._arbiter = arbiter_pb2_grpc.ArbiterStub(self._channel)
         self._sessions = session_pb2_grpc.SessionsStub(self._channel)
         self._ptrace = ptrace_pb2_grpc.PtraceStub(self._channel)

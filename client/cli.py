@@ -19,6 +19,7 @@ from client.errors import ExitCode, Unavailable, exit_code_for
 from client.sdk import Client
 from client.wire import endpoint_or_default
 from hwbp.errors import HwbpError
+from wire.tls import TlsConfig, TlsConfigError
 
 T = TypeVar("T")
 Handler = Callable[[Client, argparse.Namespace, TextIO], ExitCode]
@@ -28,7 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args: argparse.Namespace | None = None
     try:
         args = parse(argv)
-        with Client(args.arbiter) as client:
+        tls = TlsConfig.resolve(args.tls_cert, args.tls_key, args.tls_ca)
+        with Client(args.arbiter, tls=tls) as client:
             return int(_handler(args)(client, args, sys.stdout))
     except HwbpError as e:
         message = str(e)
@@ -36,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Name the endpoint we tried: the usual cause is pointing at the wrong one.
             message += f" (arbiter {endpoint_or_default(args.arbiter)})"
         return _fail(message, exit_code_for(e))
+    except TlsConfigError as e:
+        return _fail(str(e), ExitCode.USAGE)
     except KeyboardInterrupt:
         return _fail("interrupted", ExitCode.UNEXPECTED)
     except BrokenPipeError:

@@ -69,6 +69,9 @@ def build_parser() -> Parser:
         "--arbiter", metavar="HOST:PORT", help="default $HWBP_ARBITER or 127.0.0.1:50051"
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--tls-cert", metavar="PEM", help="client certificate (default $HWBP_TLS_CERT)")
+    p.add_argument("--tls-key", metavar="PEM", help="its private key (default $HWBP_TLS_KEY)")
+    p.add_argument("--tls-ca", metavar="PEM", help="CA of the arbiter (default $HWBP_TLS_CA)")
     cmds = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     r = cmds.add_parser("reserve", help="reserve a debug register")

@@ -32,6 +32,7 @@ from hwbp_pb import (
     simulation_pb2,
     simulation_pb2_grpc,
 )
+from wire.tls import TlsConfig, channel
 
 T = TypeVar("T")
 M = TypeVar("M")
@@ -40,10 +41,18 @@ M = TypeVar("M")
 class Client:
     """A connection to one arbiter. Cheap to create; close it (or use ``with``)."""
 
-    def __init__(self, endpoint: str | None = None, *, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        tls: TlsConfig | None = None,
+    ) -> None:
+        """``tls``: client certificate, key and CA; default $HWBP_TLS_*, else plaintext."""
         self.endpoint = wire.endpoint_or_default(endpoint)
         self.retry = retry or RetryPolicy()
-        self._channel = grpc.insecure_channel(self.endpoint)
+        self.tls = tls if tls is not None else TlsConfig.resolve()
+        self._channel = channel(self.endpoint, self.tls)
         self._arbiter = arbiter_pb2_grpc.ArbiterStub(self._channel)
         self._sessions = session_pb2_grpc.SessionsStub(self._channel)
         self._ptrace = ptrace_pb2_grpc.PtraceStub(self._channel)
