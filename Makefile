@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LISTEN ?= 127.0.0.1:50051
+CERTS ?= var/certs
 
-.PHONY: venv test lint types protocheck pytest proto run bench clean
+.PHONY: venv test lint types protocheck pytest proto run certs bench clean
 
 venv: $(STAMP)
 
@@ -23,7 +24,7 @@ lint: venv
 
 types: venv
 	$(BIN)/mypy --strict hwbp
-	$(BIN)/mypy server agent client bench
+	$(BIN)/mypy server agent client bench wire
 
 protocheck: venv
 	$(BIN)/python scripts/protos.py --check
@@ -35,7 +36,12 @@ proto: venv
 	$(BIN)/python scripts/protos.py
 
 run: venv
-	$(BIN)/python scripts/run_local.py --listen $(LISTEN)
+	$(BIN)/python scripts/run_local.py --listen $(LISTEN) $(if $(wildcard $(CERTS)/ca.pem),--tls-dir $(CERTS))
+
+# A development CA, certificates for the arbiter, agents (this host, h1, h2) and a few
+# clients, and a sample policy; `make run` uses them once they exist.
+certs: venv
+	$(BIN)/python scripts/make_certs.py --out $(CERTS)
 
 bench: venv
 	$(BIN)/python -m bench

@@ -18,10 +18,22 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--listen", default="127.0.0.1:50051")
     p.add_argument("--backend", default="auto", choices=["auto", "perf", "sim"])
+    p.add_argument("--tls-dir", type=Path, help="`make certs` output: mutual TLS, policy, audit")
     args = p.parse_args()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    host = socket.gethostname()
+    secure: list[str] = []
+    agent_tls: list[str] = []
+    if args.tls_dir is not None:
+        d = args.tls_dir
+        if not (d / f"agent-{host}.pem").exists():
+            print(f"no agent certificate for {host} in {d}: run `make certs`", file=sys.stderr)
+            return 1
+        secure = [*_tls(d, "arbiter"), "--policy", str(d / "policy.toml")]
+        secure += ["--audit-log", str(ROOT / "var" / "audit.jsonl")]
+        agent_tls = _tls(d, f"agent-{host}")
     arbiter = subprocess.Popen(
-        [sys.executable, "-m", "server", "--listen", args.listen],
+        [sys.executable, "-m", "server", "--listen", args.listen, *secure],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -33,7 +45,6 @@ def main() -> int:
         arbiter.wait()
         return 1
     address = line.split()[-1]
-    host = socket.gethostname()
     cpus = os.cpu_count() or 1
     agents = [
         subprocess.Popen(
@@ -51,6 +62,7 @@ def main() -> int:
                 str(cpus),
                 "--backend",
                 args.backend,
+                *agent_tls,
             ],
             cwd=ROOT,
             env=env,
@@ -64,7 +76,7 @@ hwbp-arbiter is listening on {address}, with {cpus} agent(s) for host {host!r}
 (backend {args.backend}: real debug registers where perf_event_open allows, else simulated).
 
 Try, in another shell:
-  export HWBP_ARBITER={address}
+  export HWBP_ARBITER={address}{_client_env(args.tls_dir)}
   .venv/bin/hwbpctl cpus
   .venv/bin/hwbpctl reserve --host {host} --cpu 0 --addr 0x601040 --len 8 --type w --owner me
   .venv/bin/hwbpctl ls
@@ -90,6 +102,27 @@ Ctrl-C stops the arbiter and the agents.
             except subprocess.TimeoutExpired:
                 proc.kill()
     return 0
+
+
+def _tls(d: Path, stem: str) -> list[str]:
+    return [
+        "--tls-cert",
+        f"{d}/{stem}.pem",
+        "--tls-key",
+        f"{d}/{stem}-key.pem",
+        "--tls-ca",
+        f"{d}/ca.pem",
+    ]
+
+
+def _client_env(d: Path | None) -> str:
+    """With TLS, the shell also needs a client certificate: the sample admin's."""
+    if d is None:
+        return ""
+    return "".join(
+        f"\n  export HWBP_TLS_{k}={d.resolve()}/{v}"
+        for k, v in (("CERT", "admin-alice.pem"), ("KEY", "admin-alice-key.pem"), ("CA", "ca.pem"))
+    )
 
 
 if __name__ == "__main__":

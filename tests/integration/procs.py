@@ -25,6 +25,8 @@ def _env() -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("HWBP_ARBITER", None)
+    for name in ("HWBP_TLS_CERT", "HWBP_TLS_KEY", "HWBP_TLS_CA"):
+        env.pop(name, None)  # a developer's own certificate must not leak into the tests
     return env
 
 
