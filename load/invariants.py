@@ -231,9 +231,11 @@ class Checker:
         )
 
     def summary(self) -> dict[str, Any]:
+        lag = self.generation_lag()
+        if lag:  # a response must name the generation that committed its change
+            self.kinds["response_generation_not_commit_generation"] = lag
         return {
             "changes_committed": sum(1 for rid in self.reported if rid in self.committed),
-            "anomalies": {"response_generation_not_commit_generation": self.generation_lag()},
             "violations": self.violations,
             "violation_kinds": dict(sorted(self.kinds.items())),
             "violation_details": self.details,

@@ -48,6 +48,7 @@ class _Change:
     request_id: str
     apply: Apply
     undo: Undo | None
+    generation: int = 0  # the generation that committed it
     future: asyncio.Future[Any] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -101,9 +102,16 @@ class Host:
 
     async def change(self, request_id: str, apply: Apply, undo: Undo | None = None) -> Any:
         """Run ``apply`` in the pipeline; return its result once every agent acked."""
+        return (await self.commit(request_id, apply, undo))[0]
+
+    async def commit(
+        self, request_id: str, apply: Apply, undo: Undo | None = None
+    ) -> tuple[Any, int]:
+        """Like ``change``, with the generation that committed it (not the host's
+        current one, which may already be a later change still in flight)."""
         item = _Change(request_id, apply, undo)
         self._enqueue(item)
-        return await item.future
+        return await item.future, item.generation
 
     def resync(self, channel: AgentChannel) -> None:
         """Send a (re)connected agent the whole current state of its CPU."""
@@ -158,6 +166,7 @@ class Host:
                 self._validate_or_die()
             self._publish(types_pb2.EVENT_KIND_RELOAD, request_ids)
             for ch, result in admitted:
+                ch.generation = self.generation
                 if not ch.future.done():
                     ch.future.set_result(result)
             return

@@ -191,7 +191,7 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
             return None, range(host.ncpus)
 
         try:
-            outcome = await host.change(request.request_id, apply, restore)
+            outcome, gen = await host.commit(request.request_id, apply, restore)
         except HwbpError:
             if fresh and not att.reservations:
                 host.attachments.pop(task, None)
@@ -206,7 +206,7 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
         )
         if isinstance(outcome, _Deferred):
             raise outcome.error
-        return ptrace_pb2.PokeUserResponse(generation=host.generation)
+        return ptrace_pb2.PokeUserResponse(generation=gen)
 
     @rpc
     async def PeekUser(self, request: Any, context: Any) -> Any:

@@ -85,7 +85,7 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
             return res, host.ledger.affected_cpus(target)
 
         try:
-            res = await host.change(rid_req, apply)
+            res, gen = await host.commit(rid_req, apply)
         except HwbpError as err:
             log.info(
                 "request %s: reserve on %s %s refused: %s",
@@ -105,11 +105,11 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
             bp.addr,
             bp.length,
             bp.type.value,
-            host.generation,
+            gen,
         )
-        self._event(host, types_pb2.EVENT_KIND_RESERVED, rid_req, res)
+        self._event(host, types_pb2.EVENT_KIND_RESERVED, rid_req, res, gen)
         return arbiter_pb2.ReserveResponse(
-            reservation=convert.reservation_to(res, host.generation), generation=host.generation
+            reservation=convert.reservation_to(res, gen), generation=gen
         )
 
     @rpc
@@ -123,17 +123,17 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
             gone = host.ledger.release(res.id)
             return gone, host.ledger.affected_cpus(gone.target)
 
-        gone = await host.change(request.request_id, apply)
+        gone, gen = await host.commit(request.request_id, apply)
         log.info(
             "request %s: release %s on %s -> generation %d",
             request.request_id,
             res.id,
             host.name,
-            host.generation,
+            gen,
         )
-        self._event(host, types_pb2.EVENT_KIND_RELEASED, request.request_id, gone)
+        self._event(host, types_pb2.EVENT_KIND_RELEASED, request.request_id, gone, gen)
         return arbiter_pb2.ReleaseResponse(
-            reservation=convert.reservation_to(gone, host.generation), generation=host.generation
+            reservation=convert.reservation_to(gone, gen), generation=gen
         )
 
     @rpc
@@ -160,18 +160,18 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
             new = host.ledger.modify(res.id, dataclasses.replace(current.bp, **changes))
             return new, host.ledger.affected_cpus(new.target)
 
-        new = await host.change(request.request_id, apply)
+        new, gen = await host.commit(request.request_id, apply)
         log.info(
             "request %s: modify %s on %s %s -> generation %d",
             request.request_id,
             res.id,
             host.name,
             changes,
-            host.generation,
+            gen,
         )
-        self._event(host, types_pb2.EVENT_KIND_MODIFIED, request.request_id, new)
+        self._event(host, types_pb2.EVENT_KIND_MODIFIED, request.request_id, new, gen)
         return arbiter_pb2.ModifyResponse(
-            reservation=convert.reservation_to(new, host.generation), generation=host.generation
+            reservation=convert.reservation_to(new, gen), generation=gen
         )
 
     @rpc
@@ -226,18 +226,23 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
         return [self.fleet.hosts[n] for n in sorted(self.fleet.hosts)]
 
     def _event(
-        self, host: Host, kind: types_pb2.EventKind, request_id: str, res: Reservation
+        self,
+        host: Host,
+        kind: types_pb2.EventKind,
+        request_id: str,
+        res: Reservation,
+        generation: int,
     ) -> None:
         ev = types_pb2.Event(
             kind=kind,
             host=host.name,
-            generation=host.generation,  # type: ignore[arg-type]
+            generation=generation,  # type: ignore[arg-type]
             request_id=request_id,
             seq=self.fleet.bus.next_seq(),
             task=res.target.task,
             cpu=res.target.cpu,
         )
-        ev.reservation.CopyFrom(convert.reservation_to(res, host.generation))
+        ev.reservation.CopyFrom(convert.reservation_to(res, generation))
         self.fleet.bus.publish(ev)
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from hwbp.errors import LedgerCorrupt
 from hwbp.model import BpType, Breakpoint, Reservation, Scope, Target
