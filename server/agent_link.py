@@ -82,7 +82,7 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
             )
         host = self.fleet.ensure_host(name, hello.ncpus)
         channel = AgentChannel(name, hello.cpu, convert.name(hello.backend, "backend") or "sim")
-        channel.image = convert.image_from(hello.image)
+        channel.reported(hello.image)
         channel.acked_generation = hello.last_applied_generation
         channel.move(LinkState.RESYNCING)
         old = host.attach_channel(channel)
@@ -115,7 +115,7 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
                         AckResult(
                             msg.ack.generation,
                             True,
-                            convert.image_from(msg.ack.image),
+                            msg.ack.image,
                             detail=msg.ack.detail,
                         )
                     )

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from hwbp.model import Assignment
 from hwbp.registers import RegisterImage
@@ -51,7 +52,7 @@ class AckResult:
 
     generation: int
     ok: bool
-    image: RegisterImage | None = None
+    image: Any = None  # the agent's RegisterImage message; converted only when read
     reason: str = ""
     errno: int = 0
     detail: str = ""
@@ -88,9 +89,26 @@ class AgentChannel:
         self._control_ids = itertools.count(1)
         self.sent_generation = 0
         self.acked_generation = 0
-        self.image: RegisterImage | None = None
+        self._image: RegisterImage | None = None
+        self._image_msg: Any = None
         self.detail = ""
         self.reloads_merged = 0
+
+    @property
+    def image(self) -> RegisterImage | None:
+        """The registers the agent last reported (converted on first read: acks are
+        frequent, inventory reads are rare)."""
+        if self._image is None and self._image_msg is not None:
+            self._image = convert.image_from(self._image_msg)
+        return self._image
+
+    @image.setter
+    def image(self, value: RegisterImage | None) -> None:
+        self._image, self._image_msg = value, None
+
+    def reported(self, msg: Any) -> None:
+        """Keep the agent's RegisterImage message as it came."""
+        self._image, self._image_msg = None, msg
 
     def move(self, new: LinkState) -> None:
         if new not in _ALLOWED[self.state]:
@@ -150,7 +168,10 @@ class AgentChannel:
             hook(self, result, time.monotonic() - current.sent_at)
         if result.ok:
             self.acked_generation = result.generation
-            self.image = result.image
+            if isinstance(result.image, RegisterImage):
+                self.image = result.image
+            elif result.image is not None:
+                self.reported(result.image)
             self.detail = result.detail
         self._in_flight = None
         if not current.future.done():
@@ -182,7 +203,7 @@ class AgentChannel:
         if future is None or future.done():
             return
         if result.ok and result.HasField("image"):
-            self.image = convert.image_from(result.image)
+            self.reported(result.image)
         future.set_result(result)
 
     def forget_control(self, control_id_future: asyncio.Future[agent_pb2.ControlResult]) -> None:

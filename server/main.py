@@ -223,6 +223,10 @@ async def serve(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await asyncio.wait_for(asyncio.gather(*(h.drain() for h in fleet.hosts.values())), timeout=10)
     reaping.cancel()
+    for host in fleet.hosts.values():  # end agent streams cleanly; they reconnect elsewhere
+        for channel in host.channels:
+            if channel is not None:
+                channel.close()
     await server.stop(grace=1.0)
     metrics.stop()
     store.close()
