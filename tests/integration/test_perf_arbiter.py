@@ -22,8 +22,7 @@ from tests.integration.targets import Target
 
 _reason = probe()
 if _reason is not None:
-    pytest.skip(f"the kernel refuses hardware breakpoints here: {_reason}",
-                allow_module_level=True)
+    pytest.skip(f"the kernel refuses hardware breakpoints here: {_reason}", allow_module_level=True)
 
 pytestmark = pytest.mark.kernel
 HOST = "real"
@@ -32,8 +31,10 @@ CPUS = os.cpu_count() or 1
 
 @pytest.fixture(scope="module")
 def real_host(arbiter: str) -> Iterator[str]:
-    agents = [procs.start_agent(arbiter, HOST, c, "--cpus", str(CPUS), "--backend", "perf")
-              for c in range(CPUS)]
+    agents = [
+        procs.start_agent(arbiter, HOST, c, "--cpus", str(CPUS), "--backend", "perf")
+        for c in range(CPUS)
+    ]
     try:
         yield HOST
     finally:
@@ -55,8 +56,9 @@ class Hits:
 
     def __init__(self, api: Api, **filters: object) -> None:
         self.items: list[t.Event] = []
-        self.stream = api.arb.Watch(a.WatchRequest(host=HOST, kinds=[t.EVENT_KIND_HIT],
-                                                   **filters), timeout=60)  # type: ignore[arg-type]
+        self.stream = api.arb.Watch(
+            a.WatchRequest(host=HOST, kinds=[t.EVENT_KIND_HIT], **filters), timeout=60
+        )  # type: ignore[arg-type]
         self.thread = threading.Thread(target=self._pump, daemon=True)
         self.thread.start()
 
@@ -99,7 +101,8 @@ def test_watchpoint_on_a_real_process_counts_every_write(
         api.release(res.id)
     assert len(got) == 50
     assert {(e.hit.reservation_id, e.hit.addr, e.hit.task) for e in got} == {
-        (res.id, target.addr, target.pid)}
+        (res.id, target.addr, target.pid)
+    }
     assert len({e.hit.seq for e in got}) == 50
 
 
