@@ -8,12 +8,14 @@ wrong, a person sees one line saying what, and a script sees the code from
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO, TypeVar
 
 from client import cli_render as render
+from client import top
 from client.cli_args import parse
 from client.errors import ExitCode, Unavailable, exit_code_for
 from client.sdk import Client
@@ -137,6 +139,19 @@ def _cpus(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
     return _show(a, out, [render.cpu_json(x) for x in items], render.cpus_table(items))
 
 
+def _top(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
+    title = f"hwbpctl top: {c.endpoint}"
+    top.run(
+        functools.partial(c.inventory, a.host),
+        out,
+        interval=a.interval,
+        once=a.once,
+        as_json=a.json,
+        title=title,
+    )
+    return ExitCode.OK
+
+
 def _watch(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
     events = c.watch(a.host, a.task, timeout=a.timeout)
     return _follow(a, out, events, render.jsonable, render.event_line)
@@ -184,6 +199,7 @@ _HANDLERS: dict[str, Handler] = {
     "modify": _modify,
     "ls": _ls,
     "cpus": _cpus,
+    "top": _top,
     "watch": _watch,
     "sim_switch": _sim_switch,
     "sim_access": _sim_access,

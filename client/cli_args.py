@@ -102,6 +102,10 @@ def build_parser() -> Parser:
     ls.add_argument("--host")
     cpus = cmds.add_parser("cpus", help="per-CPU inventory")
     cpus.add_argument("--host")
+    top = cmds.add_parser("top", help="live view of hosts x CPUs x DR0-DR3 (Ctrl-C quits)")
+    top.add_argument("--host")
+    top.add_argument("--interval", type=seconds, default=1.0, metavar="S", help="default 1")
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
 
     w = cmds.add_parser("watch", help="stream events (hits, reloads, NACKs, releases)")
     w.add_argument("--host")

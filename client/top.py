@@ -1,0 +1,193 @@
+"""``hwbpctl top``: hosts x CPUs x DR0-DR3 on one screen, refreshed until Ctrl-C.
+
+When two tools fight over a CPU's debug registers an admin needs, at a glance, which
+reservation sits in which register, whether the agent has caught up with the arbiter
+(lag) and whether what the CPU reports is what the arbiter expects. ``frame`` and
+``frame_json`` are pure so they can be tested from hand-built ``CpuInfo`` values; ``run``
+is the only part that talks to a terminal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from itertools import groupby
+from typing import Any, TextIO
+
+from client.cli_render import dump, hx, table
+from client.values import CpuInfo, HolderInfo
+
+# Home + clear: plain ANSI, understood by every terminal, so no curses dependency.
+CLEAR = "\x1b[H\x1b[2J"
+REGISTERS = 4  # DR0-DR3
+HEADERS = (
+    "CPU",
+    "STATE",
+    "BACKEND",
+    "GEN",
+    "ACKED",
+    "LAG",
+    "TASK",
+    "USED",
+    *(f"DR{i}" for i in range(REGISTERS)),
+    "DR7",
+    "MISMATCH",
+)
+
+
+def by_host(cpus: Iterable[CpuInfo]) -> list[tuple[str, list[CpuInfo]]]:
+    """Hosts in name order, CPUs in number order: rows must not jump between refreshes."""
+    ordered = sorted(cpus, key=lambda c: (c.host, c.cpu))
+    return [(host, list(group)) for host, group in groupby(ordered, key=lambda c: c.host)]
+
+
+def lag(c: CpuInfo) -> int:
+    """Generations sent but not yet acknowledged: non-zero means the agent is behind."""
+    return max(0, c.generation - c.acked_generation)
+
+
+def slot_holders(c: CpuInfo) -> list[tuple[str, HolderInfo | None] | None]:
+    """Per DRi of the *reported* image: (reservation id, its holder) or None when free.
+
+    The holder is None when the CPU reports an id the arbiter does not list as holding
+    this CPU: exactly the stale or foreign slot an admin is looking for.
+    """
+    known = {h.reservation_id: h for h in c.holders}
+    return [None if rid is None else (rid, known.get(rid)) for rid in c.reported.slots]
+
+
+def mismatched_registers(c: CpuInfo) -> list[str]:
+    """Which registers differ between reported and expected, to say where, not just if."""
+    rep, exp = c.reported, c.expected
+    names = [
+        f"DR{i}" for i in range(REGISTERS) if (rep.dr[i], rep.slots[i]) != (exp.dr[i], exp.slots[i])
+    ]
+    if rep.dr7 != exp.dr7:
+        names.append("DR7")
+    return names
+
+
+def _who(slot: tuple[str, HolderInfo | None] | None) -> str:
+    if slot is None:
+        return "-"
+    rid, h = slot
+    if h is None:
+        return f"{rid}(?)"
+    scope = h.scope.value if h.task is None else f"{h.scope.value}:{h.task}"
+    return f"{rid}({h.owner or 'anonymous'},{scope})"
+
+
+def _mismatch_cell(c: CpuInfo) -> str:
+    if not c.mismatch:
+        return "-"
+    where = mismatched_registers(c)
+    return "MISMATCH " + ",".join(where) if where else "MISMATCH"
+
+
+def _row(c: CpuInfo) -> tuple[object, ...]:
+    return (
+        c.cpu,
+        "online" if c.online else "OFFLINE",
+        c.backend or "-",
+        c.generation,
+        c.acked_generation,
+        lag(c),
+        c.current_task,
+        f"{c.used}/{c.slots}",
+        *(_who(s) for s in slot_holders(c)),
+        hx(c.reported.dr7),
+        _mismatch_cell(c),
+    )
+
+
+def _summary(host: str, cpus: Sequence[CpuInfo]) -> str:
+    online = sum(c.online for c in cpus)
+    mismatched = sum(c.mismatch for c in cpus)
+    worst = max((lag(c) for c in cpus), default=0)
+    noun = "CPU" if len(cpus) == 1 else "CPUs"
+    return f"{host}: {len(cpus)} {noun}, {online} online, {mismatched} mismatched, max lag {worst}"
+
+
+def frame(cpus: Iterable[CpuInfo]) -> str:
+    """One screen: per host a summary line, a CPU table, then any per-CPU detail notes."""
+    blocks = []
+    for host, group in by_host(cpus):
+        lines = [_summary(host, group), table(HEADERS, (_row(c) for c in group))]
+        lines += [f"  cpu {c.cpu}: {c.detail}" for c in group if c.detail]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) if blocks else "no CPUs"
+
+
+def _register_json(c: CpuInfo, i: int, slot: tuple[str, HolderInfo | None] | None) -> Any:
+    h = slot[1] if slot is not None else None
+    return {
+        "index": i,
+        "addr": c.reported.dr[i],
+        "reservation_id": slot[0] if slot is not None else None,
+        "owner": h.owner if h is not None else None,
+        "scope": h.scope.value if h is not None else None,
+        "task": h.task if h is not None else None,
+    }
+
+
+def _cpu_json(c: CpuInfo) -> dict[str, Any]:
+    return {
+        "cpu": c.cpu,
+        "online": c.online,
+        "backend": c.backend,
+        "generation": c.generation,
+        "acked_generation": c.acked_generation,
+        "lag": lag(c),
+        "current_task": c.current_task,
+        "used": c.used,
+        "slots": c.slots,
+        "registers": [_register_json(c, i, s) for i, s in enumerate(slot_holders(c))],
+        "dr7": c.reported.dr7,
+        "expected_dr7": c.expected.dr7,
+        "mismatch": c.mismatch,
+        "mismatched_registers": mismatched_registers(c),
+        "detail": c.detail,
+    }
+
+
+def frame_json(cpus: Iterable[CpuInfo]) -> list[dict[str, Any]]:
+    """The same frame for programs: a list of hosts, each with its CPUs; ints stay ints."""
+    return [{"host": host, "cpus": [_cpu_json(c) for c in group]} for host, group in by_host(cpus)]
+
+
+def run(
+    fetch: Callable[[], Sequence[CpuInfo]],
+    out: TextIO,
+    *,
+    interval: float,
+    once: bool,
+    as_json: bool,
+    title: str = "hwbpctl top",
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Draw frames until Ctrl-C (which is how one leaves top, so it ends quietly).
+
+    Only a terminal gets the clear-screen redraw; a pipe or file gets frames one after
+    another (blank-line separated, or one JSON document per line) so nothing is garbled.
+    """
+    redraw = not once and out.isatty()
+    try:
+        while True:
+            cpus = fetch()
+            if as_json:
+                dump(frame_json(cpus), out)
+            elif redraw:
+                stamp = time.strftime("%H:%M:%S")
+                head = f"{title}  every {interval:g}s  {stamp}  (Ctrl-C to quit)"
+                out.write(f"{CLEAR}{head}\n\n{frame(cpus)}\n")
+                out.flush()
+            else:
+                out.write(frame(cpus) + ("\n" if once else "\n\n"))
+                out.flush()
+            if once:
+                return
+            sleep(interval)
+    except KeyboardInterrupt:
+        if redraw:
+            out.write("\n")  # leave the shell prompt below the last frame, not inside it
+            out.flush()
