@@ -160,7 +160,14 @@ def test_kill_9_of_the_arbiter_loses_nothing_acknowledged(tmp_path: Path) -> Non
             ids = Api(ch).ids("hd")
         for c in clients:
             assert c.held <= ids and not (c.released & ids)
-        assert sum(c.ops for c in clients) > 20
+        ops = sum(c.ops for c in clients)
+        assert ops > 20
+        held = sum(len(c.held) for c in clients)
+        gone = sum(len(c.released) for c in clients)
+        print(
+            f"\n{RESTARTS} kill -9 restarts survived; {ops} operations, {held} held and "
+            f"{gone} released reservations checked after each"
+        )
     finally:
         stop.set()
         fleet.stop()
