@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO, TypeVar
@@ -29,6 +30,9 @@ Handler = Callable[[Client, argparse.Namespace, TextIO], ExitCode]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args: argparse.Namespace | None = None
+    # Ctrl-C ends `watch` and `top` cleanly even when we were started with SIGINT ignored
+    # (as a shell starts background jobs).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         args = parse(argv)
         tls = TlsConfig.resolve(args.tls_cert, args.tls_key, args.tls_ca)
