@@ -26,13 +26,11 @@ from hwbp.errors import (
     LedgerWriteFailed,
 )
 from hwbp.ledger import HostLedger
-from hwbp.model import Reservation
 from hwbp.ptrace import PtraceState
 from hwbp.registers import RegisterFile, RegisterImage
 from hwbp_pb import types_pb2
 from server.events import EventBus
 from server.links import AckResult, AgentChannel, Disconnected, LinkState
-from wire import convert
 
 log = logging.getLogger("hwbp.server")
 ENOSPC = 28
@@ -164,7 +162,7 @@ class Host:
             self.ledger.commit(token)
             if self.paranoid:
                 self._validate_or_die()
-            self._publish(types_pb2.EVENT_KIND_RELOAD, request_ids)
+            self.publish(types_pb2.EVENT_KIND_RELOAD, request_ids)
             for ch, result in admitted:
                 ch.generation = self.generation
                 if not ch.future.done():
@@ -184,7 +182,7 @@ class Host:
             request_ids,
         )
         await self._broadcast(self.generation, affected, request_ids, rollback=True)
-        self._publish(types_pb2.EVENT_KIND_NACK, request_ids, reason=failure.message)
+        self.publish(types_pb2.EVENT_KIND_NACK, request_ids, reason=failure.message)
         if split_on_failure:
             for ch, _ in admitted:
                 await self._run_batch([ch], split_on_failure=False)
@@ -310,27 +308,18 @@ class Host:
         regs.switch(current)
         return regs.load(self.ledger.for_cpu(cpu))
 
-    def _publish(
-        self,
-        kind: types_pb2.EventKind,
-        request_id: str,
-        *,
-        reason: str = "",
-        reservation: Reservation | None = None,
-    ) -> None:
-        from hwbp_pb import types_pb2 as pb
-
-        ev = pb.Event(
-            kind=kind,
-            host=self.name,
-            generation=self.generation,  # type: ignore[arg-type]
-            request_id=request_id,
-            reason=reason,
-            seq=self.bus.next_seq(),
+    def publish(self, kind: types_pb2.EventKind, request_id: str, *, reason: str = "") -> None:
+        """Tell watchers what happened to this host (a reload, a NACK, a lease expiry)."""
+        self.bus.publish(
+            types_pb2.Event(
+                kind=kind,
+                host=self.name,
+                generation=self.generation,  # type: ignore[arg-type]
+                request_id=request_id,
+                reason=reason,
+                seq=self.bus.next_seq(),
+            )
         )
-        if reservation is not None:
-            ev.reservation.CopyFrom(convert.reservation_to(reservation, self.generation))
-        self.bus.publish(ev)
 
 
 def _fail(future: asyncio.Future[Any], err: BaseException) -> None:

@@ -119,7 +119,7 @@ async def end_session(fleet: Fleet, table: SessionTable, sid: str, reason: str) 
             failed = True
             log.error("session %s: releasing on host %s failed: %s", sid, host.name, err)
             continue
-        host._publish(types_pb2.EVENT_KIND_LEASE_EXPIRED, f"session:{sid}", reason=reason)
+        host.publish(types_pb2.EVENT_KIND_LEASE_EXPIRED, f"session:{sid}", reason=reason)
     if failed:
         session.expires_at = table.clock() + 1.0
         return released
