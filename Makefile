@@ -24,7 +24,7 @@ lint: venv
 
 types: venv
 	$(BIN)/mypy --strict hwbp
-	$(BIN)/mypy server agent client bench wire
+	$(BIN)/mypy server agent client bench load wire
 
 protocheck: venv
 	$(BIN)/python scripts/protos.py --check

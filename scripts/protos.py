@@ -1,4 +1,4 @@
-"""Generate the Python code for protos/ into hwbp_pb/, or check it has not drifted.
+"""Generate the Python code for protos/ into protos/hwbp_pb/, or check it has not drifted.
 
 protoc names Python modules after proto paths (hwbp/v1/x.proto -> hwbp.v1.x_pb2),
 which would put generated gRPC code inside the pure core package; we generate into
@@ -16,13 +16,13 @@ from grpc_tools import protoc  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
-OUT = ROOT / "hwbp_pb"
+OUT = PROTOS / "hwbp_pb"
 IMPORT = re.compile(r"^from hwbp\.v1 import ", re.M)
 
 
 def generate() -> dict[str, str]:
     """Return {file name: content} of the generated package."""
-    sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
+    sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "hwbp").rglob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
     with tempfile.TemporaryDirectory() as tmp:
         args = [
@@ -61,7 +61,7 @@ def main() -> int:
             stale.unlink()
     for name, text in files.items():
         (OUT / name).write_text(text)
-    print(f"protos: wrote {len(files)} files to hwbp_pb/")
+    print(f"protos: wrote {len(files)} files to protos/hwbp_pb/")
     return 0
 
 
