@@ -14,7 +14,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hwbp.errors import ErrorClass, HwbpError, InvalidArgument, NoFreeSlot
@@ -183,12 +183,3 @@ def _refuse_malformed(request: Any) -> None:
             f"the request bytes for {request.type_name} do not parse: {request.problem}",
             method=request.type_name,
         )
-
-
-def require(condition: bool, message: str, **metadata: object) -> None:
-    """Field validation: raise INVALID_ARGUMENT naming the field when ``condition`` is false."""
-    if not condition:
-        raise InvalidArgument(message, **metadata)
-
-
-__all__ = ["STATUS", "abort", "code_pb2", "grpc_status", "require", "rpc", "stream_rpc"]

@@ -63,7 +63,3 @@ class EventBus:
                 sub.overflowed = True
                 sub.queue.get_nowait()
                 sub.queue.put_nowait(_OVERFLOW)
-
-    @property
-    def subscribers(self) -> int:
-        return len(self._subs)

@@ -206,11 +206,6 @@ class AgentChannel:
             self.reported(result.image)
         future.set_result(result)
 
-    def forget_control(self, control_id_future: asyncio.Future[agent_pb2.ControlResult]) -> None:
-        for cid, fut in list(self._controls.items()):
-            if fut is control_id_future:
-                del self._controls[cid]
-
     # --- teardown ----------------------------------------------------------------
 
     def close(self) -> None:

@@ -77,12 +77,6 @@ class SessionTable:
     def remove(self, sid: str) -> None:
         self.sessions.pop(sid, None)
 
-    def regrace(self) -> None:
-        """After a restart, give every lease a fresh TTL so live clients can reconnect."""
-        now = self.clock()
-        for s in self.sessions.values():
-            s.expires_at = now + s.ttl
-
 
 async def end_session(fleet: Fleet, table: SessionTable, sid: str, reason: str) -> int:
     """Release everything a session holds on every host; returns how many were released.

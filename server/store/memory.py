@@ -19,7 +19,6 @@ class MemoryStore:
         self.reservations: dict[str, ReservationRecord] = {}
         self.attachments: dict[tuple[str, int], AttachmentRecord] = {}
         self.sessions: dict[str, SessionRecord] = {}
-        self.commits = 0
 
     def load(self) -> Snapshot:
         return Snapshot(
@@ -46,7 +45,6 @@ class MemoryStore:
             self.sessions.pop(sid, None)
         for s in batch.sessions:
             self.sessions[s.id] = s
-        self.commits += 1
 
     def close(self) -> None:
         """Nothing to flush."""
