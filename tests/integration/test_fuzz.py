@@ -8,6 +8,7 @@ test checks that it still serves, and that no CPU is over budget.
 from __future__ import annotations
 
 import string
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -44,6 +45,7 @@ ALLOWED = {
     grpc.StatusCode.ABORTED,
 }
 SENT = {"requests": 0, "malformed": 0, "refused": 0}
+REASONS: Counter[str] = Counter()
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +83,22 @@ def fuzz_target() -> Iterator[tuple[grpc.Channel, dict[str, Callable[..., Any]]]
 
 # --- strategies: mostly plausible, often broken, sometimes absurd ---------------------
 
+# Mostly well-formed ids and names, so most requests get past the field checks and
+# reach admission, the ledger and the agents; the rest probe the field checks.
+_ok_ids = st.text(string.ascii_letters, max_size=20)
 names = st.one_of(
-    st.just(HOST),
+    *[st.just(HOST)] * 6,
     st.just(""),
     st.just("nope"),
     st.text(string.printable, max_size=40),
     st.text(min_size=129, max_size=300),
 )
-ids = st.one_of(st.just(""), st.from_regex(r"r[0-9]{1,3}", fullmatch=True), st.text(max_size=200))
+ids = st.one_of(
+    st.just(""),
+    st.from_regex(r"r[0-9]{1,3}", fullmatch=True),
+    st.builds(lambda n: f"r{n}", st.integers(1, 400)),
+    st.text(max_size=200),
+)
 u64 = st.one_of(
     st.integers(0, 0x10000),
     st.integers(0, 2**64 - 1),
@@ -99,13 +109,12 @@ i64 = st.one_of(st.integers(-5, 100), st.integers(-(2**63), 2**63 - 1))
 enum = st.integers(0, 7)
 opt_cpu = st.one_of(st.none(), st.integers(0, 3), st.integers(0, 2**32 - 1))
 opt_task = st.one_of(st.none(), st.integers(1, 40), i64)
-request_ids = st.one_of(
-    st.just(""), st.text(string.ascii_letters, max_size=20), st.text(max_size=200)
-)
+usually = st.one_of(*[st.just(True)] * 9, st.just(False))
+request_ids = st.one_of(st.just(""), _ok_ids, _ok_ids, _ok_ids, _ok_ids, st.text(max_size=200))
 
 
 @st.composite
-def target(draw: st.DrawFn) -> t.Target:
+def wild_target(draw: st.DrawFn) -> t.Target:
     msg = t.Target(host=draw(names), scope=draw(enum))  # type: ignore[arg-type]
     if (cpu := draw(opt_cpu)) is not None:
         msg.cpu = cpu
@@ -115,7 +124,19 @@ def target(draw: st.DrawFn) -> t.Target:
 
 
 @st.composite
-def spec(draw: st.DrawFn) -> t.BreakpointSpec:
+def plausible_target(draw: st.DrawFn) -> t.Target:
+    """Well-formed, so the request reaches admission and changes state."""
+    scope = draw(st.sampled_from([t.SCOPE_SYSTEM, t.SCOPE_CPU, t.SCOPE_TASK, t.SCOPE_TASK_CPU]))
+    msg = t.Target(host=HOST, scope=scope)
+    if scope in (t.SCOPE_CPU, t.SCOPE_TASK_CPU):
+        msg.cpu = draw(st.integers(0, 1))
+    if scope in (t.SCOPE_TASK, t.SCOPE_TASK_CPU):
+        msg.task = draw(st.integers(1, 20))
+    return msg
+
+
+@st.composite
+def wild_spec(draw: st.DrawFn) -> t.BreakpointSpec:
     return t.BreakpointSpec(
         addr=draw(u64),
         len=draw(st.one_of(st.sampled_from([1, 2, 4, 8]), u32)),
@@ -123,6 +144,25 @@ def spec(draw: st.DrawFn) -> t.BreakpointSpec:
         enabled=draw(st.booleans()),  # type: ignore[arg-type]
         kernel=draw(st.booleans()),
     )
+
+
+@st.composite
+def plausible_spec(draw: st.DrawFn) -> t.BreakpointSpec:
+    length = draw(st.sampled_from([1, 2, 4, 8]))
+    return t.BreakpointSpec(
+        addr=0x1000 + length * draw(st.integers(0, 64)),
+        len=length,
+        type=draw(st.sampled_from([t.BREAKPOINT_TYPE_WRITE, t.BREAKPOINT_TYPE_READ_WRITE])),
+        enabled=draw(st.booleans()),
+    )
+
+
+def target() -> st.SearchStrategy[t.Target]:
+    return st.one_of(plausible_target(), wild_target())
+
+
+def spec() -> st.SearchStrategy[t.BreakpointSpec]:
+    return st.one_of(plausible_spec(), wild_spec())
 
 
 def _maybe(draw: st.DrawFn, msg: Any, field: str, strat: st.SearchStrategy[Any]) -> None:
@@ -156,11 +196,14 @@ def request(draw: st.DrawFn) -> tuple[str, Any]:
     rid = draw(request_ids)
     if kind == "Reserve":
         msg: Any = a.ReserveRequest(
-            request_id=rid, owner=draw(names), session_id=draw(ids), idempotency_key=draw(ids)
+            request_id=rid,
+            owner=draw(st.one_of(st.just("fuzz"), st.just("fuzz"), names)),
+            session_id=draw(st.one_of(st.just(""), st.just(""), st.just(""), ids)),
+            idempotency_key=draw(st.one_of(st.just(""), st.just(""), _ok_ids, ids)),
         )
-        if draw(st.integers(0, 9)):
+        if draw(usually):
             msg.target.CopyFrom(draw(target()))
-        if draw(st.integers(0, 9)):
+        if draw(usually):
             msg.spec.CopyFrom(draw(spec()))
     elif kind in ("Release", "Modify"):
         msg = (a.ReleaseRequest if kind == "Release" else a.ModifyRequest)(
@@ -219,7 +262,7 @@ def request(draw: st.DrawFn) -> tuple[str, Any]:
     return kind, msg
 
 
-def _check_refusal(kind: str, err: grpc.RpcError) -> None:
+def _check_refusal(kind: str, err: grpc.RpcError) -> str:
     assert err.code() in ALLOWED, f"{kind}: {err.code()} {err.details()}"
     status = rpc_status.from_call(err)  # type: ignore[arg-type]
     assert status is not None, f"{kind}: refusal without google.rpc.Status"
@@ -228,6 +271,7 @@ def _check_refusal(kind: str, err: grpc.RpcError) -> None:
     info = error_details_pb2.ErrorInfo()
     infos[0].Unpack(info)
     assert info.reason.isupper() and info.domain == "hwbp.dev"
+    return str(info.reason)
 
 
 def _still_sound(ch: grpc.Channel) -> None:
@@ -257,7 +301,7 @@ def test_generated_requests_never_crash_hang_or_corrupt(
             calls[kind](msg, timeout=10)
         except grpc.RpcError as err:
             SENT["refused"] += 1
-            _check_refusal(kind, err)
+            REASONS[f"{kind}:{_check_refusal(kind, err)}"] += 1
     _still_sound(ch)
 
 
@@ -305,5 +349,6 @@ def test_enough_requests_were_fuzzed() -> None:
     assert SENT["requests"] >= 10_000, SENT
     print(
         f"\nfuzzed {SENT['requests']} requests ({SENT['refused']} refused) and "
-        f"{SENT['malformed']} malformed payloads"
+        f"{SENT['malformed']} malformed payloads; most common refusals: "
+        f"{REASONS.most_common(8)}"
     )
