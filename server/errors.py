@@ -157,14 +157,21 @@ def _safe(deserialize: Callable[[bytes], Any], type_name: str) -> Callable[[byte
 
 
 class MalformedRequests(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Wrap every method's request parser with ``_safe``."""
+    """Wrap every method's request parser with ``_safe`` (once per method)."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, Any] = {}
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        cached = self._wrapped.get(details.method)
+        if cached is not None:
+            return cached
         handler = await continuation(details)
         if handler is None or handler.request_deserializer is None:
             return handler
         safe = _safe(handler.request_deserializer, details.method)
-        return handler._replace(request_deserializer=safe)
+        self._wrapped[details.method] = wrapped = handler._replace(request_deserializer=safe)
+        return wrapped
 
 
 MAX_REQUEST_ID = 128  # it is logged and echoed in every error: keep it a name, not a payload

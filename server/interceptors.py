@@ -45,12 +45,20 @@ def reason_of(context: Any) -> str:
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        self._wrapped: dict[str, Any] = {}  # one wrapped handler per method, built once
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        method: str = details.method
+        cached = self._wrapped.get(method)
+        if cached is not None:
+            return cached
         handler = await continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
-        method: str = details.method
+        self._wrapped[method] = wrapped = self._wrap(method, handler)
+        return wrapped
+
+    def _wrap(self, method: str, handler: Any) -> Any:
         inner = handler.unary_unary
         metrics = self.metrics
 
