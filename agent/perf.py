@@ -321,6 +321,17 @@ class PerfBackend:
             slots=(ids[0], ids[1], ids[2], ids[3]),
         )
 
+    def detail(self) -> str:
+        """What the kernel accepted, for the inventory: one perf event per breakpoint."""
+        if not self._events:
+            return f"cpu {self.cpu}: kernel holds no breakpoint events"
+        parts = [
+            f"{rid} (pid {ev.assignment.task if ev.assignment.task is not None else -1}, "
+            f"fd {ev.fd}, {ev.count()} hits)"
+            for rid, ev in sorted(self._events.items())
+        ]
+        return f"cpu {self.cpu}: kernel accepted " + ", ".join(parts)
+
     def image(self) -> RegisterImage:
         return self._image
 

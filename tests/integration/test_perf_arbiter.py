@@ -89,8 +89,10 @@ def test_watchpoint_on_a_real_process_counts_every_write(
 ) -> None:
     api = Api(channel)
     res = api.reserve(real_host, scope="task", task=target.pid, addr=target.addr, length=8)
-    # What the kernel accepted on every CPU matches the ledger.
-    assert not any(c.mismatch for c in api.inventory(real_host))
+    # What the kernel accepted on every CPU matches the ledger, and the inventory says so.
+    cpus = api.inventory(real_host)
+    assert not any(c.mismatch for c in cpus)
+    assert all("kernel accepted" in c.detail and res.id in c.detail for c in cpus)
     hits = Hits(api, task=target.pid)
     try:
         time.sleep(0.2)
