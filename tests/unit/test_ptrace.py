@@ -1,4 +1,4 @@
-"""The ptrace debug-register facade, rule by rule (kernel-rules §4)."""
+"""The ptrace debug-register facade, rule by rule (the x86 ptrace.c semantics)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every x86-64 validation rule (kernel-rules §3) with examples and counter-examples."""
+"""Every x86-64 validation rule (arch/x86 hw_breakpoint.c) with examples and counter-examples."""
 
 from __future__ import annotations
 
