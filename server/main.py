@@ -85,7 +85,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--insecure",
         action="store_true",
-        help="allow listening on a non-loopback address without TLS",
+        help="allow listening (or serving metrics) on a non-loopback address without TLS",
     )
     p.add_argument(
         "--db",
@@ -247,6 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if tls is None and not _is_loopback(args.listen) and not args.insecure:
         print(
             f"hwbp-arbiter: refusing to listen on {args.listen} without TLS; "
+            "use a loopback address or pass --insecure",
+            file=sys.stderr,
+        )
+        return 2
+    if args.metrics_listen and not _is_loopback(args.metrics_listen) and not args.insecure:
+        # Plain HTTP that names every host and holder: opening it to the network is a choice.
+        print(
+            f"hwbp-arbiter: refusing to serve metrics on {args.metrics_listen} (plain HTTP); "
             "use a loopback address or pass --insecure",
             file=sys.stderr,
         )

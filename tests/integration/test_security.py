@@ -327,6 +327,11 @@ def test_plaintext_on_a_non_loopback_address_needs_insecure() -> None:
     done = arbiter_exit("--listen", "0.0.0.0:0")
     assert done.returncode == 2
     assert "refusing to listen on 0.0.0.0:0 without TLS" in done.stderr
+    done = arbiter_exit("--listen", "127.0.0.1:0", "--metrics-listen", "0.0.0.0:0")
+    assert done.returncode == 2
+    assert "refusing to serve metrics on 0.0.0.0:0" in done.stderr and "Traceback" not in (
+        done.stderr
+    )
 
 
 def test_a_policy_without_tls_or_half_a_tls_setting_is_refused(env: Env) -> None:
