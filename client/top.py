@@ -15,6 +15,7 @@ from itertools import groupby
 from typing import Any, TextIO
 
 from client.cli_render import dump, hx, table
+from client.errors import Unavailable
 from client.values import CpuInfo, HolderInfo
 
 # Home + clear: plain ANSI, understood by every terminal, so no curses dependency.
@@ -171,9 +172,20 @@ def run(
     another (blank-line separated, or one JSON document per line) so nothing is garbled.
     """
     redraw = not once and out.isatty()
+    drawn = False
     try:
         while True:
-            cpus = fetch()
+            try:
+                cpus = fetch()
+            except Unavailable as err:
+                if not (redraw and drawn):
+                    raise  # nothing to keep showing: say so once and exit 5
+                # The view an admin keeps open: survive an arbiter restart.
+                out.write(f"{CLEAR}{title}  arbiter unreachable ({err}); retrying\n")
+                out.flush()
+                sleep(interval)
+                continue
+            drawn = True
             if as_json:
                 dump(frame_json(cpus), out)
             elif redraw:

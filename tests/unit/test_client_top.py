@@ -11,7 +11,7 @@ import pytest
 
 from client import top
 from client.cli_args import parse
-from client.errors import UsageError
+from client.errors import Unavailable, UsageError
 from client.values import CpuInfo, HolderInfo, RegisterImage, Scope
 
 Slots = tuple[str | None, str | None, str | None, str | None]
@@ -178,6 +178,29 @@ def test_terminal_redraws_until_ctrl_c_which_ends_quietly() -> None:
     assert naps == [0.25, 0.25, 0.25]
     assert out.getvalue().count(top.CLEAR) == 3
     assert out.getvalue().count("r9(bob,task+cpu:501)") == 3
+
+
+def test_a_live_view_survives_an_arbiter_restart() -> None:
+    calls = iter([sample, unreachable, unreachable, sample])
+
+    def fetch() -> list[CpuInfo]:
+        return next(calls)()
+
+    out = Tty()
+    naps, sleep = interrupt_after(4)
+    top.run(fetch, out, interval=0.5, once=False, as_json=False, sleep=sleep)
+    assert naps == [0.5] * 4
+    assert out.getvalue().count("arbiter unreachable") == 2
+    assert out.getvalue().count("r9(bob,task+cpu:501)") == 2  # drawn before and after
+
+
+def test_unreachable_at_start_is_an_error_not_a_retry() -> None:
+    with pytest.raises(Unavailable):
+        top.run(unreachable, Tty(), interval=0.5, once=False, as_json=False)
+
+
+def unreachable() -> list[CpuInfo]:
+    raise Unavailable("arbiter 127.0.0.1:1 is unreachable")
 
 
 def test_a_pipe_gets_frames_in_sequence_without_escapes() -> None:
