@@ -22,6 +22,7 @@ class WatcherTooSlow(Exception):
 @dataclass(eq=False)
 class Subscription:
     accept: Callable[[Any], bool]
+    kinds: frozenset[int] | None = None  # event kinds it may accept; None: any (and traps)
     queue: asyncio.Queue[Any] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
     overflowed: bool = False
 
@@ -45,10 +46,16 @@ class EventBus:
     def next_seq(self) -> int:
         return next(self._seq)
 
-    def subscribe(self, accept: Callable[[Any], bool]) -> Subscription:
-        sub = Subscription(accept)
+    def subscribe(
+        self, accept: Callable[[Any], bool], kinds: frozenset[int] | None = None
+    ) -> Subscription:
+        sub = Subscription(accept, kinds)
         self._subs.add(sub)
         return sub
+
+    def wants(self, kind: int) -> bool:
+        """Whether anyone may take an event of ``kind``: the hot path builds none if not."""
+        return any(sub.kinds is None or kind in sub.kinds for sub in self._subs)
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)

@@ -310,6 +310,8 @@ class Host:
 
     def publish(self, kind: types_pb2.EventKind, request_id: str, *, reason: str = "") -> None:
         """Tell watchers what happened to this host (a reload, a NACK, a lease expiry)."""
+        if not self.bus.wants(kind):
+            return
         self.bus.publish(
             types_pb2.Event(
                 kind=kind,

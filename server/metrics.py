@@ -221,7 +221,7 @@ class Metrics:
             return isinstance(ev, types_pb2.Event) and ev.kind == types_pb2.EVENT_KIND_LEASE_EXPIRED
 
         while True:
-            sub = self.fleet.bus.subscribe(accept)
+            sub = self.fleet.bus.subscribe(accept, frozenset({types_pb2.EVENT_KIND_LEASE_EXPIRED}))
             try:
                 while True:
                     self.on_event(await sub.get())

@@ -226,7 +226,7 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
                 isinstance(item, ptrace_pb2.Trap) and item.host == host.name and item.task == task
             )
 
-        sub = self.fleet.bus.subscribe(accept)
+        sub = self.fleet.bus.subscribe(accept, frozenset())  # traps only, no events
         try:
             while True:
                 yield await sub.get()

@@ -213,7 +213,7 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
                 return bool(own == task)
             return True
 
-        sub = self.fleet.bus.subscribe(accept)
+        sub = self.fleet.bus.subscribe(accept, frozenset(kinds) if kinds else None)
         try:
             while True:
                 yield await sub.get()
@@ -233,6 +233,8 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
         res: Reservation,
         generation: int,
     ) -> None:
+        if not self.fleet.bus.wants(kind):
+            return  # nobody watches this kind: build nothing
         ev = types_pb2.Event(
             kind=kind,
             host=host.name,

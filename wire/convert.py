@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from hwbp.errors import InvalidArgument, InvalidCpu, InvalidScope, InvalidType, ValueOutOfRange
 from hwbp.model import AccessType, Assignment, BpType, Breakpoint, Reservation, Scope, Target
 from hwbp.registers import HitRecord, RegisterImage
+from hwbp_pb import agent_pb2
 from hwbp_pb import types_pb2 as pb
 
 MAX_NAME = 128  # host names, owners, ids: anything longer is a mistake, not a name
@@ -115,9 +117,10 @@ def reservation_to(res: Reservation, generation: int = 0) -> pb.Reservation:
     )
 
 
-def assignment_to(a: Assignment) -> Any:
-    from hwbp_pb import agent_pb2
-
+@functools.lru_cache(maxsize=1 << 17)
+def assignment_to(a: Assignment) -> agent_pb2.Assignment:
+    """Cached: a reload carries every breakpoint of a CPU, mostly unchanged since the last
+    one, and a parent message copies what it is given, so sharing is safe."""
     return agent_pb2.Assignment(reservation_id=a.reservation_id, task=a.task, spec=bp_to(a.bp))
 
 
