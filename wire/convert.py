@@ -117,7 +117,7 @@ def reservation_to(res: Reservation, generation: int = 0) -> pb.Reservation:
     )
 
 
-@functools.lru_cache(maxsize=1 << 17)
+@functools.lru_cache(maxsize=8192)  # bounded: ~1 KB each
 def assignment_to(a: Assignment) -> agent_pb2.Assignment:
     """Cached: a reload carries every breakpoint of a CPU, mostly unchanged since the last
     one, and a parent message copies what it is given, so sharing is safe."""
