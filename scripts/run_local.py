@@ -14,7 +14,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # Ctrl-C or SIGTERM stops everything, even when started with SIGINT ignored (a shell's
+    # background job).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--listen", default="127.0.0.1:50051")
     p.add_argument("--backend", default="auto", choices=["auto", "perf", "sim"])
