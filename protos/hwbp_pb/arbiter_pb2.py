@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from hwbp_pb import types_pb2 as hwbp_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hwbp/v1/arbiter.proto\x12\x07hwbp.v1\x1a\x13hwbp/v1/types.proto\"\xa8\x01\n\x0eReserveRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1f\n\x06target\x18\x02 \x01(\x0b\x32\x0f.hwbp.v1.Target\x12%\n\x04spec\x18\x03 \x01(\x0b\x32\x17.hwbp.v1.BreakpointSpec\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\"P\n\x0fReserveResponse\x12)\n\x0breservation\x18\x01 \x01(\x0b\x32\x14.hwbp.v1.Reservation\x12\x12\n\ngeneration\x18\x02 \x01(\x04\"P\n\x0eReleaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\"P\n\x0fReleaseResponse\x12)\n\x0breservation\x18\x01 \x01(\x0b\x32\x14.hwbp.v1.Reservation\x12\x12\n\ngeneration\x18\x02 \x01(\x04\"\xdc\x01\n\rModifyRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x11\n\x04\x61\x64\x64r\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x10\n\x03len\x18\x05 \x01(\rH\x01\x88\x01\x01\x12*\n\x04type\x18\x06 \x01(\x0e\x32\x17.hwbp.v1.BreakpointTypeH\x02\x88\x01\x01\x12\x14\n\x07\x65nabled\x18\x07 \x01(\x08H\x03\x88\x01\x01\x42\x07\n\x05_addrB\x06\n\x04_lenB\x07\n\x05_typeB\n\n\x08_enabled\"O\n\x0eModifyResponse\x12)\n\x0breservation\x18\x01 \x01(\x0b\x32\x14.hwbp.v1.Reservation\x12\x12\n\ngeneration\x18\x02 \x01(\x04\"C\n\x0bListRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\":\n\x0cListResponse\x12*\n\x0creservations\x18\x01 \x03(\x0b\x32\x14.hwbp.v1.Reservation\"4\n\x10InventoryRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\"8\n\x11InventoryResponse\x12#\n\x04\x63pus\x18\x01 \x03(\x0b\x32\x15.hwbp.v1.CpuInventory\"o\n\x0cWatchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x11\n\x04task\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12!\n\x05kinds\x18\x04 \x03(\x0e\x32\x12.hwbp.v1.EventKindB\x07\n\x05_task2\xeb\x02\n\x07\x41rbiter\x12<\n\x07Reserve\x12\x17.hwbp.v1.ReserveRequest\x1a\x18.hwbp.v1.ReserveResponse\x12<\n\x07Release\x12\x17.hwbp.v1.ReleaseRequest\x1a\x18.hwbp.v1.ReleaseResponse\x12\x39\n\x06Modify\x12\x16.hwbp.v1.ModifyRequest\x1a\x17.hwbp.v1.ModifyResponse\x12\x33\n\x04List\x12\x14.hwbp.v1.ListRequest\x1a\x15.hwbp.v1.ListResponse\x12\x42\n\tInventory\x12\x19.hwbp.v1.InventoryRequest\x1a\x1a.hwbp.v1.InventoryResponse\x12\x30\n\x05Watch\x12\x15.hwbp.v1.WatchRequest\x1a\x0e.hwbp.v1.Event0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hwbp/v1/arbiter.proto\x12\x07hwbp.v1\x1a\x13hwbp/v1/types.proto\"\xa8\x01\n\x0eReserveRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1f\n\x06target\x18\x02 \x01(\x0b\x32\x0f.hwbp.v1.Target\x12%\n\x04spec\x18\x03 \x01(\x0b\x32\x17.hwbp.v1.BreakpointSpec\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\"|\n\x0fReserveResponse\x12)\n\x0breservation\x18\x01 \x01(\x0b\x32\x14.hwbp.v1.Reservation\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x14\n\x0c\x61pplied_cpus\x18\x03 \x03(\r\x12\x14\n\x0cpending_cpus\x18\x04 \x03(\r\"f\n\x0eReleaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x14\n\x0c\x65xpect_owner\x18\x04 \x01(\t\"|\n\x0fReleaseResponse\x12)\n\x0breservation\x18\x01 \x01(\x0b\x32\x14.hwbp.v1.Reservation\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x14\n\x0c\x61pplied_cpus\x18\x03 \x03(\r\x12\x14\n\x0cpending_cpus\x18\x04 \x03(\r\"\xf2\x01\n\rModifyRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x11\n\x04\x61\x64\x64r\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x10\n\x03len\x18\x05 \x01(\rH\x01\x88\x01\x01\x12*\n\x04type\x18\x06 \x01(\x0e\x32\x17.hwbp.v1.BreakpointTypeH\x02\x88\x01\x01\x12\x14\n\x07\x65nabled\x18\x07 \x01(\x08H\x03\x88\x01\x01\x12\x14\n\x0c\x65xpect_owner\x18\x08 \x01(\tB\x07\n\x05_addrB\x06\n\x04_lenB\x07\n\x05_typeB\n\n\x08_enabled\"{\n\x0eModifyResponse\x12)\n\x0breservation\x18\x01 \x01(\x0b\x32\x14.hwbp.v1.Reservation\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x14\n\x0c\x61pplied_cpus\x18\x03 \x03(\r\x12\x14\n\x0cpending_cpus\x18\x04 \x03(\r\"j\n\x0bListRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"S\n\x0cListResponse\x12*\n\x0creservations\x18\x01 \x03(\x0b\x32\x14.hwbp.v1.Reservation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"[\n\x10InventoryRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"Q\n\x11InventoryResponse\x12#\n\x04\x63pus\x18\x01 \x03(\x0b\x32\x15.hwbp.v1.CpuInventory\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"o\n\x0cWatchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x11\n\x04task\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12!\n\x05kinds\x18\x04 \x03(\x0e\x32\x12.hwbp.v1.EventKindB\x07\n\x05_task2\xeb\x02\n\x07\x41rbiter\x12<\n\x07Reserve\x12\x17.hwbp.v1.ReserveRequest\x1a\x18.hwbp.v1.ReserveResponse\x12<\n\x07Release\x12\x17.hwbp.v1.ReleaseRequest\x1a\x18.hwbp.v1.ReleaseResponse\x12\x39\n\x06Modify\x12\x16.hwbp.v1.ModifyRequest\x1a\x17.hwbp.v1.ModifyResponse\x12\x33\n\x04List\x12\x14.hwbp.v1.ListRequest\x1a\x15.hwbp.v1.ListResponse\x12\x42\n\tInventory\x12\x19.hwbp.v1.InventoryRequest\x1a\x1a.hwbp.v1.InventoryResponse\x12\x30\n\x05Watch\x12\x15.hwbp.v1.WatchRequest\x1a\x0e.hwbp.v1.Event0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,25 +35,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESERVEREQUEST']._serialized_start=56
   _globals['_RESERVEREQUEST']._serialized_end=224
   _globals['_RESERVERESPONSE']._serialized_start=226
-  _globals['_RESERVERESPONSE']._serialized_end=306
-  _globals['_RELEASEREQUEST']._serialized_start=308
-  _globals['_RELEASEREQUEST']._serialized_end=388
-  _globals['_RELEASERESPONSE']._serialized_start=390
-  _globals['_RELEASERESPONSE']._serialized_end=470
-  _globals['_MODIFYREQUEST']._serialized_start=473
-  _globals['_MODIFYREQUEST']._serialized_end=693
-  _globals['_MODIFYRESPONSE']._serialized_start=695
-  _globals['_MODIFYRESPONSE']._serialized_end=774
-  _globals['_LISTREQUEST']._serialized_start=776
-  _globals['_LISTREQUEST']._serialized_end=843
-  _globals['_LISTRESPONSE']._serialized_start=845
-  _globals['_LISTRESPONSE']._serialized_end=903
-  _globals['_INVENTORYREQUEST']._serialized_start=905
-  _globals['_INVENTORYREQUEST']._serialized_end=957
-  _globals['_INVENTORYRESPONSE']._serialized_start=959
-  _globals['_INVENTORYRESPONSE']._serialized_end=1015
-  _globals['_WATCHREQUEST']._serialized_start=1017
-  _globals['_WATCHREQUEST']._serialized_end=1128
-  _globals['_ARBITER']._serialized_start=1131
-  _globals['_ARBITER']._serialized_end=1494
+  _globals['_RESERVERESPONSE']._serialized_end=350
+  _globals['_RELEASEREQUEST']._serialized_start=352
+  _globals['_RELEASEREQUEST']._serialized_end=454
+  _globals['_RELEASERESPONSE']._serialized_start=456
+  _globals['_RELEASERESPONSE']._serialized_end=580
+  _globals['_MODIFYREQUEST']._serialized_start=583
+  _globals['_MODIFYREQUEST']._serialized_end=825
+  _globals['_MODIFYRESPONSE']._serialized_start=827
+  _globals['_MODIFYRESPONSE']._serialized_end=950
+  _globals['_LISTREQUEST']._serialized_start=952
+  _globals['_LISTREQUEST']._serialized_end=1058
+  _globals['_LISTRESPONSE']._serialized_start=1060
+  _globals['_LISTRESPONSE']._serialized_end=1143
+  _globals['_INVENTORYREQUEST']._serialized_start=1145
+  _globals['_INVENTORYREQUEST']._serialized_end=1236
+  _globals['_INVENTORYRESPONSE']._serialized_start=1238
+  _globals['_INVENTORYRESPONSE']._serialized_end=1319
+  _globals['_WATCHREQUEST']._serialized_start=1321
+  _globals['_WATCHREQUEST']._serialized_end=1432
+  _globals['_ARBITER']._serialized_start=1435
+  _globals['_ARBITER']._serialized_end=1798
 # @@protoc_insertion_point(module_scope)

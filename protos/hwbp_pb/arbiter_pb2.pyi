@@ -24,33 +24,43 @@ class ReserveRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., target: _Optional[_Union[_types_pb2.Target, _Mapping]] = ..., spec: _Optional[_Union[_types_pb2.BreakpointSpec, _Mapping]] = ..., owner: _Optional[str] = ..., session_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
-    __slots__ = ("reservation", "generation")
+    __slots__ = ("reservation", "generation", "applied_cpus", "pending_cpus")
     RESERVATION_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_CPUS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_CPUS_FIELD_NUMBER: _ClassVar[int]
     reservation: _types_pb2.Reservation
     generation: int
-    def __init__(self, reservation: _Optional[_Union[_types_pb2.Reservation, _Mapping]] = ..., generation: _Optional[int] = ...) -> None: ...
+    applied_cpus: _containers.RepeatedScalarFieldContainer[int]
+    pending_cpus: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, reservation: _Optional[_Union[_types_pb2.Reservation, _Mapping]] = ..., generation: _Optional[int] = ..., applied_cpus: _Optional[_Iterable[int]] = ..., pending_cpus: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
-    __slots__ = ("request_id", "reservation_id", "session_id")
+    __slots__ = ("request_id", "reservation_id", "session_id", "expect_owner")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_OWNER_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     reservation_id: str
     session_id: str
-    def __init__(self, request_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+    expect_owner: str
+    def __init__(self, request_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., session_id: _Optional[str] = ..., expect_owner: _Optional[str] = ...) -> None: ...
 
 class ReleaseResponse(_message.Message):
-    __slots__ = ("reservation", "generation")
+    __slots__ = ("reservation", "generation", "applied_cpus", "pending_cpus")
     RESERVATION_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_CPUS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_CPUS_FIELD_NUMBER: _ClassVar[int]
     reservation: _types_pb2.Reservation
     generation: int
-    def __init__(self, reservation: _Optional[_Union[_types_pb2.Reservation, _Mapping]] = ..., generation: _Optional[int] = ...) -> None: ...
+    applied_cpus: _containers.RepeatedScalarFieldContainer[int]
+    pending_cpus: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, reservation: _Optional[_Union[_types_pb2.Reservation, _Mapping]] = ..., generation: _Optional[int] = ..., applied_cpus: _Optional[_Iterable[int]] = ..., pending_cpus: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModifyRequest(_message.Message):
-    __slots__ = ("request_id", "reservation_id", "session_id", "addr", "len", "type", "enabled")
+    __slots__ = ("request_id", "reservation_id", "session_id", "addr", "len", "type", "enabled", "expect_owner")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +68,7 @@ class ModifyRequest(_message.Message):
     LEN_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_OWNER_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     reservation_id: str
     session_id: str
@@ -65,45 +76,62 @@ class ModifyRequest(_message.Message):
     len: int
     type: _types_pb2.BreakpointType
     enabled: bool
-    def __init__(self, request_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., session_id: _Optional[str] = ..., addr: _Optional[int] = ..., len: _Optional[int] = ..., type: _Optional[_Union[_types_pb2.BreakpointType, str]] = ..., enabled: _Optional[bool] = ...) -> None: ...
+    expect_owner: str
+    def __init__(self, request_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., session_id: _Optional[str] = ..., addr: _Optional[int] = ..., len: _Optional[int] = ..., type: _Optional[_Union[_types_pb2.BreakpointType, str]] = ..., enabled: _Optional[bool] = ..., expect_owner: _Optional[str] = ...) -> None: ...
 
 class ModifyResponse(_message.Message):
-    __slots__ = ("reservation", "generation")
+    __slots__ = ("reservation", "generation", "applied_cpus", "pending_cpus")
     RESERVATION_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_CPUS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_CPUS_FIELD_NUMBER: _ClassVar[int]
     reservation: _types_pb2.Reservation
     generation: int
-    def __init__(self, reservation: _Optional[_Union[_types_pb2.Reservation, _Mapping]] = ..., generation: _Optional[int] = ...) -> None: ...
+    applied_cpus: _containers.RepeatedScalarFieldContainer[int]
+    pending_cpus: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, reservation: _Optional[_Union[_types_pb2.Reservation, _Mapping]] = ..., generation: _Optional[int] = ..., applied_cpus: _Optional[_Iterable[int]] = ..., pending_cpus: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ListRequest(_message.Message):
-    __slots__ = ("request_id", "host", "session_id")
+    __slots__ = ("request_id", "host", "session_id", "page_size", "page_token")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     host: str
     session_id: str
-    def __init__(self, request_id: _Optional[str] = ..., host: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, request_id: _Optional[str] = ..., host: _Optional[str] = ..., session_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListResponse(_message.Message):
-    __slots__ = ("reservations",)
+    __slots__ = ("reservations", "next_page_token")
     RESERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     reservations: _containers.RepeatedCompositeFieldContainer[_types_pb2.Reservation]
-    def __init__(self, reservations: _Optional[_Iterable[_Union[_types_pb2.Reservation, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, reservations: _Optional[_Iterable[_Union[_types_pb2.Reservation, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class InventoryRequest(_message.Message):
-    __slots__ = ("request_id", "host")
+    __slots__ = ("request_id", "host", "page_size", "page_token")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     host: str
-    def __init__(self, request_id: _Optional[str] = ..., host: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, request_id: _Optional[str] = ..., host: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class InventoryResponse(_message.Message):
-    __slots__ = ("cpus",)
+    __slots__ = ("cpus", "next_page_token")
     CPUS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     cpus: _containers.RepeatedCompositeFieldContainer[_types_pb2.CpuInventory]
-    def __init__(self, cpus: _Optional[_Iterable[_Union[_types_pb2.CpuInventory, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, cpus: _Optional[_Iterable[_Union[_types_pb2.CpuInventory, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("request_id", "host", "task", "kinds")

@@ -44,6 +44,8 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_LEASE_EXPIRED: _ClassVar[EventKind]
     EVENT_KIND_TASK_EXITED: _ClassVar[EventKind]
     EVENT_KIND_CONTEXT_SWITCH: _ClassVar[EventKind]
+    EVENT_KIND_AGENT_FENCED: _ClassVar[EventKind]
+    EVENT_KIND_RESYNC_REFUSED: _ClassVar[EventKind]
 BREAKPOINT_TYPE_UNSPECIFIED: BreakpointType
 BREAKPOINT_TYPE_EXEC: BreakpointType
 BREAKPOINT_TYPE_WRITE: BreakpointType
@@ -70,6 +72,8 @@ EVENT_KIND_AGENT_OFFLINE: EventKind
 EVENT_KIND_LEASE_EXPIRED: EventKind
 EVENT_KIND_TASK_EXITED: EventKind
 EVENT_KIND_CONTEXT_SWITCH: EventKind
+EVENT_KIND_AGENT_FENCED: EventKind
+EVENT_KIND_RESYNC_REFUSED: EventKind
 
 class Target(_message.Message):
     __slots__ = ("host", "scope", "cpu", "task")
@@ -144,7 +148,7 @@ class Holder(_message.Message):
     def __init__(self, reservation_id: _Optional[str] = ..., owner: _Optional[str] = ..., scope: _Optional[_Union[Scope, str]] = ..., cpu: _Optional[int] = ..., task: _Optional[int] = ...) -> None: ...
 
 class CpuInventory(_message.Message):
-    __slots__ = ("host", "cpu", "online", "generation", "acked_generation", "current_task", "reported", "expected", "mismatch", "used", "slots", "holders", "backend", "detail")
+    __slots__ = ("host", "cpu", "online", "generation", "acked_generation", "current_task", "reported", "expected", "mismatch", "used", "slots", "holders", "backend", "detail", "link", "link_reason", "pending")
     HOST_FIELD_NUMBER: _ClassVar[int]
     CPU_FIELD_NUMBER: _ClassVar[int]
     ONLINE_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +163,9 @@ class CpuInventory(_message.Message):
     HOLDERS_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    LINK_REASON_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
     host: str
     cpu: int
     online: bool
@@ -173,7 +180,10 @@ class CpuInventory(_message.Message):
     holders: _containers.RepeatedCompositeFieldContainer[Holder]
     backend: str
     detail: str
-    def __init__(self, host: _Optional[str] = ..., cpu: _Optional[int] = ..., online: _Optional[bool] = ..., generation: _Optional[int] = ..., acked_generation: _Optional[int] = ..., current_task: _Optional[int] = ..., reported: _Optional[_Union[RegisterImage, _Mapping]] = ..., expected: _Optional[_Union[RegisterImage, _Mapping]] = ..., mismatch: _Optional[bool] = ..., used: _Optional[int] = ..., slots: _Optional[int] = ..., holders: _Optional[_Iterable[_Union[Holder, _Mapping]]] = ..., backend: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+    link: str
+    link_reason: str
+    pending: bool
+    def __init__(self, host: _Optional[str] = ..., cpu: _Optional[int] = ..., online: _Optional[bool] = ..., generation: _Optional[int] = ..., acked_generation: _Optional[int] = ..., current_task: _Optional[int] = ..., reported: _Optional[_Union[RegisterImage, _Mapping]] = ..., expected: _Optional[_Union[RegisterImage, _Mapping]] = ..., mismatch: _Optional[bool] = ..., used: _Optional[int] = ..., slots: _Optional[int] = ..., holders: _Optional[_Iterable[_Union[Holder, _Mapping]]] = ..., backend: _Optional[str] = ..., detail: _Optional[str] = ..., link: _Optional[str] = ..., link_reason: _Optional[str] = ..., pending: _Optional[bool] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("host", "cpu", "task", "reservation_id", "physical_index", "ptrace_index", "addr", "access_addr", "ip", "dr6", "seq")
