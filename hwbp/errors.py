@@ -314,3 +314,24 @@ class RegisterFileFull(FailedPrecondition):
 
     reason = "REGISTERS_FULL"
     errno = _errno.EBUSY
+
+
+# --- the change pipeline --------------------------------------------------------------
+
+
+class IdempotencyKeyReused(InvalidArgument):
+    """An idempotency key already names a different request."""
+
+    reason = "IDEMPOTENCY_KEY_REUSED"
+
+
+class AgentAlreadyConnected(FailedPrecondition):
+    """A second agent says hello for a CPU whose agent is live; the first one keeps it."""
+
+    reason = "AGENT_ALREADY_CONNECTED"
+
+
+class PipelineFault(HwbpError):
+    """Something inside the change pipeline raised; the change was not made."""
+
+    reason = "PIPELINE_FAULT"

@@ -242,6 +242,19 @@ class HostLedger:
             raise InvalidArgument(f"checkpoint {token} is not open", token=token)
         return {entry.res.id for _, entry, _, _ in self._journal[start - self._journal_base :]}
 
+    def before(self, token: int) -> dict[str, Reservation | None]:
+        """What each reservation touched since ``token`` was at that point (None: it did
+        not exist yet): the committed view while a change waits for acknowledgements."""
+        start = self._marks.get(token)
+        if start is None:
+            raise InvalidArgument(f"checkpoint {token} is not open", token=token)
+        out: dict[str, Reservation | None] = {}
+        for kind, entry, old, _ in self._journal[start - self._journal_base :]:
+            rid = entry.res.id
+            if rid not in out:
+                out[rid] = None if kind == "reserve" else old if kind == "modify" else entry.res
+        return out
+
     def commit(self, token: int) -> None:
         """Keep the changes since ``token``; its journal entries are dropped unless an
         outer checkpoint still needs them."""

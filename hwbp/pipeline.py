@@ -1,0 +1,613 @@
+"""One host's change pipeline as a pure state machine: ``handle(event) -> instructions``.
+
+It knows nothing of asyncio, gRPC, threads or clocks (every event carries ``now``); the
+arbiter's shell (``server/hosts.py``) turns RPCs, agent answers and timers into events and
+carries out the instructions. The contract:
+
+- **Admission.** Changes are admitted against the host's ledger in arrival order. While
+  no batch is out, every queued change is admitted at once (a refused one fails alone)
+  and the rest go out together as one new *generation*.
+- **Broadcast.** That generation is sent to the agent of every CPU it touches whose link
+  is resyncing or live. An agent has at most one reload in flight; a newer state waits and
+  goes out when it answers (reloads are full state, so the newest supersedes).
+- **Commit.** The batch commits once every agent it waits for acknowledged its
+  generation, or stopped counting: it disconnected, or missed its ack deadline and was
+  fenced. The batch is then made durable (``Persist``), and only when that succeeds does
+  any caller hear success. The answer names the CPUs where the change is applied and
+  those where it is *pending* (offline or fenced: they get it when they resync). A CPU
+  without a live agent is treated the same whether it never connected, disconnected or
+  was fenced: the change commits and the CPU is reported pending.
+- **Rollback.** A NACK or a failed write rolls the batch back in the ledger (and calls
+  each change's ``undo``), and sends the restored state to every CPU that was sent the
+  refused generation. A batch of several changes refused by an agent is retried one
+  change at a time, so only the change the agent refused fails. Nothing waits for a
+  rollback's acknowledgements (the next reload supersedes it), but an agent that does not
+  answer one in time is fenced like any other.
+- **Fencing.** An agent that misses its ack deadline is fenced at once (``Fence``: the
+  shell closes its stream), and nothing waits for it again until it reconnects and
+  resyncs: one dead agent costs a host at most one ack timeout.
+- **Reads** see committed state only (``committed_view``): a change waiting for
+  acknowledgements is invisible, and never was visible if it is rolled back.
+- **Exactly once.** A change with an idempotency key binds the key when submitted; a
+  retry joins the same change, or after commit gets the same outcome (``hwbp.keys``).
+- **Every waiter is answered** with ``Resolve`` or ``Fail``, whatever an ``apply`` or
+  ``undo`` raises.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from hwbp.errors import (
+    AgentRefused,
+    HwbpError,
+    KernelNoSpace,
+    KernelRefused,
+    LedgerCorrupt,
+    PipelineFault,
+)
+from hwbp.keys import Done, KeyTable
+from hwbp.ledger import HostLedger
+from hwbp.model import Assignment, Reservation
+
+ENOSPC = 28
+
+# apply() changes the ledger (and the shell's host state) and returns (result, CPUs it
+# touches); undo() reverts what apply() did outside the ledger (the ledger has a journal).
+Apply = Callable[[], tuple[object, Iterable[int]]]
+Undo = Callable[[], None]
+
+
+class Link(Enum):
+    """What the pipeline knows of a CPU's agent; it decides who is waited for."""
+
+    OFFLINE = "offline"  # no agent (never connected, or gone)
+    RESYNCING = "resyncing"  # connected, its first full state is out
+    LIVE = "live"  # answering
+    FENCED = "fenced"  # missed an ack deadline; not waited for until it reconnects
+
+
+WAITED = (Link.RESYNCING, Link.LIVE)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    request_id: str
+    apply: Apply
+    undo: Undo | None = None
+    key: str = ""  # idempotency key, already scoped to the caller; "" for none
+    fingerprint: str = ""  # of the request body the key was first used with
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    result: object
+    generation: int  # the generation that committed it
+    applied: tuple[int, ...]  # CPUs whose agent acknowledged it
+    pending: tuple[int, ...]  # CPUs it reaches when their agent resyncs
+
+
+# --- events ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    waiter: int  # the shell's handle for whoever waits for the answer
+    change: Change
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The waiter gave up (deadline, dropped connection); its change still runs."""
+
+    waiter: int
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConnected:
+    cpu: int
+    link: int  # unique per connection, so answers on an old stream are recognised
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class AgentGone:
+    cpu: int
+    link: int
+    reason: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    cpu: int
+    link: int
+    generation: int
+    ok: bool
+    now: float
+    reason: str = ""
+    errno: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed: deadlines up to ``now`` have expired."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Persisted:
+    generation: int
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class PersistFailed:
+    generation: int
+    error: HwbpError
+    now: float
+
+
+Event = (
+    Submitted | Cancelled | AgentConnected | AgentGone | Answered | Tick | Persisted | PersistFailed
+)
+
+# --- instructions ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendReload:
+    cpu: int
+    link: int
+    generation: int
+    request_id: str
+    assignments: tuple[Assignment, ...]  # the CPU's whole state at this generation
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Make the batch durable, then answer Persisted or PersistFailed."""
+
+    generation: int
+    touched: frozenset[str]  # reservation ids to write or delete
+    keys: tuple[tuple[str, str, Outcome], ...]  # (key, fingerprint, outcome) to remember
+
+
+@dataclass(frozen=True, slots=True)
+class Resolve:
+    waiter: int
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    waiter: int
+    error: HwbpError
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    cpu: int
+    link: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    generation: int
+    request_ids: str
+
+
+@dataclass(frozen=True, slots=True)
+class RolledBack:
+    generation: int  # the refused one
+    restored: int  # the generation that carries the restored state
+    request_ids: str
+    error: HwbpError
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncRefused:
+    """An agent refused a state that was not a change's (a resync or a rollback)."""
+
+    cpu: int
+    generation: int
+    reason: str
+    errno: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """Foreign code (an apply or undo) raised something unexpected: log it."""
+
+    request_id: str
+    error: BaseException
+
+
+Instruction = (
+    SendReload | Persist | Resolve | Fail | Fence | Committed | RolledBack | ResyncRefused | Fault
+)
+
+# --- state ----------------------------------------------------------------------------
+
+
+@dataclass
+class CpuLink:
+    state: Link = Link.OFFLINE
+    link: int = 0
+    in_flight: int | None = None  # generation sent and not yet answered
+    deadline: float = math.inf
+    stale: bool = False  # the state moved on while in flight: send again on the answer
+    sent: int = 0  # newest generation sent on this link
+    acked: int = 0  # newest generation it acknowledged
+    reason: str = ""  # why it is fenced, offline or mismatched
+
+
+@dataclass(eq=False)
+class _Ticket:
+    change: Change
+    waiters: set[int]
+    alone: bool = False  # retried alone after its merged batch was refused
+
+
+@dataclass(eq=False)
+class _Batch:
+    generation: int
+    token: int
+    admitted: list[tuple[_Ticket, object, frozenset[int]]]
+    affected: frozenset[int]
+    waiting: set[int]
+    persisting: bool = False  # every awaited agent answered; the write is out
+    outcomes: list[Outcome] = field(default_factory=list)  # one per admitted change
+
+    @property
+    def request_ids(self) -> str:
+        return ",".join(t.change.request_id for t, _, _ in self.admitted)
+
+
+class HostPipeline:
+    """The change pipeline of one host. ``handle`` is the only way its state changes."""
+
+    def __init__(
+        self,
+        ledger: HostLedger,
+        keys: KeyTable[Outcome, _Ticket],
+        *,
+        ack_timeout: float,
+        generation: int = 0,
+    ) -> None:
+        self.ledger = ledger
+        self.keys = keys
+        self.ack_timeout = ack_timeout
+        self.generation = generation
+        self.cpus = [CpuLink() for _ in range(ledger.ncpus)]
+        self._queue: deque[_Ticket] = deque()
+        self._batch: _Batch | None = None
+        self._tickets: dict[int, _Ticket] = {}  # waiter -> its change
+        self._label = "resync"  # request ids behind the newest generation
+        self._out: list[Instruction] = []
+
+    # --- reading ---------------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        return self._batch is None and not self._queue
+
+    def next_deadline(self) -> float | None:
+        deadlines = [c.deadline for c in self.cpus if c.in_flight is not None]
+        return min(deadlines) if deadlines else None
+
+    def committed_view(self) -> dict[str, Reservation | None]:
+        """Reservations the batch in flight changed, as they were committed (None: it
+        does not exist yet). Empty when nothing is in flight."""
+        return {} if self._batch is None else self.ledger.before(self._batch.token)
+
+    def pending_cpus(self) -> frozenset[int]:
+        """CPUs touched by the change in flight (its state there is not committed)."""
+        return frozenset() if self._batch is None else self._batch.affected
+
+    # --- the one entry point ---------------------------------------------------------
+
+    def handle(self, event: Event) -> list[Instruction]:
+        self._out = []
+        if isinstance(event, Submitted):
+            self._submitted(event)
+        elif isinstance(event, Cancelled):
+            ticket = self._tickets.pop(event.waiter, None)
+            if ticket is not None:
+                ticket.waiters.discard(event.waiter)
+        elif isinstance(event, AgentConnected):
+            self._connected(event)
+        elif isinstance(event, AgentGone):
+            cpu = self.cpus[event.cpu]
+            if cpu.link == event.link and cpu.state in WAITED:
+                cpu.state, cpu.reason = Link.OFFLINE, event.reason
+                cpu.in_flight, cpu.deadline, cpu.stale = None, math.inf, False
+        elif isinstance(event, Answered):
+            self._answered(event)
+        elif isinstance(event, Tick):
+            for i, cpu in enumerate(self.cpus):
+                if cpu.in_flight is not None and cpu.deadline <= event.now:
+                    self._fence(
+                        i,
+                        f"did not acknowledge generation {cpu.in_flight} within "
+                        f"{self.ack_timeout:g}s",
+                    )
+        elif isinstance(event, Persisted):
+            self._persisted(event)
+        elif isinstance(event, PersistFailed):
+            batch = self._batch
+            if batch is not None and batch.persisting and batch.generation == event.generation:
+                self._rollback(batch, event.error, event.now, split=False)
+        self._progress(event.now)
+        out, self._out = self._out, []
+        return out
+
+    # --- events ----------------------------------------------------------------------
+
+    def _submitted(self, ev: Submitted) -> None:
+        change = ev.change
+        if change.key:
+            try:
+                found = self.keys.lookup(change.key, change.fingerprint, ev.now)
+            except HwbpError as err:
+                self._out.append(Fail(ev.waiter, err))
+                return
+            if isinstance(found, Done):
+                self._out.append(Resolve(ev.waiter, found.outcome))
+                return
+            if found is not None:  # in flight: join it
+                found.change.waiters.add(ev.waiter)
+                self._tickets[ev.waiter] = found.change
+                return
+        ticket = _Ticket(change, {ev.waiter})
+        if change.key:
+            self.keys.bind(change.key, self.ledger.host, change.fingerprint, ticket)
+        self._tickets[ev.waiter] = ticket
+        self._queue.append(ticket)
+
+    def _connected(self, ev: AgentConnected) -> None:
+        self.cpus[ev.cpu] = CpuLink(state=Link.RESYNCING, link=ev.link)
+        self._push(ev.cpu, ev.now)
+        batch = self._batch
+        if batch is not None and not batch.persisting and ev.cpu in batch.affected:
+            batch.waiting.add(ev.cpu)
+
+    def _answered(self, ev: Answered) -> None:
+        cpu = self.cpus[ev.cpu]
+        if cpu.link != ev.link or cpu.in_flight != ev.generation or cpu.state not in WAITED:
+            return  # an old stream's, or a superseded generation's: nothing waits for it
+        cpu.in_flight, cpu.deadline = None, math.inf
+        stale, cpu.stale = cpu.stale, False
+        if ev.ok:
+            cpu.acked = ev.generation
+            if cpu.reason.startswith("refused"):
+                cpu.reason = ""
+        else:
+            batch = self._batch
+            if (
+                batch is not None
+                and not batch.persisting
+                and ev.cpu in batch.affected
+                and ev.generation >= batch.generation
+            ):
+                self._rollback(batch, _refusal(self.ledger.host, ev), ev.now, split=True)
+                stale = False  # the rollback sent it the restored state
+            else:
+                cpu.reason = f"refused generation {ev.generation}: {ev.reason}"
+                self._out.append(ResyncRefused(ev.cpu, ev.generation, ev.reason, ev.errno))
+        if cpu.state is Link.RESYNCING:
+            cpu.state = Link.LIVE
+        if stale:
+            self._push(ev.cpu, ev.now)
+
+    def _persisted(self, ev: Persisted) -> None:
+        batch = self._batch
+        if batch is None or not batch.persisting or batch.generation != ev.generation:
+            return
+        self.ledger.commit(batch.token)
+        self._batch = None
+        for (ticket, _, _), outcome in zip(batch.admitted, batch.outcomes, strict=True):
+            if ticket.change.key:
+                self.keys.resolve(ticket.change.key, outcome, ev.now)
+            self._answer(ticket, outcome)
+        self._out.append(Committed(batch.generation, batch.request_ids))
+
+    # --- the batch -------------------------------------------------------------------
+
+    def _progress(self, now: float) -> None:
+        """Start the next batch when none is out; send a finished one to be persisted."""
+        while True:
+            if self._batch is None:
+                if not self._queue:
+                    return
+                self._start(now)
+                continue
+            batch = self._batch
+            if batch.persisting:
+                return
+            batch.waiting = {
+                c
+                for c in batch.waiting
+                if self.cpus[c].state in WAITED and self.cpus[c].acked < batch.generation
+            }
+            if batch.waiting:
+                return
+            keys = []
+            for ticket, result, cpus in batch.admitted:
+                acked = tuple(c for c in sorted(cpus) if self.cpus[c].acked >= batch.generation)
+                pending = tuple(c for c in sorted(cpus) if c not in acked)
+                outcome = Outcome(result, batch.generation, acked, pending)
+                batch.outcomes.append(outcome)
+                if ticket.change.key:
+                    keys.append((ticket.change.key, ticket.change.fingerprint, outcome))
+            batch.persisting = True
+            touched = frozenset(self.ledger.touched_since(batch.token))
+            self._out.append(Persist(batch.generation, touched, tuple(keys)))
+            return
+
+    def _start(self, now: float) -> None:
+        """Admit the next changes (one if it must go alone) as a new generation."""
+        tickets = [self._queue.popleft()]
+        if not tickets[0].alone:
+            while self._queue and not self._queue[0].alone:
+                tickets.append(self._queue.popleft())
+        token = self.ledger.checkpoint()
+        admitted: list[tuple[_Ticket, object, frozenset[int]]] = []
+        for ticket in tickets:
+            step = self.ledger.checkpoint()
+            try:
+                result, cpus = ticket.change.apply()
+                touched = frozenset(cpus)
+            except HwbpError as err:
+                self.ledger.rollback(step)
+                self._fail(ticket, err)
+                continue
+            except Exception as err:
+                self.ledger.rollback(step)
+                self._out.append(Fault(ticket.change.request_id, err))
+                self._fail(ticket, _fault(ticket.change.request_id, "admitting", err))
+                continue
+            admitted.append((ticket, result, touched))
+        if not admitted:
+            self.ledger.commit(token)
+            return
+        self.generation += 1
+        affected = frozenset().union(*(cpus for _, _, cpus in admitted))
+        batch = _Batch(self.generation, token, admitted, affected, set())
+        self._batch = batch
+        self._label = batch.request_ids
+        for cpu in sorted(affected):
+            if self.cpus[cpu].state in WAITED:
+                batch.waiting.add(cpu)
+                self._push(cpu, now)
+
+    def _rollback(self, batch: _Batch, error: HwbpError, now: float, *, split: bool) -> None:
+        self.ledger.rollback(batch.token)
+        for ticket, _, _ in reversed(batch.admitted):
+            if ticket.change.undo is not None:
+                try:
+                    ticket.change.undo()
+                except Exception as err:  # the ledger is restored regardless
+                    self._out.append(Fault(ticket.change.request_id, err))
+        self._batch = None
+        self.generation += 1
+        self._label = f"rollback of {batch.generation}"
+        for i, cpu in enumerate(self.cpus):
+            if cpu.state in WAITED and cpu.sent >= batch.generation:
+                self._push(i, now)
+        self._out.append(RolledBack(batch.generation, self.generation, batch.request_ids, error))
+        if split and len(batch.admitted) > 1:
+            for ticket, _, _ in reversed(batch.admitted):
+                ticket.alone = True
+                self._queue.appendleft(ticket)
+        else:
+            for ticket, _, _ in batch.admitted:
+                self._fail(ticket, error)
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _push(self, index: int, now: float) -> None:
+        """Send the CPU its current state, or mark it to be sent when it answers."""
+        cpu = self.cpus[index]
+        if cpu.in_flight is not None:
+            cpu.stale = True
+            return
+        cpu.in_flight = cpu.sent = self.generation
+        cpu.deadline = now + self.ack_timeout
+        self._out.append(
+            SendReload(
+                index,
+                cpu.link,
+                self.generation,
+                self._label,
+                tuple(self.ledger.for_cpu(index)),
+            )
+        )
+
+    def _fence(self, index: int, reason: str) -> None:
+        cpu = self.cpus[index]
+        cpu.state, cpu.reason = Link.FENCED, reason
+        cpu.in_flight, cpu.deadline, cpu.stale = None, math.inf, False
+        self._out.append(Fence(index, cpu.link, reason))
+
+    def _fail(self, ticket: _Ticket, error: HwbpError) -> None:
+        if ticket.change.key:
+            self.keys.free(ticket.change.key)
+        self._answer(ticket, error)
+
+    def _answer(self, ticket: _Ticket, answer: Outcome | HwbpError) -> None:
+        for waiter in sorted(ticket.waiters):
+            self._tickets.pop(waiter, None)
+            if isinstance(answer, Outcome):
+                self._out.append(Resolve(waiter, answer))
+            else:
+                self._out.append(Fail(waiter, answer))
+        ticket.waiters.clear()
+
+    # --- invariants ------------------------------------------------------------------
+
+    def validate_state(self) -> None:
+        """Raise LedgerCorrupt naming every broken invariant (tests call it each step)."""
+        problems: list[str] = []
+        batch = self._batch
+        if batch is None and self._queue:
+            problems.append("changes are queued but no batch is out")
+        for i, cpu in enumerate(self.cpus):
+            if max(cpu.in_flight or 0, cpu.sent, cpu.acked) > self.generation:
+                problems.append(f"cpu {i} is ahead of generation {self.generation}")
+            if cpu.in_flight is not None and (cpu.state not in WAITED or math.isinf(cpu.deadline)):
+                problems.append(f"cpu {i} has a reload in flight while {cpu.state.value}")
+            if cpu.in_flight is None and cpu.stale:
+                problems.append(f"cpu {i} is marked stale with nothing in flight")
+        live: list[_Ticket] = list(self._queue)
+        if batch is not None:
+            live += [t for t, _, _ in batch.admitted]
+            if not batch.waiting <= batch.affected:
+                problems.append("the batch waits for cpus it does not touch")
+            if batch.generation > self.generation:
+                problems.append("the batch is ahead of the host's generation")
+        if len({id(t) for t in live}) != len(live):
+            problems.append("a change is queued twice")
+        for waiter, ticket in self._tickets.items():
+            if waiter not in ticket.waiters or not any(ticket is t for t in live):
+                problems.append(f"waiter {waiter} waits for a change that is not live")
+        bound = {t.change.key for t in live if t.change.key}
+        for key in self.keys.pending_for(self.ledger.host) - bound:
+            problems.append(f"idempotency key {key!r} is bound to no live change")
+        try:
+            self.ledger.validate()
+        except LedgerCorrupt as err:
+            problems.append(str(err))
+        if problems:
+            raise LedgerCorrupt(
+                f"pipeline of host {self.ledger.host}: " + "; ".join(problems[:8]),
+                host=self.ledger.host,
+            )
+
+
+def _refusal(host: str, ev: Answered) -> HwbpError:
+    message = (
+        f"host {host}: the agent on cpu {ev.cpu} refused generation {ev.generation} "
+        f"({ev.reason or 'no reason given'}); the change was rolled back everywhere"
+    )
+    meta: dict[str, object] = {"host": host, "cpus": str(ev.cpu), "generation": ev.generation}
+    if ev.errno:
+        cls = KernelNoSpace if ev.errno == ENOSPC else KernelRefused
+        return cls(message, kernel_errno=ev.errno, **meta)
+    return AgentRefused(message, **meta)
+
+
+def _fault(request_id: str, doing: str, err: BaseException) -> PipelineFault:
+    return PipelineFault(
+        f"request {request_id}: {doing} the change raised {type(err).__name__}: {err}; "
+        "nothing was changed",
+        request_id=request_id,
+    )
