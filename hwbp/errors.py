@@ -289,7 +289,7 @@ class KernelRefused(AgentRefused):
 
 
 class AckTimeout(HwbpError):
-    """An agent did not acknowledge within the deadline; the change was rolled back."""
+    """An agent did not answer a control call (context switch, access) in time."""
 
     reason = "ACK_TIMEOUT"
     error_class = ErrorClass.DEADLINE
@@ -335,3 +335,10 @@ class PipelineFault(HwbpError):
     """Something inside the change pipeline raised; the change was not made."""
 
     reason = "PIPELINE_FAULT"
+
+
+class AgentFenced(HwbpError):
+    """The arbiter closed an agent's stream: it missed an ack deadline or does not read."""
+
+    reason = "AGENT_FENCED"
+    error_class = ErrorClass.UNAVAILABLE

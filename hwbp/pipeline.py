@@ -122,6 +122,7 @@ class AgentGone:
     link: int
     reason: str
     now: float
+    fenced: bool = False  # the shell closed it (it does not read its stream)
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,7 +329,8 @@ class HostPipeline:
         elif isinstance(event, AgentGone):
             cpu = self.cpus[event.cpu]
             if cpu.link == event.link and cpu.state in WAITED:
-                cpu.state, cpu.reason = Link.OFFLINE, event.reason
+                cpu.state = Link.FENCED if event.fenced else Link.OFFLINE
+                cpu.reason = event.reason
                 cpu.in_flight, cpu.deadline, cpu.stale = None, math.inf, False
         elif isinstance(event, Answered):
             self._answered(event)

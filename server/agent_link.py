@@ -12,13 +12,20 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from hwbp.errors import CpuNotFound, HwbpError, InvalidArgument, PermissionDenied
+from hwbp.errors import (
+    AgentAlreadyConnected,
+    AgentFenced,
+    CpuNotFound,
+    HwbpError,
+    InvalidArgument,
+    PermissionDenied,
+)
 from hwbp_pb import agent_pb2, agent_pb2_grpc, types_pb2
 from server.authz import Action, Principal, Target
 from server.errors import Malformed, abort
 from server.fleet import Fleet
 from server.hosts import Host
-from server.links import AckResult, AgentChannel, LinkState
+from server.links import AckResult, AgentChannel
 from server.simulation import exit_task
 from wire import convert
 
@@ -39,31 +46,32 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
             return
         try:
             who = self.fleet.authz.identify(context)
-            host, channel = self._hello(first, who)
+            host, channel = self._hello(first, who, context.peer())
         except HwbpError as err:
             log.warning("agent refused: %s", err)
             await abort(context, err, "hello")
+        channel.handler = asyncio.current_task()
         yield agent_pb2.ArbiterMessage(
             welcome=agent_pb2.Welcome(generation=host.generation, arbiter_id=self.arbiter_id)
         )
-        host.resync(channel)
         reader = asyncio.create_task(self._read(request_iterator, host, channel, who))
+        host.connect(channel)  # the pipeline sends the resync
+        ended = "stream ended"
         try:
-            while True:
-                msg = await channel.outbox.get()
-                if msg is None:
-                    break
+            while (msg := await channel.outbox.get()) is not None:
                 yield msg
             if reader.done() and not reader.cancelled() and (refused := reader.result()):
                 await abort(context, refused, "report")
+            if channel.close_reason:
+                ended = channel.close_reason
+                await abort(context, AgentFenced(channel.close_reason, host=host.name), "fence")
         finally:
             reader.cancel()
-            channel.close()
-            if host.detach_channel(channel):
-                log.info("host %s cpu %d: agent offline", host.name, channel.cpu)
+            if host.disconnect(channel, ended):
+                log.info("host %s cpu %d: agent offline (%s)", host.name, channel.cpu, ended)
                 self._event(host, types_pb2.EVENT_KIND_AGENT_OFFLINE, channel.cpu)
 
-    def _hello(self, msg: Any, who: Principal) -> tuple[Host, AgentChannel]:
+    def _hello(self, msg: Any, who: Principal, peer: str) -> tuple[Host, AgentChannel]:
         if isinstance(msg, Malformed) or msg.WhichOneof("body") != "hello":
             raise InvalidArgument("the first message on an agent stream must be a hello")
         hello = msg.hello
@@ -81,14 +89,20 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
                 cpu=hello.cpu,
             )
         host = self.fleet.ensure_host(name, hello.ncpus)
-        channel = AgentChannel(name, hello.cpu, convert.name(hello.backend, "backend") or "sim")
+        holder = host.live_channel(hello.cpu)
+        if holder is not None:
+            raise AgentAlreadyConnected(
+                f"cpu {hello.cpu} of host {name} already has a live agent "
+                f"({holder.peer or 'connected'}); this one is refused while it lives",
+                host=name,
+                cpu=hello.cpu,
+                holder=holder.peer,
+            )
+        channel = AgentChannel(
+            name, hello.cpu, convert.name(hello.backend, "backend") or "sim", peer
+        )
         channel.reported(hello.image)
         channel.acked_generation = hello.last_applied_generation
-        channel.move(LinkState.RESYNCING)
-        old = host.attach_channel(channel)
-        if old is not None:
-            log.warning("host %s cpu %d: a new agent replaces the connected one", name, hello.cpu)
-            old.close()
         log.info(
             "host %s cpu %d: agent online (%s backend, last applied generation %d)",
             name,
@@ -111,13 +125,14 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
             async for msg in requests:
                 kind = msg.WhichOneof("body")
                 if kind == "ack":
-                    channel.answer(
+                    host.answered(
+                        channel,
                         AckResult(
                             msg.ack.generation,
                             True,
                             msg.ack.image,
                             detail=msg.ack.detail,
-                        )
+                        ),
                     )
                 elif kind == "nack":
                     n = msg.nack
@@ -128,14 +143,15 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
                         n.generation,
                         n.reason,
                     )
-                    channel.answer(
+                    host.answered(
+                        channel,
                         AckResult(
                             n.generation,
                             False,
                             reason=n.reason,
                             errno=n.errno,
                             reservation_id=n.reservation_id,
-                        )
+                        ),
                     )
                 elif kind == "control_result":
                     channel.control_result(msg.control_result)
@@ -160,7 +176,7 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
         except Exception as err:
             log.info("host %s cpu %d: stream ended: %s", host.name, channel.cpu, err)
         finally:
-            channel.close()
+            channel.close()  # ends the writer loop in Connect
         return None
 
     async def _exited(self, host: Host, task: int) -> None:

@@ -8,8 +8,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from hwbp.arch import X86_64, ArchProfile
-from hwbp.errors import HostNotFound, HostShapeConflict, ReservationNotFound
+from hwbp.errors import Draining, HostNotFound, HostShapeConflict, ReservationNotFound
+from hwbp.keys import KeyTable
 from hwbp.model import Reservation
+from hwbp.pipeline import Outcome, Persist
 from hwbp.ptrace import on_hit, peek
 from hwbp_pb import ptrace_pb2, types_pb2
 from server.authz import Authz
@@ -33,6 +35,7 @@ class Fleet:
         self.pending_keys: dict[str, str] = {}  # reservation id -> idempotency key to persist
         self.on_host_created: Callable[[Host], None] | None = None
         self.on_commit: Callable[[Host, set[str]], None] | None = None
+        self.keys: KeyTable[Outcome, object] = KeyTable()  # idempotency keys, fleet-wide
         self.authz = Authz()  # every servicer's permission hook; allows all until configured
 
     def reseed_ids(self, start: int) -> None:
@@ -62,7 +65,8 @@ class Fleet:
                 self.profile,
                 ack_timeout=self.ack_timeout,
                 bus=self.bus,
-                on_commit=self.on_commit,
+                keys=self.keys,
+                writer=self._write if self.on_commit is not None else None,
             )
             host.paranoid = self.paranoid
             if self.on_host_created is not None:
@@ -77,6 +81,10 @@ class Fleet:
                 said=ncpus,
             )
         return host
+
+    async def _write(self, host: Host, ins: Persist) -> None:
+        if self.on_commit is not None:
+            self.on_commit(host, set(ins.touched))
 
     def locate(self, res_id: str) -> tuple[Host, Reservation]:
         for host in self.hosts.values():
@@ -145,3 +153,9 @@ class Fleet:
                 seq=hit.seq,
             )
         )
+
+
+def check_open(fleet: Fleet) -> None:
+    """Refuse new changes while the arbiter drains."""
+    if fleet.draining:
+        raise Draining("the arbiter is shutting down and takes no new changes; retry elsewhere")

@@ -1,70 +1,71 @@
-"""One host's state and its change pipeline: admit in the core, broadcast, commit or roll back.
+"""One host in the arbiter: its ledger, its agents' streams, and the shell of its pipeline.
 
-Changes to a host are serialised through one worker, so each agent has at most one
-reload in flight from us; changes that queue up while a broadcast is out are admitted
-one by one and sent together as the next generation (merged). If that merged reload
-is refused, every change in it is rolled back and each is retried alone, so only the
-change the agent actually refused fails; a refused generation is never resent.
+Every decision (what is admitted, who is waited for, when a change commits or is rolled
+back, when an agent is fenced) is made by the pure ``hwbp.pipeline.HostPipeline``; this
+module only turns calls, agent answers and timers into its events and carries out the
+instructions it returns: send on a stream, write to the store, answer a caller, close a
+stream, publish an event. Readers use ``committed()``, ``holders()`` and ``used()``,
+which never show a change that is still waiting for acknowledgements.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from hwbp.arch import ArchProfile
-from hwbp.errors import (
-    AckTimeout,
-    AgentRefused,
-    HwbpError,
-    KernelNoSpace,
-    KernelRefused,
-    LedgerWriteFailed,
-)
+from hwbp.errors import AgentRefused, HwbpError, LedgerWriteFailed, PipelineFault
+from hwbp.keys import KeyTable
 from hwbp.ledger import HostLedger
-from hwbp.ptrace import PtraceState
+from hwbp.model import Assignment, Reservation
+from hwbp.pipeline import (
+    AgentConnected,
+    AgentGone,
+    Answered,
+    Cancelled,
+    Change,
+    Committed,
+    Event,
+    Fail,
+    Fault,
+    Fence,
+    HostPipeline,
+    Instruction,
+    Link,
+    Outcome,
+    Persist,
+    Persisted,
+    PersistFailed,
+    Resolve,
+    ResyncRefused,
+    RolledBack,
+    SendReload,
+    Submitted,
+    Tick,
+)
 from hwbp.registers import RegisterFile, RegisterImage
 from hwbp_pb import types_pb2
+from server.attachments import Attachment
 from server.events import EventBus
-from server.links import AckResult, AgentChannel, Disconnected, LinkState
+from server.links import AckResult, AgentChannel, StreamStuck
+from server.store.base import id_order
+
+__all__ = ["Attachment", "Host", "Outcome"]
 
 log = logging.getLogger("hwbp.server")
 ENOSPC = 28
 
-# apply() mutates the ledger (and other host state) and returns (result, affected CPUs);
+# apply() changes the ledger (and other host state) and returns (result, affected CPUs);
 # undo() reverts what apply() did outside the ledger (the ledger has its own journal).
 Apply = Callable[[], tuple[Any, Iterable[int]]]
 Undo = Callable[[], None]
-
-
-@dataclass(eq=False)
-class _Change:
-    request_id: str
-    apply: Apply
-    undo: Undo | None
-    generation: int = 0  # the generation that committed it
-    future: asyncio.Future[Any] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-
-
-@dataclass(eq=False)
-class _Resync:
-    channel: AgentChannel
-
-
-@dataclass
-class Attachment:
-    """A task traced through the ptrace facade: its state and its reservations by index."""
-
-    session: str  # "" for a persistent (CLI) attachment
-    owner: str
-    state: PtraceState = field(default_factory=PtraceState)
-    reservations: dict[int, str] = field(default_factory=dict)
+# Makes a batch durable: (host, the Persist instruction) -> awaitable that raises on failure.
+Writer = Callable[["Host", Persist], Awaitable[None]]
 
 
 class Host:
@@ -76,239 +77,199 @@ class Host:
         *,
         ack_timeout: float,
         bus: EventBus,
-        on_commit: Callable[[Host, set[str]], None] | None = None,
+        keys: KeyTable[Outcome, Any] | None = None,
+        writer: Writer | None = None,
     ) -> None:
         self.name = name
         self.ncpus = ncpus
         self.profile = profile
         self.ledger = HostLedger(name, ncpus, profile)
-        self.generation = 0
+        self.pipeline = HostPipeline(self.ledger, keys or KeyTable(), ack_timeout=ack_timeout)
         self.channels: list[AgentChannel | None] = [None] * ncpus
         self.backends: list[str] = [""] * ncpus
         self.attachments: dict[int, Attachment] = {}
-        self.dirty_tasks: set[int] = set()
-        self.paranoid = False  # ptrace attachments to write at the next commit
+        self.dirty_tasks: set[int] = set()  # ptrace attachments to write at the next commit
+        self.paranoid = False
         self.ack_timeout = ack_timeout
         self.bus = bus
-        self.on_commit = on_commit
-        self._queue: list[_Change | _Resync] = []
-        self._worker: asyncio.Task[None] | None = None
+        self.writer = writer
         self.nacks = 0
-        self.timeouts = 0
+        self.timeouts = 0  # agents fenced for a missed ack deadline
+        self._futures: dict[int, asyncio.Future[Outcome]] = {}
+        self._requests: dict[int, str] = {}  # waiter -> request id, to name it on a fault
+        self._waiters = itertools.count(1)
+        self._events: deque[Event] = deque()
+        self._feeding = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._writes: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
 
-    # --- entry points ------------------------------------------------------------
+    @property
+    def generation(self) -> int:
+        return self.pipeline.generation
+
+    @generation.setter
+    def generation(self, value: int) -> None:
+        """Restored from the ledger at start-up, before any agent connects."""
+        self.pipeline.generation = value
+
+    # --- changes -----------------------------------------------------------------
 
     async def change(self, request_id: str, apply: Apply, undo: Undo | None = None) -> Any:
-        """Run ``apply`` in the pipeline; return its result once every agent acked."""
-        return (await self.commit(request_id, apply, undo))[0]
+        """Run ``apply`` in the pipeline; return its result once it committed."""
+        return (await self.commit(request_id, apply, undo)).result
 
     async def commit(
-        self, request_id: str, apply: Apply, undo: Undo | None = None
-    ) -> tuple[Any, int]:
-        """Like ``change``, with the generation that committed it (not the host's
-        current one, which may already be a later change still in flight)."""
-        item = _Change(request_id, apply, undo)
-        self._enqueue(item)
-        return await item.future, item.generation
+        self,
+        request_id: str,
+        apply: Apply,
+        undo: Undo | None = None,
+        *,
+        key: str = "",
+        fingerprint: str = "",
+    ) -> Outcome:
+        """Submit a change and wait for its outcome (generation, applied and pending CPUs).
 
-    def resync(self, channel: AgentChannel) -> None:
-        """Send a (re)connected agent the whole current state of its CPU."""
-        self._enqueue(_Resync(channel))
-
-    def _enqueue(self, item: _Change | _Resync) -> None:
-        self._queue.append(item)
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._run(), name=f"host {self.name}")
+        A caller that is cancelled stops waiting, but its change still runs to the end: a
+        retry with the same ``key`` joins it."""
+        loop = asyncio.get_running_loop()
+        waiter = next(self._waiters)
+        future: asyncio.Future[Outcome] = loop.create_future()
+        self._futures[waiter] = future
+        self._requests[waiter] = request_id
+        self._feed(
+            Submitted(waiter, Change(request_id, apply, undo, key, fingerprint), loop.time())
+        )
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if self._futures.pop(waiter, None) is not None:
+                self._requests.pop(waiter, None)
+                self._feed(Cancelled(waiter, loop.time()))
+            raise
 
     async def drain(self) -> None:
-        """Wait until every queued change has finished."""
-        while self._worker is not None and not self._worker.done():
-            await asyncio.shield(self._worker)
-
-    # --- the pipeline ------------------------------------------------------------
-
-    async def _run(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
-            for resync in [i for i in batch if isinstance(i, _Resync)]:
-                await self._resync(resync.channel)
-            changes = [i for i in batch if isinstance(i, _Change)]
-            if changes:
-                await self._run_batch(changes, split_on_failure=len(changes) > 1)
-
-    async def _run_batch(self, changes: list[_Change], *, split_on_failure: bool) -> None:
-        token = self.ledger.checkpoint()
-        admitted: list[tuple[_Change, Any]] = []
-        affected: set[int] = set()
-        for ch in changes:
-            step = self.ledger.checkpoint()
-            try:
-                result, cpus = ch.apply()
-            except Exception as err:
-                self.ledger.rollback(step)
-                _fail(ch.future, err)
-                continue
-            admitted.append((ch, result))
-            affected.update(cpus)
-        if not admitted:
-            self.ledger.commit(token)
-            return
-        self.generation += 1
-        request_ids = ",".join(ch.request_id for ch, _ in admitted)
-        failure = await self._broadcast(self.generation, affected, request_ids)
-        if failure is None:
-            failure = self._persist(token)
-        if failure is None:
-            self.ledger.commit(token)
-            if self.paranoid:
-                self._validate_or_die()
-            self.publish(types_pb2.EVENT_KIND_RELOAD, request_ids)
-            for ch, result in admitted:
-                ch.generation = self.generation
-                if not ch.future.done():
-                    ch.future.set_result(result)
-            return
-        # Roll back everything the batch did, everywhere it was applied.
-        self.ledger.rollback(token)
-        for ch, _ in reversed(admitted):
-            if ch.undo is not None:
-                ch.undo()
-        self.generation += 1
-        log.warning(
-            "host %s: generation %d rolled back (%s); requests %s",
-            self.name,
-            self.generation - 1,
-            failure.reason,
-            request_ids,
-        )
-        await self._broadcast(self.generation, affected, request_ids, rollback=True)
-        self.publish(types_pb2.EVENT_KIND_NACK, request_ids, reason=failure.message)
-        if split_on_failure:
-            for ch, _ in admitted:
-                await self._run_batch([ch], split_on_failure=False)
-        else:
-            for ch, _ in admitted:
-                _fail(ch.future, failure)
-
-    def _validate_or_die(self) -> None:
-        """Drills and fuzzing: any drift of the ledger ends the process loudly."""
-        try:
-            self.ledger.validate()
-        except HwbpError as err:
-            log.critical("host %s: ledger invariant broken: %s", self.name, err)
-            os._exit(70)
-
-    def _persist(self, token: int) -> HwbpError | None:
-        """Make the batch durable before anyone hears success; a failed write fails it."""
-        if self.on_commit is None:
-            return None
-        try:
-            self.on_commit(self, self.ledger.touched_since(token))
-        except Exception as err:
-            log.error("host %s: ledger write failed: %s", self.name, err)
-            return LedgerWriteFailed(
-                f"host {self.name}: the change could not be made durable ({err}); "
-                "it was rolled back",
-                host=self.name,
-            )
-        return None
-
-    async def _broadcast(
-        self, generation: int, cpus: Iterable[int], request_id: str, *, rollback: bool = False
-    ) -> HwbpError | None:
-        """The IPI with wait: send every connected affected agent its state, await answers."""
-        futures: dict[int, asyncio.Future[AckResult]] = {}
-        for cpu in sorted(cpus):
-            channel = self.channels[cpu]
-            if channel is None or not channel.open:
-                continue  # offline CPUs get the whole state when their agent connects
-            futures[cpu] = channel.reload(generation, request_id, self.ledger.for_cpu(cpu))
-        if not futures:
-            return None
-        await asyncio.wait(futures.values(), timeout=self.ack_timeout)
-        nacks: list[tuple[int, AckResult]] = []
-        late: list[int] = []
-        for cpu, fut in futures.items():
-            if not fut.done():
-                late.append(cpu)
-            elif fut.exception() is None:
-                if not fut.result().ok:
-                    nacks.append((cpu, fut.result()))
-            elif not isinstance(fut.exception(), Disconnected):
-                late.append(cpu)
-        if rollback:
-            if nacks or late:
-                log.error(
-                    "host %s: rollback generation %d not acknowledged by cpus %s",
-                    self.name,
-                    generation,
-                    sorted([c for c, _ in nacks] + late),
-                )
-            return None
-        if nacks:
-            self.nacks += len(nacks)
-            return _refusal(self.name, generation, nacks)
-        if late:
-            self.timeouts += len(late)
-            return AckTimeout(
-                f"host {self.name}: cpu(s) {', '.join(map(str, late))} did not acknowledge "
-                f"generation {generation} within {self.ack_timeout:g}s; the change was rolled back",
-                host=self.name,
-                cpus=",".join(map(str, late)),
-                generation=generation,
-            )
-        return None
-
-    async def _resync(self, channel: AgentChannel) -> None:
-        if not channel.open or self.channels[channel.cpu] is not channel:
-            return
-        if channel.state is LinkState.LIVE:
-            channel.move(LinkState.RESYNCING)
-        fut = channel.reload(self.generation, "resync", self.ledger.for_cpu(channel.cpu))
-        try:
-            result = await asyncio.wait_for(asyncio.shield(fut), self.ack_timeout)
-        except (TimeoutError, Disconnected):
-            log.warning("host %s cpu %d: resync not acknowledged", self.name, channel.cpu)
-            return
-        if result.ok:
-            if channel.state is LinkState.RESYNCING:
-                channel.move(LinkState.LIVE)
-            log.info(
-                "host %s cpu %d: resynced at generation %d",
-                self.name,
-                channel.cpu,
-                result.generation,
-            )
-        else:
-            channel.detail = f"resync refused: {result.reason}"
-            if channel.state is LinkState.RESYNCING:
-                channel.move(LinkState.LIVE)
-            log.error("host %s cpu %d: resync refused: %s", self.name, channel.cpu, result.reason)
+        """Wait until nothing is queued, in flight or being written."""
+        await self._idle.wait()
 
     # --- agents ------------------------------------------------------------------
 
-    def attach_channel(self, channel: AgentChannel) -> AgentChannel | None:
-        """Register a connected agent; returns the channel it replaces, if any."""
+    def link_state(self, cpu: int) -> tuple[Link, str]:
+        state = self.pipeline.cpus[cpu]
+        return state.state, state.reason
+
+    def live_channel(self, cpu: int) -> AgentChannel | None:
+        """The CPU's agent, if its stream is open and the pipeline still counts on it."""
+        channel = self.channels[cpu]
+        if channel is None or not channel.open:
+            return None
+        state = self.pipeline.cpus[cpu]
+        if state.link != channel.link or state.state not in (Link.RESYNCING, Link.LIVE):
+            return None
+        return channel
+
+    def connect(self, channel: AgentChannel) -> None:
+        """A hello was accepted: register the stream and resync its CPU."""
         old = self.channels[channel.cpu]
+        if old is not None and old is not channel:
+            old.close("replaced by a new connection")
         self.channels[channel.cpu] = channel
         self.backends[channel.cpu] = channel.backend
-        return old
+        self._feed(AgentConnected(channel.cpu, channel.link, _now()))
 
-    def detach_channel(self, channel: AgentChannel) -> bool:
+    def disconnect(self, channel: AgentChannel, reason: str) -> bool:
+        """The stream ended; returns whether it was the CPU's current one."""
+        channel.close()
+        if self.channels[channel.cpu] is not channel:
+            return False
+        self.channels[channel.cpu] = None
+        self._feed(AgentGone(channel.cpu, channel.link, reason, _now()))
+        return True
+
+    def answered(self, channel: AgentChannel, result: AckResult) -> None:
+        channel.answered(result)
         if self.channels[channel.cpu] is channel:
-            self.channels[channel.cpu] = None
-            return True
-        return False
+            self._feed(
+                Answered(
+                    channel.cpu,
+                    channel.link,
+                    result.generation,
+                    result.ok,
+                    _now(),
+                    result.reason,
+                    result.errno,
+                )
+            )
+
+    def fence(self, channel: AgentChannel, reason: str) -> None:
+        """Close a stream that cannot be used (it does not read); its CPU shows fenced."""
+        if self.channels[channel.cpu] is not channel:
+            channel.close(reason)
+            return
+        self._feed(AgentGone(channel.cpu, channel.link, reason, _now(), fenced=True))
+        self._fence(channel, reason)
+
+    # --- committed reads ---------------------------------------------------------
+
+    def committed(self) -> list[Reservation]:
+        """Every committed reservation in admission order (not the change in flight)."""
+        view = self.pipeline.committed_view()
+        if not view:
+            return list(self.ledger)
+        out = []
+        for res in self.ledger:
+            if res.id in view:
+                old = view[res.id]
+                if old is not None:
+                    out.append(old)
+            else:
+                out.append(res)
+        shown = {r.id for r in out}
+        released = [r for rid, r in view.items() if r is not None and rid not in shown]
+        if released:
+            out = sorted(out + released, key=lambda r: id_order(r.id))
+        return out
+
+    def holders(self, cpu: int) -> list[Reservation]:
+        """Committed reservations that count on ``cpu``."""
+        if cpu not in self.pipeline.pending_cpus():
+            return self.ledger.holders(cpu)
+        return [r for r in self.committed() if r.target.applies_to(cpu)]
+
+    def used(self, cpu: int, holders: list[Reservation] | None = None) -> int:
+        """The kernel's formula (CPU-bound + busiest task) over committed holders."""
+        if cpu not in self.pipeline.pending_cpus():
+            return self.ledger.used(cpu)
+        cls = self.profile.classes[0]
+        here = [
+            r
+            for r in (self.holders(cpu) if holders is None else holders)
+            if self.profile.slot_class(r.bp.type) is cls
+        ]
+        per_task = Counter(r.target.task for r in here if not r.target.cpu_bound)
+        return sum(1 for r in here if r.target.cpu_bound) + max(per_task.values(), default=0)
 
     def expected_image(self, cpu: int) -> RegisterImage:
-        """What the CPU should hold for the task the agent reports as current."""
+        """What the CPU should hold (committed state) for the task its agent reports."""
         regs = RegisterFile(self.profile)
         channel = self.channels[cpu]
         current = channel.image.current_task if channel and channel.image else None
         regs.switch(current)
-        return regs.load(self.ledger.for_cpu(cpu))
+        if cpu not in self.pipeline.pending_cpus():
+            return regs.load(self.ledger.for_cpu(cpu))
+        return regs.load([Assignment(r.id, r.target.task, r.bp) for r in self.holders(cpu)])
 
-    def publish(self, kind: types_pb2.EventKind, request_id: str, *, reason: str = "") -> None:
+    def publish(
+        self,
+        kind: types_pb2.EventKind,
+        request_id: str,
+        *,
+        reason: str = "",
+        cpu: int | None = None,
+        generation: int | None = None,
+    ) -> None:
         """Tell watchers what happened to this host (a reload, a NACK, a lease expiry)."""
         if not self.bus.wants(kind):
             return
@@ -316,30 +277,189 @@ class Host:
             types_pb2.Event(
                 kind=kind,
                 host=self.name,
-                generation=self.generation,  # type: ignore[arg-type]
+                cpu=cpu,
+                generation=self.generation if generation is None else generation,
                 request_id=request_id,
                 reason=reason,
                 seq=self.bus.next_seq(),
             )
         )
 
+    # --- the shell ---------------------------------------------------------------
 
-def _fail(future: asyncio.Future[Any], err: BaseException) -> None:
-    if not future.done():
-        future.set_exception(err)
+    def _feed(self, event: Event) -> None:
+        """Hand an event to the pipeline and carry out what it says (re-entrant safe)."""
+        self._events.append(event)
+        if self._feeding:
+            return
+        self._feeding = True
+        try:
+            while self._events:
+                ev = self._events.popleft()
+                try:
+                    instructions = self.pipeline.handle(ev)
+                except Exception as err:  # a bug in the pipeline: answer everyone
+                    log.critical("host %s: pipeline failed on %r", self.name, ev, exc_info=True)
+                    self._fail_everyone(err)
+                    continue
+                for ins in instructions:
+                    try:
+                        self._do(ins)
+                    except Exception:
+                        log.exception("host %s: carrying out %r failed", self.name, ins)
+        finally:
+            self._feeding = False
+        self._arm_timer()
+        if self.pipeline.idle and not self._writes:
+            self._idle.set()
+        else:
+            self._idle.clear()
+
+    def _do(self, ins: Instruction) -> None:
+        if isinstance(ins, SendReload):
+            channel = self.channels[ins.cpu]
+            if channel is None or channel.link != ins.link or not channel.open:
+                return  # it is gone; the pipeline hears AgentGone from its stream
+            try:
+                channel.send_reload(ins.generation, ins.request_id, ins.assignments)
+            except StreamStuck as err:
+                self.fence(channel, str(err))
+        elif isinstance(ins, Resolve):
+            self._answer(ins.waiter, ins.outcome)
+        elif isinstance(ins, Fail):
+            self._answer(ins.waiter, ins.error)
+        elif isinstance(ins, Persist):
+            task = asyncio.get_running_loop().create_task(self._write(ins))
+            self._writes.add(task)
+        elif isinstance(ins, Fence):
+            channel = self.channels[ins.cpu]
+            if channel is not None and channel.link == ins.link:
+                self.timeouts += 1
+                self._fence(channel, ins.reason)
+        elif isinstance(ins, Committed):
+            if self.paranoid:
+                self._validate_or_die()
+            self.publish(types_pb2.EVENT_KIND_RELOAD, ins.request_ids, generation=ins.generation)
+        elif isinstance(ins, RolledBack):
+            if isinstance(ins.error, AgentRefused):
+                self.nacks += 1
+            log.warning(
+                "host %s: generation %d rolled back (%s); requests %s",
+                self.name,
+                ins.generation,
+                ins.error.reason,
+                ins.request_ids,
+            )
+            self.publish(
+                types_pb2.EVENT_KIND_NACK,
+                ins.request_ids,
+                reason=ins.error.message,
+                generation=ins.generation,
+            )
+        elif isinstance(ins, ResyncRefused):
+            log.error(
+                "host %s cpu %d: refused generation %d it was resynced to: %s",
+                self.name,
+                ins.cpu,
+                ins.generation,
+                ins.reason,
+            )
+            channel = self.channels[ins.cpu]
+            if channel is not None:
+                channel.detail = f"resync refused: {ins.reason}"
+            self.publish(
+                types_pb2.EVENT_KIND_RESYNC_REFUSED, "resync", reason=ins.reason, cpu=ins.cpu
+            )
+        elif isinstance(ins, Fault):
+            log.error(
+                "host %s: request %s raised inside the pipeline: %r",
+                self.name,
+                ins.request_id,
+                ins.error,
+                exc_info=ins.error,
+            )
+
+    def _fence(self, channel: AgentChannel, reason: str) -> None:
+        log.warning("host %s cpu %d: agent fenced: %s", self.name, channel.cpu, reason)
+        channel.close(reason)
+        self.publish(types_pb2.EVENT_KIND_AGENT_FENCED, "fence", reason=reason, cpu=channel.cpu)
+
+    async def _write(self, ins: Persist) -> None:
+        """Make a batch durable, then tell the pipeline; never dies with the batch waiting."""
+        try:
+            try:
+                if self.writer is not None:
+                    await self.writer(self, ins)
+            except Exception as err:
+                log.error("host %s: ledger write failed: %s", self.name, err)
+                failure = err if isinstance(err, LedgerWriteFailed) else None
+                self._feed(
+                    PersistFailed(
+                        ins.generation,
+                        failure
+                        or LedgerWriteFailed(
+                            f"host {self.name}: the change could not be made durable "
+                            f"({err}); it was rolled back",
+                            host=self.name,
+                        ),
+                        _now(),
+                    )
+                )
+            else:
+                self._feed(Persisted(ins.generation, _now()))
+        finally:
+            self._writes.discard(asyncio.current_task())  # type: ignore[arg-type]
+            if self.pipeline.idle and not self._writes:
+                self._idle.set()
+
+    def _answer(self, waiter: int, answer: Outcome | HwbpError) -> None:
+        self._requests.pop(waiter, None)
+        future = self._futures.pop(waiter, None)
+        if future is None or future.done():
+            return
+        if isinstance(answer, Outcome):
+            future.set_result(answer)
+        else:
+            future.set_exception(answer)
+
+    def _fail_everyone(self, err: Exception) -> None:
+        for waiter, future in list(self._futures.items()):
+            request = self._requests.get(waiter, "?")
+            if not future.done():
+                future.set_exception(
+                    PipelineFault(
+                        f"request {request}: the pipeline of host {self.name} failed "
+                        f"({type(err).__name__}: {err})",
+                        host=self.name,
+                        request_id=request,
+                    )
+                )
+        self._futures.clear()
+        self._requests.clear()
+
+    def _arm_timer(self) -> None:
+        deadline = self.pipeline.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline + 0.001, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = self._timer_at = None
+        self._feed(Tick(_now()))
+
+    def _validate_or_die(self) -> None:
+        """Drills and fuzzing: any drift of the ledger ends the process loudly."""
+        try:
+            self.pipeline.validate_state()
+        except HwbpError as err:
+            log.critical("host %s: invariant broken: %s", self.name, err)
+            os._exit(70)
 
 
-def _refusal(host: str, generation: int, nacks: list[tuple[int, AckResult]]) -> HwbpError:
-    cpus = ", ".join(str(c) for c, _ in nacks)
-    reasons = "; ".join(f"cpu {c}: {r.reason}" for c, r in nacks)
-    message = (
-        f"host {host}: agent(s) on cpu {cpus} refused generation {generation} "
-        f"({reasons}); the change was rolled back everywhere"
-    )
-    meta: dict[str, object] = {"host": host, "cpus": cpus, "generation": generation}
-    kernel = [r for _, r in nacks if r.errno]
-    if kernel:
-        errno = kernel[0].errno
-        cls = KernelNoSpace if errno == ENOSPC else KernelRefused
-        return cls(message, kernel_errno=errno, **meta)
-    return AgentRefused(message, **meta)
+def _now() -> float:
+    return asyncio.get_running_loop().time()

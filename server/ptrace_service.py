@@ -13,16 +13,17 @@ from typing import Any
 
 from hwbp import ptrace
 from hwbp.errors import AlreadyAttached, HwbpError, NotAttached, NotOwner
-from hwbp.model import Breakpoint, Reservation, Scope, Target
 from hwbp_pb import ptrace_pb2, ptrace_pb2_grpc
 from server import authz
+from server.attachments import Attachment, LedgerRegistrar, flush_attachment
 from server.authz import Action, Principal
 from server.errors import rpc, stream_rpc
-from server.fleet import Fleet
-from server.hosts import Attachment, Host
-from server.reservations import check_open
+from server.fleet import Fleet, check_open
+from server.hosts import Host
 from server.sessions import SessionTable
 from wire import convert
+
+__all__ = ["PtraceServicer", "flush_attachment"]
 
 log = logging.getLogger("hwbp.server")
 
@@ -32,44 +33,6 @@ class _Deferred:
 
     def __init__(self, error: HwbpError) -> None:
         self.error = error
-
-
-class LedgerRegistrar:
-    """hwbp.ptrace.Registrar on a host ledger: index i is a task-scoped reservation."""
-
-    def __init__(self, fleet: Fleet, host: Host, task: int, att: Attachment) -> None:
-        self.fleet, self.host, self.task, self.att = fleet, host, task, att
-
-    def register(self, index: int, bp: Breakpoint) -> None:
-        res = Reservation(
-            id=self.fleet.new_id(),
-            host=self.host.name,
-            target=Target(Scope.TASK, task=self.task),
-            bp=bp,
-            owner=self.att.owner,
-            session=self.att.session or None,
-            ptrace_index=index,
-        )
-        self.host.ledger.reserve(res)
-        self.att.reservations[index] = res.id
-
-    def modify(self, index: int, bp: Breakpoint) -> None:
-        self.host.ledger.modify(self.att.reservations[index], bp)
-
-    def unregister(self, index: int) -> None:
-        self.host.ledger.release(self.att.reservations.pop(index))
-
-
-def flush_attachment(host: Host, task: int) -> int:
-    """Drop a task's ptrace breakpoints (detach, exit, lease expiry); returns how many."""
-    att = host.attachments.pop(task, None)
-    if att is None:
-        return 0
-    host.dirty_tasks.add(task)
-    for rid in att.reservations.values():
-        if rid in host.ledger:
-            host.ledger.release(rid)
-    return len(att.reservations)
 
 
 class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
@@ -170,7 +133,7 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
         fresh = task not in host.attachments
         att = self._attachment(host, task, session, create=not session, owner=who.name)
         saved_state, saved_res = att.state, dict(att.reservations)
-        registrar = LedgerRegistrar(self.fleet, host, task, att)
+        registrar = LedgerRegistrar(self.fleet.new_id, host, task, att)
 
         def restore() -> None:
             att.state, att.reservations = saved_state, dict(saved_res)
@@ -191,7 +154,7 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
             return None, range(host.ncpus)
 
         try:
-            outcome, gen = await host.commit(request.request_id, apply, restore)
+            done = await host.commit(request.request_id, apply, restore)
         except HwbpError:
             if fresh and not att.reservations:
                 host.attachments.pop(task, None)
@@ -204,9 +167,9 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
             request.reg,
             request.value,
         )
-        if isinstance(outcome, _Deferred):
-            raise outcome.error
-        return ptrace_pb2.PokeUserResponse(generation=gen)
+        if isinstance(done.result, _Deferred):
+            raise done.result.error
+        return ptrace_pb2.PokeUserResponse(generation=done.generation)
 
     @rpc
     async def PeekUser(self, request: Any, context: Any) -> Any:

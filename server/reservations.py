@@ -3,26 +3,47 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from hwbp.errors import Draining, FailedPrecondition, HwbpError, InvalidArgument, NotOwner
+from hwbp.errors import FailedPrecondition, HwbpError, InvalidArgument, NotOwner
 from hwbp.model import Reservation
 from hwbp_pb import arbiter_pb2, arbiter_pb2_grpc, types_pb2
+from server import paging
 from server.authz import Action, Target, reservation_target, reserve_target
 from server.errors import rpc, stream_rpc
-from server.fleet import Fleet
-from server.hosts import Host
+from server.fleet import Fleet, check_open
+from server.hosts import Host, Outcome
 from server.sessions import SessionTable
+from server.store.base import id_order
 from wire import convert
 
+__all__ = ["ArbiterServicer", "check_open", "check_owner", "cpu_inventory"]
+
 log = logging.getLogger("hwbp.server")
+LIST_PAGE, LIST_PAGE_MAX = 1000, 10_000
+INVENTORY_PAGE, INVENTORY_PAGE_MAX = 256, 4096
+INVENTORY_HOLDERS = 20_000  # holders per inventory page, whatever the page size
 
 
-def check_open(fleet: Fleet) -> None:
-    if fleet.draining:
-        raise Draining("the arbiter is shutting down and takes no new changes; retry elsewhere")
+def fingerprint(request: Any) -> str:
+    """What an idempotency key is bound to: the request without its ids."""
+    body = type(request)()
+    body.CopyFrom(request)
+    body.request_id = ""
+    body.idempotency_key = ""
+    return hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _placed(outcome: Outcome) -> dict[str, Any]:
+    """The response fields every change shares: its generation, where it is applied."""
+    return {
+        "generation": outcome.generation,
+        "applied_cpus": outcome.applied,
+        "pending_cpus": outcome.pending,
+    }
 
 
 def check_owner(res: Reservation, session_id: str) -> None:
@@ -62,13 +83,6 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
         key = convert.name(request.idempotency_key, "idempotency_key", required=False)
         if session:
             self.sessions.get(session)
-        again = self.fleet.recall(key)
-        if again is not None:
-            log.info("request %s: reserve repeated (key %s) -> %s", rid_req, key, again.id)
-            return arbiter_pb2.ReserveResponse(
-                reservation=convert.reservation_to(again, host.generation),
-                generation=host.generation,
-            )
 
         def apply() -> tuple[Reservation, Any]:
             res = Reservation(
@@ -80,12 +94,15 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
                 session=session or None,
             )
             host.ledger.reserve(res)
-            if key:
-                self.fleet.pending_keys[res.id] = key
             return res, host.ledger.affected_cpus(target)
 
         try:
-            res, gen = await host.commit(rid_req, apply)
+            outcome = await host.commit(
+                rid_req,
+                apply,
+                key=f"{who.name}\0{key}" if key else "",
+                fingerprint=fingerprint(request) if key else "",
+            )
         except HwbpError as err:
             log.info(
                 "request %s: reserve on %s %s refused: %s",
@@ -95,9 +112,10 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
                 err.reason,
             )
             raise
-        self.fleet.remember(key, host.name, res.id)
+        res = outcome.result
+        assert isinstance(res, Reservation)
         log.info(
-            "request %s: reserve %s on %s %s addr=%#x len=%d type=%s -> generation %d",
+            "request %s: reserve %s on %s %s addr=%#x len=%d type=%s -> generation %d%s",
             rid_req,
             res.id,
             host.name,
@@ -105,11 +123,12 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
             bp.addr,
             bp.length,
             bp.type.value,
-            gen,
+            outcome.generation,
+            f", pending on cpus {list(outcome.pending)}" if outcome.pending else "",
         )
-        self._event(host, types_pb2.EVENT_KIND_RESERVED, rid_req, res, gen)
+        self._event(host, types_pb2.EVENT_KIND_RESERVED, rid_req, res, outcome.generation)
         return arbiter_pb2.ReserveResponse(
-            reservation=convert.reservation_to(res, gen), generation=gen
+            reservation=convert.reservation_to(res, outcome.generation), **_placed(outcome)
         )
 
     @rpc
@@ -123,7 +142,9 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
             gone = host.ledger.release(res.id)
             return gone, host.ledger.affected_cpus(gone.target)
 
-        gone, gen = await host.commit(request.request_id, apply)
+        outcome = await host.commit(request.request_id, apply)
+        gone, gen = outcome.result, outcome.generation
+        assert isinstance(gone, Reservation)
         log.info(
             "request %s: release %s on %s -> generation %d",
             request.request_id,
@@ -133,7 +154,7 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
         )
         self._event(host, types_pb2.EVENT_KIND_RELEASED, request.request_id, gone, gen)
         return arbiter_pb2.ReleaseResponse(
-            reservation=convert.reservation_to(gone, gen), generation=gen
+            reservation=convert.reservation_to(gone, gen), **_placed(outcome)
         )
 
     @rpc
@@ -160,7 +181,9 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
             new = host.ledger.modify(res.id, dataclasses.replace(current.bp, **changes))
             return new, host.ledger.affected_cpus(new.target)
 
-        new, gen = await host.commit(request.request_id, apply)
+        outcome = await host.commit(request.request_id, apply)
+        new, gen = outcome.result, outcome.generation
+        assert isinstance(new, Reservation)
         log.info(
             "request %s: modify %s on %s %s -> generation %d",
             request.request_id,
@@ -171,27 +194,57 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
         )
         self._event(host, types_pb2.EVENT_KIND_MODIFIED, request.request_id, new, gen)
         return arbiter_pb2.ModifyResponse(
-            reservation=convert.reservation_to(new, gen), generation=gen
+            reservation=convert.reservation_to(new, gen), **_placed(outcome)
         )
 
     @rpc
     async def List(self, request: Any, context: Any) -> Any:
+        """Committed reservations, in pages ordered by host then admission."""
         self.fleet.authz.check(context, request.request_id, Action.READ, Target(request.host))
-        hosts = self._hosts(request.host)
-        out = [
-            convert.reservation_to(r, h.generation)
-            for h in hosts
-            for r in h.ledger
-            if not request.session_id or r.session == request.session_id
-        ]
+        size = paging.page_size(request.page_size, LIST_PAGE, LIST_PAGE_MAX)
+        after = paging.decode(request.page_token)
+        out: list[Any] = []
+        for h in self._hosts(request.host):
+            if after is not None and h.name < after[0]:
+                continue
+            start = after[1] if after is not None and h.name == after[0] else None
+            for r in h.committed():
+                if start is not None and id_order(r.id) <= id_order(start):
+                    continue
+                if request.session_id and r.session != request.session_id:
+                    continue
+                if len(out) == size:
+                    last = out[-1]
+                    return arbiter_pb2.ListResponse(
+                        reservations=out,
+                        next_page_token=paging.encode(last.target.host, last.id),
+                    )
+                out.append(convert.reservation_to(r, h.generation))
         return arbiter_pb2.ListResponse(reservations=out)
 
     @rpc
     async def Inventory(self, request: Any, context: Any) -> Any:
+        """CPUs in pages; a page ends early once it holds INVENTORY_HOLDERS holders, so
+        one read of a huge host never holds the event loop for long."""
         self.fleet.authz.check(context, request.request_id, Action.READ, Target(request.host))
-        return arbiter_pb2.InventoryResponse(
-            cpus=[cpu_inventory(h, c) for h in self._hosts(request.host) for c in range(h.ncpus)]
-        )
+        size = paging.page_size(request.page_size, INVENTORY_PAGE, INVENTORY_PAGE_MAX)
+        after = paging.decode(request.page_token)
+        out: list[types_pb2.CpuInventory] = []
+        holders = 0
+        for h in self._hosts(request.host):
+            if after is not None and h.name < after[0]:
+                continue
+            first = _cpu_after(after[1]) + 1 if after is not None and h.name == after[0] else 0
+            for c in range(first, h.ncpus):
+                if len(out) == size or holders >= INVENTORY_HOLDERS:
+                    last = out[-1]
+                    return arbiter_pb2.InventoryResponse(
+                        cpus=out, next_page_token=paging.encode(last.host, str(last.cpu))
+                    )
+                cpu = cpu_inventory(h, c)
+                holders += len(cpu.holders)
+                out.append(cpu)
+        return arbiter_pb2.InventoryResponse(cpus=out)
 
     @stream_rpc
     async def Watch(self, request: Any, context: Any) -> AsyncIterator[Any]:
@@ -248,16 +301,24 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
         self.fleet.bus.publish(ev)
 
 
+def _cpu_after(token_cpu: str) -> int:
+    if not token_cpu.isdigit():
+        raise InvalidArgument("page_token is not one this arbiter issued", field="page_token")
+    return int(token_cpu)
+
+
 def cpu_inventory(host: Host, cpu: int) -> types_pb2.CpuInventory:
     """The seed's /proc interface: one CPU, reported against expected, with its holders."""
     channel = host.channels[cpu]
+    link, link_reason = host.link_state(cpu)
     expected = host.expected_image(cpu)
+    committed = host.holders(cpu)
     reported = channel.image if channel is not None else None
     mismatch = (
         channel is not None
         and reported is not None
         and (
-            _perf_differs(reported, host.ledger.for_cpu(cpu))
+            _perf_differs(reported, committed)
             if channel.backend == "perf"
             else _differs(reported, expected)
         )
@@ -270,32 +331,35 @@ def cpu_inventory(host: Host, cpu: int) -> types_pb2.CpuInventory:
             cpu=r.target.cpu,
             task=r.target.task,
         )
-        for r in host.ledger.holders(cpu)
+        for r in committed
     ]
     return types_pb2.CpuInventory(
         host=host.name,
         cpu=cpu,
-        online=channel is not None and channel.open,
+        online=host.live_channel(cpu) is not None,
         generation=channel.sent_generation if channel else 0,
         acked_generation=channel.acked_generation if channel else 0,
         current_task=reported.current_task if reported else None,
         reported=convert.image_to(reported),
         expected=convert.image_to(expected),
         mismatch=mismatch,
-        used=host.ledger.used(cpu),
+        used=host.used(cpu, committed),
         slots=host.profile.registers,
         holders=holders,
         backend=host.backends[cpu],
         detail=channel.detail if channel else "offline",
+        link=link.value,
+        link_reason=link_reason,
+        pending=cpu in host.pipeline.pending_cpus(),
     )
 
 
-def _perf_differs(reported: Any, applying: list[Any]) -> bool:
+def _perf_differs(reported: Any, holders: list[Reservation]) -> bool:
     """A real CPU's image is what the kernel accepted, not a register read: every
     CPU-bound breakpoint must be there, and nothing the ledger does not know."""
     ids = {s for s in reported.slots if s is not None}
-    known = {a.reservation_id for a in applying}
-    cpu_bound = {a.reservation_id for a in applying if a.task is None and a.bp.enabled}
+    known = {r.id for r in holders}
+    cpu_bound = {r.id for r in holders if r.target.cpu_bound and r.bp.enabled}
     return not (ids <= known and cpu_bound <= ids)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from hwbp.errors import HwbpError, InvalidArgument, SessionNotFound
 from hwbp_pb import session_pb2, session_pb2_grpc, types_pb2
+from server.attachments import flush_attachment
 from server.authz import Action, Target
 from server.errors import rpc
 from server.fleet import Fleet
@@ -85,8 +86,6 @@ async def end_session(fleet: Fleet, table: SessionTable, sid: str, reason: str) 
     record deleted) only once every host released its breakpoints; if a host could not,
     the reaper tries again a second later.
     """
-    from server.ptrace_service import flush_attachment
-
     session = table.sessions.get(sid)
     if session is None:
         return 0

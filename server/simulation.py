@@ -8,13 +8,12 @@ from typing import Any
 
 from hwbp.errors import AckTimeout, CpuNotFound, CpuOffline, FailedPrecondition
 from hwbp_pb import agent_pb2, simulation_pb2, simulation_pb2_grpc, types_pb2
+from server.attachments import flush_attachment
 from server.authz import Action, Target
 from server.errors import rpc
-from server.fleet import Fleet
+from server.fleet import Fleet, check_open
 from server.hosts import Host
-from server.links import AgentChannel, Disconnected
-from server.ptrace_service import flush_attachment
-from server.reservations import check_open
+from server.links import AgentChannel, Disconnected, StreamStuck
 from wire import convert
 
 log = logging.getLogger("hwbp.server")
@@ -25,8 +24,8 @@ def channel_for(host: Host, cpu: int) -> AgentChannel:
         raise CpuNotFound(
             f"host {host.name} has cpus 0..{host.ncpus - 1}, not {cpu}", host=host.name, cpu=cpu
         )
-    channel = host.channels[cpu]
-    if channel is None or not channel.open:
+    channel = host.live_channel(cpu)
+    if channel is None:
         raise CpuOffline(
             f"cpu {cpu} of host {host.name} is offline (no agent connected)",
             host=host.name,
@@ -38,10 +37,15 @@ def channel_for(host: Host, cpu: int) -> AgentChannel:
 async def control(host: Host, cpu: int, request_id: str, **body: object) -> agent_pb2.ControlResult:
     """Send one control to a CPU's agent and wait (bounded) for its result."""
     channel = channel_for(host, cpu)
-    fut = channel.control(request_id, host.generation, **body)
+    try:
+        cid, fut = channel.control(request_id, host.generation, **body)
+    except StreamStuck as err:
+        host.fence(channel, str(err))
+        raise CpuOffline(str(err), host=host.name, cpu=cpu) from None
     try:
         result = await asyncio.wait_for(fut, host.ack_timeout)
     except TimeoutError:
+        channel.forget(cid)
         raise AckTimeout(
             f"cpu {cpu} of host {host.name} did not answer within {host.ack_timeout:g}s",
             host=host.name,

@@ -48,6 +48,35 @@ class Api:
         enabled: bool = True,
         kernel: bool = False,
     ) -> t.Reservation:
+        return self.reserve_response(
+            host,
+            scope=scope,
+            addr=addr,
+            length=length,
+            type=type,
+            cpu=cpu,
+            task=task,
+            owner=owner,
+            enabled=enabled,
+            kernel=kernel,
+        ).reservation
+
+    def reserve_response(
+        self,
+        host: str,
+        *,
+        scope: str,
+        addr: int,
+        length: int = 8,
+        type: str = "w",
+        cpu: int | None = None,
+        task: int | None = None,
+        owner: str = "test",
+        enabled: bool = True,
+        kernel: bool = False,
+        key: str = "",
+        timeout: float = 10.0,
+    ) -> a.ReserveResponse:
         scopes = {
             "system": t.SCOPE_SYSTEM,
             "cpu": t.SCOPE_CPU,
@@ -61,8 +90,9 @@ class Api:
                 addr=addr, len=length, type=TYPES[type], enabled=enabled, kernel=kernel
             ),
             owner=owner,
+            idempotency_key=key,
         )
-        return self.arb.Reserve(req, timeout=10).reservation
+        return self.arb.Reserve(req, timeout=timeout)
 
     def release(self, rid: str) -> None:
         self.arb.Release(

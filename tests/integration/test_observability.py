@@ -229,7 +229,10 @@ def test_each_error_class_carries_error_info_with_the_request_id(
 ) -> None:
     # One agent process: cpu 0 of 'hx' refuses 0xE000, cpu 1 stays offline.
     nack = procs.start_agent(arb.address, "hx", 0, "--cpus", "2", "--refuse-addr", "0xE000")
-    slow = procs.start_agent(arb.address, "hslow", 0, "--cpus", "1", "--ack-delay", "1.5")
+    # 'hslow' cpu 0 is stopped: it cannot answer a control (its reloads are not waited
+    # for once it is fenced, but a context switch needs its answer).
+    slow = procs.start_agent(arb.address, "hslow", 0, "--cpus", "1")
+    os.kill(slow.pid, signal.SIGSTOP)
     try:
         cases: list[tuple[grpc.StatusCode, str, Any]] = [
             (
@@ -250,7 +253,9 @@ def test_each_error_class_carries_error_info_with_the_request_id(
             (
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 "ACK_TIMEOUT",
-                lambda rid: reserve(api, rid, "hslow", scope=t.SCOPE_CPU, cpu=0),
+                lambda rid: api.sim.ContextSwitch(
+                    s.ContextSwitchRequest(request_id=rid, host="hslow", cpu=0, task=7), timeout=10
+                ),
             ),
             (
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -280,13 +285,17 @@ def test_each_error_class_carries_error_info_with_the_request_id(
         assert all(h.reservation.id in where.owner for h in held)
         for h in held:
             api.release(h.reservation.id)
+        # A change on the stopped agent's CPU waits for it once, fences it, and commits.
+        fenced = reserve(api, "fence-me", "hslow", scope=t.SCOPE_CPU, cpu=0)
+        api.release(fenced.reservation.id)
         samples = scrape(arb.metrics)
         assert value(samples, "hwbp_nacks_total", reason_class="AGENT_REFUSED") >= 1
         assert value(samples, "hwbp_ack_timeouts_total", host="hslow") >= 1
-        for result in ("NO_FREE_SLOT", "ACK_TIMEOUT", "AGENT_REFUSED", "MISALIGNED_ADDRESS"):
+        for result in ("NO_FREE_SLOT", "AGENT_REFUSED", "MISALIGNED_ADDRESS"):
             assert value(samples, "hwbp_reservation_requests_total", scope="cpu", result=result)
     finally:
         nack.stop()
+        os.kill(slow.pid, signal.SIGCONT)
         slow.stop()
 
 

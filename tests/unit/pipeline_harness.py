@@ -137,7 +137,9 @@ class Harness:
 
     def reserve(self, target: Target, *, key: str = "", addr: int = 0x1000) -> Change:
         def apply() -> tuple[object, Iterable[int]]:
-            res = Reservation(f"r{next(self._ids)}", HOST, target, Breakpoint(addr, 8, BpType.WRITE))
+            res = Reservation(
+                f"r{next(self._ids)}", HOST, target, Breakpoint(addr, 8, BpType.WRITE)
+            )
             self.ledger.reserve(res)
             return res, self.ledger.affected_cpus(target)
 

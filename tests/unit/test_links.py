@@ -1,62 +1,68 @@
-"""Backpressure on one agent stream: one reload in flight, newer ones merged, stale answers."""
+"""One agent stream's transport: what an agent can make the arbiter hold is bounded."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from hwbp.model import Assignment, BpType, Breakpoint
-from server.links import AckResult, AgentChannel, Disconnected, LinkState
+from hwbp_pb import agent_pb2
+from server import links
+from server.links import AckResult, AgentChannel, Disconnected, StreamStuck
 
 
 def _a(rid: str) -> Assignment:
     return Assignment(rid, None, Breakpoint(0x1000, 8, BpType.WRITE))
 
 
-def _sent(ch: AgentChannel) -> list[int]:
-    out = []
-    while not ch.outbox.empty():
-        msg = ch.outbox.get_nowait()
-        assert msg is not None
-        out.append(msg.reload.generation)
-    return out
-
-
-async def test_one_reload_in_flight_and_newer_ones_merged() -> None:
+async def test_a_stream_nobody_reads_is_refused_more_not_buffered() -> None:
     ch = AgentChannel("h", 0, "sim")
-    ch.move(LinkState.RESYNCING)
-    f1 = ch.reload(1, "a", [_a("r1")])
-    f2 = ch.reload(2, "b", [_a("r1"), _a("r2")])
-    f3 = ch.reload(3, "c", [_a("r1"), _a("r2"), _a("r3")])
-    assert _sent(ch) == [1]  # 2 and 3 wait; 3 supersedes 2
-    ch.answer(AckResult(1, True))
-    assert (await f1).generation == 1
-    assert _sent(ch) == [3] and ch.reloads_merged == 1
-    ch.answer(AckResult(2, True))  # stale: never sent, ignored
-    assert not f2.done()
-    ch.answer(AckResult(3, True))
-    assert (await f2).generation == 3 and (await f3).generation == 3
-    assert ch.acked_generation == 3
+    for gen in range(links.OUTBOX_LIMIT):
+        ch.send_reload(gen, "q", [_a("r1")])
+    with pytest.raises(StreamStuck, match="does not read its stream"):
+        ch.send_reload(links.OUTBOX_LIMIT, "q", [])
+    assert ch.outbox.qsize() == links.OUTBOX_LIMIT and ch.sent_generation == links.OUTBOX_LIMIT - 1
+    ch.close("fenced")  # the end still gets through
+    assert ch.outbox.qsize() == links.OUTBOX_LIMIT + 1 and ch.close_reason == "fenced"
 
 
-async def test_a_nack_reaches_every_merged_waiter_and_is_not_resent() -> None:
+async def test_controls_are_bounded_and_a_timed_out_one_is_forgotten() -> None:
     ch = AgentChannel("h", 0, "sim")
-    ch.move(LinkState.RESYNCING)
-    ch.reload(1, "a", [])
-    f2, f3 = ch.reload(2, "b", []), ch.reload(3, "c", [])
-    ch.answer(AckResult(1, True))
-    _sent(ch)
-    ch.answer(AckResult(3, False, reason="no"))
-    assert not (await f2).ok and not (await f3).ok
-    assert _sent(ch) == [] and ch.acked_generation == 1
+    calls = [
+        ch.control("q", 0, switch_task=agent_pb2.SwitchTask()) for _ in range(links.CONTROLS_LIMIT)
+    ]
+    with pytest.raises(StreamStuck, match="control calls unanswered"):
+        ch.control("q", 0, switch_task=agent_pb2.SwitchTask())
+    cid, fut = calls[0]
+    ch.forget(cid)
+    ch.control_result(agent_pb2.ControlResult(control_id=cid, ok=True))  # late: dropped
+    assert not fut.done()
+    ch.control("q", 0, switch_task=agent_pb2.SwitchTask())  # room again
 
 
-async def test_disconnect_fails_outstanding_with_disconnected() -> None:
+async def test_close_fails_outstanding_controls_and_refuses_new_ones() -> None:
     ch = AgentChannel("h", 0, "sim")
-    ch.move(LinkState.RESYNCING)
-    f1, f2 = ch.reload(1, "a", []), ch.reload(2, "b", [])
+    _, fut = ch.control("q", 0, switch_task=agent_pb2.SwitchTask())
     ch.close()
-    for fut in (f1, f2):
-        assert isinstance(fut.exception(), Disconnected)
-    late = ch.reload(3, "c", [])
+    assert isinstance(fut.exception(), Disconnected)
+    _, late = ch.control("q", 0, switch_task=agent_pb2.SwitchTask())
     assert isinstance(late.exception(), Disconnected)
-    await asyncio.sleep(0)
+    assert not ch.open
+
+
+async def test_close_cancels_a_writer_stuck_on_an_agent_that_does_not_read() -> None:
+    ch = AgentChannel("h", 0, "sim")
+    ch.handler = asyncio.create_task(asyncio.sleep(60))
+    ch.close("not reading")
+    await asyncio.sleep(links.CLOSE_GRACE + 0.2)
+    assert ch.handler.cancelled()
+
+
+def test_answers_record_only_acknowledged_images() -> None:
+    ch = AgentChannel("h", 0, "sim")
+    ch.answered(AckResult(3, False, reason="no"))
+    assert ch.acked_generation == 0
+    ch.answered(AckResult(3, True, detail="ok"))
+    ch.answered(AckResult(2, True))  # older: never goes backwards
+    assert ch.acked_generation == 3 and ch.detail == ""

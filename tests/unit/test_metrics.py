@@ -22,7 +22,7 @@ from server import links
 from server import metrics as metrics_mod
 from server.fleet import Fleet
 from server.interceptors import reason_of
-from server.links import AckResult, AgentChannel, LinkState
+from server.links import AckResult, AgentChannel
 from server.logs import JsonFormatter, request_id_of
 from server.metrics import Metrics, nack_class
 
@@ -102,17 +102,15 @@ async def test_agent_answers_feed_ack_latency_and_nack_reasons(
     metrics.start()
     host = fleet.hosts["h"]
     mine = AgentChannel("h", 0, "sim")
-    mine.move(LinkState.RESYNCING)
-    host.attach_channel(mine)
-    stranger = AgentChannel("h", 1, "sim")  # not attached: another arbiter's channel
-    stranger.move(LinkState.RESYNCING)
+    host.connect(mine)  # sends the resync (generation 0)
+    stranger = AgentChannel("h", 1, "sim")  # not connected: another arbiter's channel
     for channel in (mine, stranger):
-        channel.reload(1, "q", [])
-        channel.answer(AckResult(1, True))
-        channel.reload(2, "q", [])
-        channel.answer(AckResult(2, False, reason="no", errno=28))
-    mine.reload(3, "q", [])
-    mine.answer(AckResult(3, False, reason="refused"))
+        channel.send_reload(1, "q", [])
+        channel.answered(AckResult(1, True))
+        channel.send_reload(2, "q", [])
+        channel.answered(AckResult(2, False, reason="no", errno=28))
+    mine.send_reload(3, "q", [])
+    mine.answered(AckResult(3, False, reason="refused"))
     assert _value(metrics, "hwbp_reload_ack_seconds_count") == 3
     assert _value(metrics, "hwbp_nacks_total", reason_class="KERNEL_NO_FREE_SLOT") == 1
     assert _value(metrics, "hwbp_nacks_total", reason_class="AGENT_REFUSED") == 1
