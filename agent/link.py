@@ -194,10 +194,10 @@ class AgentLink:
             self.send(agent_pb2.AgentMessage(control_result=self._control(msg.control)))
 
     async def _reload(self, reload: agent_pb2.Reload) -> None:
-        assignments = [convert.assignment_from(a) for a in reload.assignments]
         if self.ack_delay:
             await asyncio.sleep(self.ack_delay)
         try:
+            assignments = [convert.assignment_from(a) for a in reload.assignments]
             image = self.backend.apply(assignments)
         except KernelRefused as err:
             self.send(_nack(reload, str(err), err.kernel_errno))
@@ -214,7 +214,7 @@ class AgentLink:
                 ack=agent_pb2.Ack(
                     generation=reload.generation,
                     image=convert.image_to(image),
-                    detail=getattr(self.backend, "detail", lambda: "")(),
+                    detail=convert.bounded(getattr(self.backend, "detail", lambda: "")(), "detail"),
                 )
             )
         )
@@ -242,7 +242,7 @@ class AgentLink:
                 raise ValueError(f"unknown control {body!r}")
             out.ok = True
         except (HwbpError, ValueError, NotImplementedError) as err:
-            out.ok, out.error = False, str(err)
+            out.ok, out.error = False, convert.bounded(str(err), "error")
         return out
 
     def _hit_pb(self, hit: HitRecord) -> types_pb2.Hit:
@@ -269,12 +269,9 @@ class AgentLink:
                     await asyncio.wait_for(ready.wait(), 0.5)
                 ready.clear()
                 hits = [h.record if hasattr(h, "record") else h for h in self.backend.poll_hits()]
-                if hits:
-                    self.send(
-                        agent_pb2.AgentMessage(
-                            hits=agent_pb2.HitReport(hits=[self._hit_pb(h) for h in hits])
-                        )
-                    )
+                for i in range(0, len(hits), convert.MAX_HITS):  # the arbiter's per-report cap
+                    chunk = [self._hit_pb(h) for h in hits[i : i + convert.MAX_HITS]]
+                    self.send(agent_pb2.AgentMessage(hits=agent_pb2.HitReport(hits=chunk)))
                 for pid in self.backend.exited_tasks():
                     self.send(agent_pb2.AgentMessage(task_exited=agent_pb2.TaskExited(task=pid)))
                 for fd in watched - set(fds()):
@@ -307,6 +304,7 @@ def _nack(reload: agent_pb2.Reload, reason: str, kernel_errno: int) -> agent_pb2
     if kernel_errno:
         name = errno_mod.errorcode.get(kernel_errno, str(kernel_errno))
         reason = reason if name in reason else f"{reason} ({name})"
+    reason = convert.bounded(reason, "reason")
     return agent_pb2.AgentMessage(
         nack=agent_pb2.Nack(generation=reload.generation, reason=reason, errno=kernel_errno)
     )
