@@ -192,6 +192,12 @@ class TooManyWatchers(ResourceExhausted):
     reason = "TOO_MANY_WATCHERS"
 
 
+class WatcherTooSlow(ResourceExhausted):
+    """A watcher fell so far behind that it was cut off rather than slow the arbiter."""
+
+    reason = "WATCHER_TOO_SLOW"
+
+
 # --- lookups --------------------------------------------------------------------------
 
 

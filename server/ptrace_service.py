@@ -18,6 +18,7 @@ from hwbp_pb import ptrace_pb2, ptrace_pb2_grpc
 from server import authz
 from server.authz import Action, Principal
 from server.errors import rpc, stream_rpc
+from server.events import TRAPS_ONLY
 from server.fleet import Fleet
 from server.hosts import Attachment, Host
 from server.reservations import check_open
@@ -217,7 +218,7 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
 
     @stream_rpc
     async def Traps(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        self._guard(context, request, Action.PTRACE_READ)
+        who = self._guard(context, request, Action.PTRACE_READ)
         host = self.fleet.host(convert.name(request.host, "host"))
         task = convert.task(request.task)
 
@@ -226,7 +227,7 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
                 isinstance(item, ptrace_pb2.Trap) and item.host == host.name and item.task == task
             )
 
-        sub = self.fleet.bus.subscribe(accept, frozenset())  # traps only, no events
+        sub = self.fleet.bus.subscribe(accept, TRAPS_ONLY, host=host.name, identity=who.name)
         try:
             while True:
                 yield await sub.get()
