@@ -126,8 +126,10 @@ def _reserve(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
 
 def _release(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
     done = c.release(a.id, expect_owner=a.expect_owner)
-    if done is None:  # a retry found it gone: our first attempt released it
-        doc: dict[str, Any] = {"id": a.id, "applied_cpus": [], "pending_cpus": []}
+    if done is None:
+        # A retry found it gone: our first attempt released it, and its answer (where the
+        # release is applied) was lost. null says "unknown", not "nowhere".
+        doc: dict[str, Any] = {"id": a.id, "applied_cpus": None, "pending_cpus": None}
     else:
         _warn_pending("release", done)
         doc = render.change_json(done)
