@@ -2,7 +2,9 @@
 
 The lifecycle is an explicit state machine (connecting -> resyncing -> live -> draining
 -> closed). The whole connect-and-resync loop is retried by tenacity with jittered
-exponential backoff, and only on transient transport errors.
+exponential backoff: fast after a broken stream, slowly after a refusal or a bug of our
+own (``agent.failures`` says which is which). Only a stop, or a refusal the arbiter will
+never lift, ends it.
 """
 
 from __future__ import annotations
@@ -11,26 +13,36 @@ import asyncio
 import contextlib
 import errno as errno_mod
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import Enum
 from typing import Any, Protocol
 
 import grpc
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_never,
-    wait_random_exponential,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never
 
+from agent.failures import (
+    RETRIED,
+    Failure,
+    LinkRefused,
+    StreamLost,
+    classify,
+    describe,
+    wait,
+)
 from hwbp.errors import HwbpError, KernelRefused
 from hwbp.model import AccessType, Assignment
 from hwbp.registers import HitRecord, RegisterImage
 from hwbp_pb import agent_pb2, agent_pb2_grpc, types_pb2
 from wire import convert
 
+__all__ = ["AgentLink", "AgentState", "Backend", "LinkRefused", "StreamLost"]
+
 log = logging.getLogger("hwbp.agent")
-TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+# A session that stayed live this long was a real one: the next connect starts a fresh
+# backoff. One that ended sooner counts as a failure, so an arbiter that ends our stream
+# right after every resync is not answered with a reconnect spin.
+STABLE_AFTER = 5.0
 
 
 class Backend(Protocol):
@@ -73,16 +85,6 @@ _MOVES = {
 }
 
 
-class StreamLost(Exception):
-    """The arbiter closed our stream (restart, replacement): reconnect."""
-
-
-def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, StreamLost):
-        return True
-    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in TRANSIENT
-
-
 class AgentLink:
     def __init__(
         self,
@@ -103,6 +105,8 @@ class AgentLink:
         self.ack_delay = ack_delay  # test hook: a slow agent acknowledges late
         self.on_live = on_live
         self.connects = 0
+        self.live_since: float | None = None  # monotonic time the current session went live
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # tests record it
         self._outbox: asyncio.Queue[agent_pb2.AgentMessage | None] = asyncio.Queue()
 
     def move(self, new: AgentState) -> None:
@@ -111,32 +115,61 @@ class AgentLink:
         self.state = new
 
     async def run(self) -> None:
-        """Connect, resync and serve until stopped; reconnect on transient failures.
+        """Connect, resync and serve until stopped; reconnect whatever breaks.
 
-        The backoff starts afresh after every session that went live, so an arbiter
+        The backoff starts afresh after every session that stayed live, so an arbiter
         restart is followed within a fraction of a second, not after a long backoff.
+        Raises ``LinkRefused`` only when the arbiter will never accept this agent.
         """
         while self.state not in (AgentState.DRAINING, AgentState.CLOSED):
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(_transient),
-                wait=wait_random_exponential(multiplier=0.05, max=2.0),
+            retrying = AsyncRetrying(
+                retry=retry_if_exception(lambda e: classify(e) in RETRIED),
+                wait=wait,
                 stop=stop_never,
+                sleep=lambda seconds: self.sleep(seconds),
                 reraise=True,
-                before_sleep=lambda rs: log.info(
-                    "agent %s/%d: arbiter unreachable (%s); retrying",
-                    self.host,
-                    self.cpu,
-                    rs.outcome.exception() if rs.outcome else "?",
-                ),
-            ):
-                with attempt:
-                    if self.state in (AgentState.DRAINING, AgentState.CLOSED):
-                        return
-                    self.move(AgentState.CONNECTING)
-                    await self._session()
+                before_sleep=self._before_retry,
+            )
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        if self.state in (AgentState.DRAINING, AgentState.CLOSED):
+                            return
+                        self.move(AgentState.CONNECTING)
+                        await self._session()
+            except grpc.RpcError as err:
+                if classify(err) is not Failure.FATAL:
+                    raise
+                raise LinkRefused(
+                    f"agent {self.host}/{self.cpu}: the arbiter refused this agent for good "
+                    f"({describe(err)}); fix its identity or flags"
+                ) from err
+
+    def _before_retry(self, state: RetryCallState) -> None:
+        """One line per failed attempt, at the level its kind deserves."""
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if exc is None:
+            return
+        seconds = state.next_action.sleep if state.next_action is not None else 0.0
+        kind = classify(exc)
+        where = f"agent {self.host}/{self.cpu}"
+        if kind is Failure.BROKEN:
+            log.info(
+                "%s: lost the arbiter (%s); reconnecting in %.1f s", where, describe(exc), seconds
+            )
+        elif kind is Failure.REFUSED:
+            log.warning(
+                "%s: the arbiter refused this agent: %s; retrying in %.1f s",
+                where,
+                describe(exc),
+                seconds,
+            )
+        else:
+            log.error("%s: %s; reconnecting in %.1f s", where, describe(exc), seconds, exc_info=exc)
 
     async def _session(self) -> None:
         self.connects += 1
+        self.live_since = None
         self._outbox = asyncio.Queue()
         hello = agent_pb2.Hello(
             host=self.host,
@@ -150,28 +183,30 @@ class AgentLink:
         )
         self._outbox.put_nowait(agent_pb2.AgentMessage(hello=hello))
         call = self.stub.Connect(self._outgoing())
-        watcher = asyncio.create_task(self._watch_backend())
+        watcher = asyncio.create_task(self._watch_backend(), name=f"backend {self.cpu}")
         try:
             async for msg in call:
                 await self._handle(msg)
-        except grpc.aio.AioRpcError as err:
-            if self.state is not AgentState.LIVE or not _transient(err):
+        except grpc.RpcError as err:
+            if self.state is not AgentState.LIVE or classify(err) is not Failure.BROKEN:
                 raise
-            log.info(
-                "agent %s/%d: lost the arbiter (%s); reconnecting",
-                self.host,
-                self.cpu,
-                err.code().name,
-            )
-            return
+            ended = describe(err)
+        else:
+            ended = "the arbiter ended it"
         finally:
             watcher.cancel()
+            call.cancel()
             self._outbox.put_nowait(None)
-        if self.state is AgentState.LIVE:
-            log.info("agent %s/%d: stream ended; reconnecting", self.host, self.cpu)
-            return  # went live: the next attempt starts a fresh backoff
-        if self.state not in (AgentState.DRAINING, AgentState.CLOSED):
-            raise StreamLost(f"arbiter closed the stream of {self.host}/{self.cpu}")
+        if self.state in (AgentState.DRAINING, AgentState.CLOSED):
+            return
+        if self.state is not AgentState.LIVE or self.live_since is None:
+            raise StreamLost(
+                f"arbiter closed the stream of {self.host}/{self.cpu} before it was live"
+            )
+        lived = time.monotonic() - self.live_since
+        if lived < STABLE_AFTER:
+            raise StreamLost(f"stream ended {lived:.1f} s after going live ({ended})")
+        log.info("agent %s/%d: stream ended (%s); reconnecting", self.host, self.cpu, ended)
 
     async def _outgoing(self) -> AsyncIterator[agent_pb2.AgentMessage]:
         outbox = self._outbox
@@ -194,10 +229,10 @@ class AgentLink:
             self.send(agent_pb2.AgentMessage(control_result=self._control(msg.control)))
 
     async def _reload(self, reload: agent_pb2.Reload) -> None:
-        assignments = [convert.assignment_from(a) for a in reload.assignments]
         if self.ack_delay:
             await asyncio.sleep(self.ack_delay)
         try:
+            assignments = [convert.assignment_from(a) for a in reload.assignments]
             image = self.backend.apply(assignments)
         except KernelRefused as err:
             self.send(_nack(reload, str(err), err.kernel_errno))
@@ -214,12 +249,13 @@ class AgentLink:
                 ack=agent_pb2.Ack(
                     generation=reload.generation,
                     image=convert.image_to(image),
-                    detail=getattr(self.backend, "detail", lambda: "")(),
+                    detail=convert.bounded(getattr(self.backend, "detail", lambda: "")(), "detail"),
                 )
             )
         )
         if self.state is AgentState.RESYNCING:
             self.move(AgentState.LIVE)
+            self.live_since = time.monotonic()
             log.info("agent %s/%d live at generation %d", self.host, self.cpu, reload.generation)
             if self.on_live is not None:
                 self.on_live(self)
@@ -242,7 +278,7 @@ class AgentLink:
                 raise ValueError(f"unknown control {body!r}")
             out.ok = True
         except (HwbpError, ValueError, NotImplementedError) as err:
-            out.ok, out.error = False, str(err)
+            out.ok, out.error = False, convert.bounded(str(err), "error")
         return out
 
     def _hit_pb(self, hit: HitRecord) -> types_pb2.Hit:
@@ -253,36 +289,44 @@ class AgentLink:
         return msg
 
     async def _watch_backend(self) -> None:
-        """Real CPUs report hits and task exits on their own; forward them promptly."""
+        """Real CPUs report hits and task exits on their own; forward them promptly.
+
+        A failure in one round (a ring buffer that will not read) is logged and the next
+        round tries again: this task must not die quietly while the stream lives on."""
         if not self.backend.polls:
             return
-        fds = self.backend.fds
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
         watched: set[int] = set()
         try:
             while True:
-                for fd in set(fds()) - watched:
-                    loop.add_reader(fd, ready.set)
-                    watched.add(fd)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ready.wait(), 0.5)
-                ready.clear()
-                hits = [h.record if hasattr(h, "record") else h for h in self.backend.poll_hits()]
-                if hits:
-                    self.send(
-                        agent_pb2.AgentMessage(
-                            hits=agent_pb2.HitReport(hits=[self._hit_pb(h) for h in hits])
-                        )
-                    )
-                for pid in self.backend.exited_tasks():
-                    self.send(agent_pb2.AgentMessage(task_exited=agent_pb2.TaskExited(task=pid)))
-                for fd in watched - set(fds()):
-                    loop.remove_reader(fd)
-                    watched.discard(fd)
+                try:
+                    await self._forward_once(loop, ready, watched)
+                except Exception:
+                    log.exception("agent %s/%d: reading the backend failed", self.host, self.cpu)
+                    await asyncio.sleep(0.5)
         finally:
             for fd in watched:
                 loop.remove_reader(fd)
+
+    async def _forward_once(
+        self, loop: asyncio.AbstractEventLoop, ready: asyncio.Event, watched: set[int]
+    ) -> None:
+        for fd in set(self.backend.fds()) - watched:
+            loop.add_reader(fd, ready.set)
+            watched.add(fd)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ready.wait(), 0.5)
+        ready.clear()
+        hits = [h.record if hasattr(h, "record") else h for h in self.backend.poll_hits()]
+        for i in range(0, len(hits), convert.MAX_HITS):  # the arbiter's per-report cap
+            chunk = [self._hit_pb(h) for h in hits[i : i + convert.MAX_HITS]]
+            self.send(agent_pb2.AgentMessage(hits=agent_pb2.HitReport(hits=chunk)))
+        for pid in self.backend.exited_tasks():
+            self.send(agent_pb2.AgentMessage(task_exited=agent_pb2.TaskExited(task=pid)))
+        for fd in watched - set(self.backend.fds()):
+            loop.remove_reader(fd)
+            watched.discard(fd)
 
     def stop(self) -> None:
         self.move(AgentState.DRAINING)
@@ -307,6 +351,7 @@ def _nack(reload: agent_pb2.Reload, reason: str, kernel_errno: int) -> agent_pb2
     if kernel_errno:
         name = errno_mod.errorcode.get(kernel_errno, str(kernel_errno))
         reason = reason if name in reason else f"{reason} ({name})"
+    reason = convert.bounded(reason, "reason")
     return agent_pb2.AgentMessage(
         nack=agent_pb2.Nack(generation=reload.generation, reason=reason, errno=kernel_errno)
     )

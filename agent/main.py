@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from agent.link import AgentLink, Backend
 from agent.sim import SimBackend
+from agent.supervise import run_all
 from wire import tls
 
 log = logging.getLogger("hwbp.agent")
@@ -111,7 +112,8 @@ async def run(args: argparse.Namespace) -> int:
     live: set[int] = set()
 
     def on_live(link: AgentLink) -> None:
-        if link.connects == 1 and link.cpu not in live:
+        # Once, when every CPU has been live (however many tries its first took).
+        if link.cpu not in live:
             live.add(link.cpu)
             if len(live) == len(cpus):
                 print("fleet ready" if args.fleet else "agent ready", flush=True)
@@ -128,28 +130,20 @@ async def run(args: argparse.Namespace) -> int:
         )
         for i, cpu in enumerate(cpus)
     ]
-    tasks = [asyncio.create_task(link.run()) for link in links]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    stopper = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    code = 0
-    for t in done:
-        if t is not stopper and t.exception() is not None:
-            log.error("agent stopped: %s", t.exception())
-            code = 1
-    for link in links:
-        if link.state.value not in ("draining", "closed"):
-            link.stop()
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    for link in links:
-        link.backend.close()
-    for ch in channels:
-        await ch.close()
+    try:
+        code = await run_all(links, stop)
+    finally:
+        for link in links:
+            if link.state.value not in ("draining", "closed"):
+                link.stop()
+        for link in links:
+            link.backend.close()
+        for ch in channels:
+            await ch.close()
     return code
 
 

@@ -23,7 +23,7 @@ import grpc
 
 from hwbp_pb import arbiter_pb2, arbiter_pb2_grpc, types_pb2
 from load import procs
-from load.rpc import CHANNEL_OPTIONS
+from load.rpc import CHANNEL_OPTIONS, all_pages
 
 TARGET_MB = 300.0
 
@@ -99,7 +99,7 @@ async def wait_resynced(
         stub = arbiter_pb2_grpc.ArbiterStub(ch)
         while time.monotonic() - t0 < cap_s:
             try:
-                inv = await stub.Inventory(arbiter_pb2.InventoryRequest(), timeout=30)
+                inv = await all_pages(stub.Inventory, arbiter_pb2.InventoryRequest(), "cpus", 30)
             except grpc.aio.AioRpcError:
                 await asyncio.sleep(0.5)
                 continue
@@ -108,7 +108,9 @@ async def wait_resynced(
             seen["acked"] = sum(1 for c in cpus if c.online and c.acked_generation == c.generation)
             if seen["acked"] == streams:
                 if want_reservations:
-                    listed = await stub.List(arbiter_pb2.ListRequest(), timeout=60)
+                    listed = await all_pages(
+                        stub.List, arbiter_pb2.ListRequest(), "reservations", 60
+                    )
                     seen["listed"] = len(listed.reservations)
                 if seen["listed"] >= want_reservations:
                     seen["resync_s"] = round(time.monotonic() - t0, 2)

@@ -8,6 +8,7 @@ from client.errors import DeadlineExceeded, NoFreeSlot, RemoteError, Unavailable
 from client.sdk import Client, ReservationHandle, Session, Tracer
 from client.values import (
     AccessResult,
+    Change,
     CpuInfo,
     EventInfo,
     EventKind,
@@ -20,6 +21,7 @@ from wire.tls import TlsConfig
 
 __all__ = [
     "AccessResult",
+    "Change",
     "Client",
     "CpuInfo",
     "DeadlineExceeded",

@@ -15,16 +15,15 @@ from typing import Any, TypeVar
 
 import grpc
 
-from client import wire
+from client import paging, wire
 from client.aio_handles import AsyncReservationHandle, AsyncSession, AsyncTracer
 from client.errors import from_rpc_error
 from client.retry import MUTATE_TIMEOUT, NO_RETRY, READ_TIMEOUT, SESSION_TIMEOUT, RetryPolicy
-from client.values import AccessResult, CpuInfo, EventInfo, EventKind, ReservationInfo
+from client.values import AccessResult, Change, CpuInfo, EventInfo, EventKind, ReservationInfo
 from hwbp.errors import HwbpError, ReservationNotFound
 from hwbp.model import AccessType, BpType
 from hwbp.registers import RegisterImage
 from hwbp_pb import (
-    arbiter_pb2,
     arbiter_pb2_grpc,
     ptrace_pb2_grpc,
     session_pb2,
@@ -139,18 +138,24 @@ class AsyncClient:
         )
         # Safe to retry: the idempotency key makes a repeat return the first result.
         resp = await self._call(self._arbiter.Reserve, req, timeout=MUTATE_TIMEOUT, retry=True)
-        return AsyncReservationHandle(self, wire.reservation(resp.reservation))
+        return AsyncReservationHandle(self, wire.change(resp))
 
     async def release(
-        self, id: str, *, session_id: str = "", request_id: str | None = None
-    ) -> ReservationInfo | None:
-        req = arbiter_pb2.ReleaseRequest(
-            request_id=request_id or wire.new_id(), reservation_id=id, session_id=session_id
+        self,
+        id: str,
+        *,
+        session_id: str = "",
+        request_id: str | None = None,
+        expect_owner: str = "",
+    ) -> Change | None:
+        """As ``Client.release``: None when a retry found it already gone."""
+        req = wire.release_request(
+            id, session_id=session_id, request_id=request_id, expect_owner=expect_owner
         )
         resp = await self._call(
             self._arbiter.Release, req, timeout=MUTATE_TIMEOUT, retry=True, gone=ReservationNotFound
         )
-        return None if resp is None else wire.reservation(resp.reservation)
+        return None if resp is None else wire.change(resp)
 
     async def modify(
         self,
@@ -162,7 +167,8 @@ class AsyncClient:
         enabled: bool | None = None,
         session_id: str = "",
         request_id: str | None = None,
-    ) -> ReservationInfo:
+        expect_owner: str = "",
+    ) -> Change:
         req = wire.modify_request(
             id,
             addr=addr,
@@ -171,25 +177,47 @@ class AsyncClient:
             enabled=enabled,
             session_id=session_id,
             request_id=request_id,
+            expect_owner=expect_owner,
         )
         resp = await self._call(self._arbiter.Modify, req, timeout=MUTATE_TIMEOUT, retry=False)
-        return wire.reservation(resp.reservation)
+        return wire.change(resp)
 
     async def list(
-        self, host: str | None = None, *, session_id: str = "", request_id: str | None = None
+        self,
+        host: str | None = None,
+        *,
+        session_id: str = "",
+        request_id: str | None = None,
+        page_size: int = paging.LIST_PAGE_SIZE,
     ) -> builtins.list[ReservationInfo]:
-        req = arbiter_pb2.ListRequest(
-            request_id=request_id or wire.new_id(), host=host or "", session_id=session_id
-        )
-        resp = await self._call(self._arbiter.List, req, timeout=READ_TIMEOUT, retry=True)
-        return [wire.reservation(r) for r in resp.reservations]
+        rid = request_id or wire.new_id()
+
+        async def page(token: str) -> paging.Page[ReservationInfo]:
+            req = wire.list_request(
+                host, session_id=session_id, page_token=token, request_id=rid, page_size=page_size
+            )
+            resp = await self._call(self._arbiter.List, req, timeout=READ_TIMEOUT, retry=True)
+            return [wire.reservation(r) for r in resp.reservations], resp.next_page_token
+
+        return await paging.collect_aio(page, key=lambda r: r.id)
 
     async def inventory(
-        self, host: str | None = None, *, request_id: str | None = None
+        self,
+        host: str | None = None,
+        *,
+        request_id: str | None = None,
+        page_size: int = paging.INVENTORY_PAGE_SIZE,
     ) -> builtins.list[CpuInfo]:
-        req = arbiter_pb2.InventoryRequest(request_id=request_id or wire.new_id(), host=host or "")
-        resp = await self._call(self._arbiter.Inventory, req, timeout=READ_TIMEOUT, retry=True)
-        return [wire.cpu_inventory(c) for c in resp.cpus]
+        rid = request_id or wire.new_id()
+
+        async def page(token: str) -> paging.Page[CpuInfo]:
+            req = wire.inventory_request(
+                host, page_token=token, request_id=rid, page_size=page_size
+            )
+            resp = await self._call(self._arbiter.Inventory, req, timeout=READ_TIMEOUT, retry=True)
+            return [wire.cpu_inventory(c) for c in resp.cpus], resp.next_page_token
+
+        return await paging.collect_aio(page, key=lambda c: (c.host, c.cpu))
 
     def watch(
         self,

@@ -16,7 +16,7 @@ import grpc
 from client import wire
 from client.errors import from_rpc_error
 from client.retry import MUTATE_TIMEOUT, READ_TIMEOUT, SESSION_TIMEOUT
-from client.values import ReservationFields, ReservationInfo, TrapInfo
+from client.values import Change, ReservationFields, ReservationInfo, TrapInfo
 from hwbp.errors import HwbpError, NotAttached, ReservationNotFound, SessionNotFound
 from hwbp.model import BpType
 from hwbp_pb import ptrace_pb2, session_pb2
@@ -26,20 +26,35 @@ if TYPE_CHECKING:
 
 
 class AsyncReservationHandle(ReservationFields):
-    """A reservation you hold; ``async with`` releases it."""
+    """A reservation you hold; ``async with`` releases it. ``change`` as on the sync
+    handle: the last answer, with the CPUs it is pending on."""
 
-    def __init__(self, client: AsyncClient, info: ReservationInfo) -> None:
+    def __init__(self, client: AsyncClient, change: Change) -> None:
         self._client = client
-        self._info = info
+        self._info = change.reservation
+        self.change = change
         self.released = False
 
     @property
     def info(self) -> ReservationInfo:
         return self._info
 
-    async def release(self) -> None:
-        await self._client.release(self.id, session_id=self.session_id)
+    @property
+    def applied_cpus(self) -> tuple[int, ...]:
+        return self.change.applied_cpus
+
+    @property
+    def pending_cpus(self) -> tuple[int, ...]:
+        return self.change.pending_cpus
+
+    async def release(self, *, expect_owner: str = "") -> Change | None:
+        done = await self._client.release(
+            self.id, session_id=self.session_id, expect_owner=expect_owner
+        )
         self.released = True
+        if done is not None:
+            self.change = done
+        return done
 
     async def modify(
         self,
@@ -48,11 +63,19 @@ class AsyncReservationHandle(ReservationFields):
         len: int | None = None,
         type: BpType | str | None = None,
         enabled: bool | None = None,
-    ) -> ReservationInfo:
-        self._info = await self._client.modify(
-            self.id, addr=addr, len=len, type=type, enabled=enabled, session_id=self.session_id
+        expect_owner: str = "",
+    ) -> Change:
+        self.change = await self._client.modify(
+            self.id,
+            addr=addr,
+            len=len,
+            type=type,
+            enabled=enabled,
+            session_id=self.session_id,
+            expect_owner=expect_owner,
         )
-        return self._info
+        self._info = self.change.reservation
+        return self.change
 
     async def __aenter__(self) -> AsyncReservationHandle:
         return self

@@ -20,6 +20,7 @@ from client import top
 from client.cli_args import parse
 from client.errors import ExitCode, Unavailable, exit_code_for
 from client.sdk import Client
+from client.values import Change
 from client.wire import endpoint_or_default
 from hwbp.errors import HwbpError
 from wire.tls import TlsConfig, TlsConfigError
@@ -119,18 +120,35 @@ def _reserve(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
         kernel=a.kernel,
         enabled=not a.disabled,
     )
-    return _show(a, out, render.jsonable(h.info), h.id)
+    _warn_pending("reserve", h.change)
+    return _show(a, out, render.change_json(h.change), h.id)
 
 
 def _release(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
-    info = c.release(a.id)
-    doc = render.jsonable(info) if info is not None else {"id": a.id}
+    done = c.release(a.id, expect_owner=a.expect_owner)
+    if done is None:
+        # A retry found it gone: our first attempt released it, and its answer (where the
+        # release is applied) was lost. null says "unknown", not "nowhere".
+        doc: dict[str, Any] = {"id": a.id, "applied_cpus": None, "pending_cpus": None}
+    else:
+        _warn_pending("release", done)
+        doc = render.change_json(done)
     return _show(a, out, {**doc, "released": True}, f"released {a.id}")
 
 
 def _modify(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
-    info = c.modify(a.id, addr=a.addr, len=a.len, type=a.type, enabled=a.enabled)
-    return _show(a, out, render.jsonable(info), render.reservations_table([info]))
+    done = c.modify(
+        a.id, addr=a.addr, len=a.len, type=a.type, enabled=a.enabled, expect_owner=a.expect_owner
+    )
+    _warn_pending("modify", done)
+    return _show(a, out, render.change_json(done), render.reservations_table([done.reservation]))
+
+
+def _warn_pending(verb: str, change: Change) -> None:
+    """Committed is not applied everywhere: say where it is not yet, on stderr."""
+    line = render.pending_warning(verb, change)
+    if line is not None:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _ls(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
@@ -140,7 +158,8 @@ def _ls(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
 
 def _cpus(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
     items = c.inventory(a.host)
-    return _show(a, out, [render.cpu_json(x) for x in items], render.cpus_table(items))
+    text = render.cpus_table(items, wide=a.wide)
+    return _show(a, out, [render.cpu_json(x) for x in items], text)
 
 
 def _top(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:

@@ -88,6 +88,7 @@ def build_parser() -> Parser:
 
     rel = cmds.add_parser("release", help="release a reservation")
     rel.add_argument("id", metavar="ID")
+    _add_expect_owner(rel)
 
     m = cmds.add_parser("modify", help="change a reservation in place")
     m.add_argument("id", metavar="ID")
@@ -97,11 +98,15 @@ def build_parser() -> Parser:
     onoff = m.add_mutually_exclusive_group()
     onoff.add_argument("--enable", dest="enabled", action="store_const", const=True)
     onoff.add_argument("--disable", dest="enabled", action="store_const", const=False)
+    _add_expect_owner(m)
 
     ls = cmds.add_parser("ls", help="list reservations")
     ls.add_argument("--host")
     cpus = cmds.add_parser("cpus", help="per-CPU inventory")
     cpus.add_argument("--host")
+    cpus.add_argument(
+        "--wide", action="store_true", help="also pending changes, backend, why a link is down"
+    )
     top = cmds.add_parser("top", help="live view of hosts x CPUs x DR0-DR3 (Ctrl-C quits)")
     top.add_argument("--host")
     top.add_argument("--interval", type=seconds, default=1.0, metavar="S", help="default 1")
@@ -153,6 +158,14 @@ def _task_parser(
     return sp
 
 
+def _add_expect_owner(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--expect-owner",
+        metavar="NAME",
+        help="refuse unless the reservation belongs to NAME (guards against a reused id)",
+    )
+
+
 def _add_stop_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--count", type=count, metavar="N", help="stop after N events")
     sp.add_argument("--timeout", type=seconds, metavar="S", help="stop after S seconds")
@@ -161,6 +174,11 @@ def _add_stop_args(sp: argparse.ArgumentParser) -> None:
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse and check an invocation; raises UsageError on anything malformed."""
     args = build_parser().parse_args(argv)
+    if hasattr(args, "expect_owner"):
+        if args.expect_owner is not None and not args.expect_owner.strip():
+            # An empty owner would silently mean "no check": say so instead.
+            raise UsageError(f"hwbpctl {args.command}: --expect-owner needs a name")
+        args.expect_owner = args.expect_owner or ""
     if args.command == "reserve":
         _check_reserve(args)
     elif args.command == "modify" and all(

@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 from client.values import (
     AccessResult,
+    Change,
     CpuInfo,
     EventInfo,
     EventKind,
@@ -54,7 +55,40 @@ def cpu_json(c: CpuInfo) -> dict[str, Any]:
         "slots": c.slots,
         "holders": jsonable(c.holders),
         "detail": c.detail,
+        "link": c.link,
+        "link_reason": c.link_reason,
+        "pending": c.pending,
     }
+
+
+def change_json(c: Change) -> dict[str, Any]:
+    """The reservation's fields, and where the change is applied or still pending."""
+    doc: dict[str, Any] = jsonable(c.reservation)
+    doc["applied_cpus"] = list(c.applied_cpus)
+    doc["pending_cpus"] = list(c.pending_cpus)
+    return doc
+
+
+_SUBJECT = {"reserve": "{id}", "release": "the release of {id}", "modify": "the change to {id}"}
+
+
+def pending_warning(verb: str, c: Change) -> str | None:
+    """One stderr line when a committed change has not reached every CPU yet, else None.
+
+    The change stands (the ledger has it); the registers of those CPUs catch up when
+    their agent resyncs, so a person must not take "ok" to mean "armed everywhere".
+    """
+    if not c.pending_cpus:
+        return None
+    subject = _SUBJECT.get(verb, "{id}").format(id=c.reservation.id)
+    many = len(c.pending_cpus) > 1
+    cpus = ", ".join(str(n) for n in c.pending_cpus)
+    where = f"{c.reservation.host} {'cpus' if many else 'cpu'} {cpus}"
+    agents, resync = ("agents", "agents resync") if many else ("agent", "agent resyncs")
+    return (
+        f"hwbpctl: warning: {subject} is committed but pending on {where} "
+        f"({agents} offline or fenced): it is applied when the {resync}"
+    )
 
 
 def access_json(r: AccessResult) -> dict[str, Any]:
@@ -132,13 +166,15 @@ def reservations_table(items: Sequence[ReservationInfo]) -> str:
     return table(headers, rows)
 
 
-def cpus_table(items: Sequence[CpuInfo]) -> str:
+def cpus_table(items: Sequence[CpuInfo], *, wide: bool = False) -> str:
+    """The inventory; ``wide`` adds why a link is down, pending changes and the backend."""
     if not items:
         return "no CPUs"
-    headers = (
+    headers = [
         "HOST",
         "CPU",
         "ONLINE",
+        "LINK",
         "TASK",
         "USED",
         "GEN",
@@ -150,12 +186,16 @@ def cpus_table(items: Sequence[CpuInfo]) -> str:
         "DR7",
         "MISMATCH",
         "HOLDERS",
-    )
-    rows = (
-        (
+    ]
+    if wide:
+        headers += ["PENDING", "BACKEND", "REASON"]
+    rows = []
+    for c in items:
+        row: list[object] = [
             c.host,
             c.cpu,
             c.online,
+            c.link or "-",
             c.current_task,
             f"{c.used}/{c.slots}",
             c.generation,
@@ -164,9 +204,10 @@ def cpus_table(items: Sequence[CpuInfo]) -> str:
             hx(c.reported.dr7),
             "MISMATCH" if c.mismatch else "",
             _holders(c) or "-",
-        )
-        for c in items
-    )
+        ]
+        if wide:
+            row += [c.pending, c.backend or "-", c.link_reason or "-"]
+        rows.append(row)
     return table(headers, rows)
 
 

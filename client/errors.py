@@ -140,7 +140,9 @@ _BY_CODE: Mapping[grpc.StatusCode, type[HwbpError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: core_errors.NoFreeSlot,
+    # Without ErrorInfo naming NO_FREE_SLOT this is gRPC's own limit (a message too
+    # large), never the debug registers: a script must not read it as exit 3.
+    grpc.StatusCode.RESOURCE_EXHAUSTED: core_errors.ResourceExhausted,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.ALREADY_EXISTS: FailedPrecondition,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
@@ -173,6 +175,8 @@ def from_status(
         message = f"no answer from the arbiter in time: {message}"
     elif info is None and issubclass(cls, Unavailable):
         message = f"arbiter unavailable: {message}"
+    elif info is None and issubclass(cls, core_errors.ResourceExhausted):
+        message = f"resource exhausted (a gRPC limit, not a debug register): {message}"
     return remote_class(cls)(message, reason=reason, metadata=metadata, code=code)
 
 
@@ -242,6 +246,7 @@ class ExitCode(IntEnum):
     DENIED = 4
     UNAVAILABLE = 5
     NOT_FOUND = 6
+    RESOURCE_EXHAUSTED = 7  # a limit of the arbiter or of gRPC, not a debug register
 
 
 EXIT_CODES: Mapping[ErrorClass, ExitCode] = {
@@ -257,6 +262,7 @@ EXIT_CODES: Mapping[ErrorClass, ExitCode] = {
     # An agent refused a reload for its own reasons: nothing the caller typed was wrong.
     ErrorClass.ABORTED: ExitCode.UNEXPECTED,
     ErrorClass.INTERNAL: ExitCode.UNEXPECTED,
+    ErrorClass.RESOURCE_EXHAUSTED: ExitCode.RESOURCE_EXHAUSTED,
 }
 
 

@@ -18,7 +18,7 @@ import grpc
 from client import wire
 from client.errors import from_rpc_error
 from client.retry import MUTATE_TIMEOUT, READ_TIMEOUT, SESSION_TIMEOUT
-from client.values import ReservationFields, ReservationInfo, TrapInfo
+from client.values import Change, ReservationFields, ReservationInfo, TrapInfo
 from hwbp.errors import HwbpError, NotAttached, ReservationNotFound, SessionNotFound
 from hwbp.model import BpType
 from hwbp_pb import ptrace_pb2, session_pb2
@@ -28,20 +28,36 @@ if TYPE_CHECKING:
 
 
 class ReservationHandle(ReservationFields):
-    """A reservation you hold: fields, ``release()``, ``modify()``; ``with`` releases it."""
+    """A reservation you hold: fields, ``release()``, ``modify()``; ``with`` releases it.
 
-    def __init__(self, client: Client, info: ReservationInfo) -> None:
+    ``change`` is what the last reserve, modify or release answered, including the CPUs
+    it is still pending on (``pending_cpus``: their agent is offline or fenced).
+    """
+
+    def __init__(self, client: Client, change: Change) -> None:
         self._client = client
-        self._info = info
+        self._info = change.reservation
+        self.change = change
         self.released = False
 
     @property
     def info(self) -> ReservationInfo:
         return self._info
 
-    def release(self) -> None:
-        self._client.release(self.id, session_id=self.session_id)
+    @property
+    def applied_cpus(self) -> tuple[int, ...]:
+        return self.change.applied_cpus
+
+    @property
+    def pending_cpus(self) -> tuple[int, ...]:
+        return self.change.pending_cpus
+
+    def release(self, *, expect_owner: str = "") -> Change | None:
+        done = self._client.release(self.id, session_id=self.session_id, expect_owner=expect_owner)
         self.released = True
+        if done is not None:
+            self.change = done
+        return done
 
     def modify(
         self,
@@ -50,11 +66,19 @@ class ReservationHandle(ReservationFields):
         len: int | None = None,
         type: BpType | str | None = None,
         enabled: bool | None = None,
-    ) -> ReservationInfo:
-        self._info = self._client.modify(
-            self.id, addr=addr, len=len, type=type, enabled=enabled, session_id=self.session_id
+        expect_owner: str = "",
+    ) -> Change:
+        self.change = self._client.modify(
+            self.id,
+            addr=addr,
+            len=len,
+            type=type,
+            enabled=enabled,
+            session_id=self.session_id,
+            expect_owner=expect_owner,
         )
-        return self._info
+        self._info = self.change.reservation
+        return self.change
 
     def __enter__(self) -> ReservationHandle:
         return self

@@ -15,16 +15,15 @@ from typing import Any, TypeVar
 
 import grpc
 
-from client import wire
+from client import paging, wire
 from client.errors import from_rpc_error
 from client.handles import ReservationHandle, Session, Tracer
 from client.retry import MUTATE_TIMEOUT, NO_RETRY, READ_TIMEOUT, SESSION_TIMEOUT, RetryPolicy
-from client.values import AccessResult, CpuInfo, EventInfo, EventKind, ReservationInfo
+from client.values import AccessResult, Change, CpuInfo, EventInfo, EventKind, ReservationInfo
 from hwbp.errors import HwbpError, ReservationNotFound
 from hwbp.model import AccessType, BpType
 from hwbp.registers import RegisterImage
 from hwbp_pb import (
-    arbiter_pb2,
     arbiter_pb2_grpc,
     ptrace_pb2_grpc,
     session_pb2,
@@ -145,14 +144,23 @@ class Client:
         )
         # Safe to retry: the idempotency key makes a repeat return the first result.
         resp = self._call(self._arbiter.Reserve, req, timeout=MUTATE_TIMEOUT, retry=True)
-        return ReservationHandle(self, wire.reservation(resp.reservation))
+        return ReservationHandle(self, wire.change(resp))
 
     def release(
-        self, id: str, *, session_id: str = "", request_id: str | None = None
-    ) -> ReservationInfo | None:
-        """Release; None when a retry found it already gone (our first attempt did it)."""
-        req = arbiter_pb2.ReleaseRequest(
-            request_id=request_id or wire.new_id(), reservation_id=id, session_id=session_id
+        self,
+        id: str,
+        *,
+        session_id: str = "",
+        request_id: str | None = None,
+        expect_owner: str = "",
+    ) -> Change | None:
+        """Release; None when a retry found it already gone (our first attempt did it).
+
+        ``expect_owner``: refused unless the reservation belongs to that owner, so a
+        stale id that now names someone else's reservation is never released.
+        """
+        req = wire.release_request(
+            id, session_id=session_id, request_id=request_id, expect_owner=expect_owner
         )
         resp = self._call(
             self._arbiter.Release,
@@ -161,7 +169,7 @@ class Client:
             retry=True,
             gone=ReservationNotFound,
         )
-        return None if resp is None else wire.reservation(resp.reservation)
+        return None if resp is None else wire.change(resp)
 
     def modify(
         self,
@@ -173,7 +181,8 @@ class Client:
         enabled: bool | None = None,
         session_id: str = "",
         request_id: str | None = None,
-    ) -> ReservationInfo:
+        expect_owner: str = "",
+    ) -> Change:
         """Change a reservation in place; on failure it stays as it was."""
         req = wire.modify_request(
             id,
@@ -183,27 +192,52 @@ class Client:
             enabled=enabled,
             session_id=session_id,
             request_id=request_id,
+            expect_owner=expect_owner,
         )
         # Not retried: a lost answer followed by a repeat would bump the generation twice
         # and could race another client's modify in between.
         resp = self._call(self._arbiter.Modify, req, timeout=MUTATE_TIMEOUT, retry=False)
-        return wire.reservation(resp.reservation)
+        return wire.change(resp)
 
     def list(
-        self, host: str | None = None, *, session_id: str = "", request_id: str | None = None
+        self,
+        host: str | None = None,
+        *,
+        session_id: str = "",
+        request_id: str | None = None,
+        page_size: int = paging.LIST_PAGE_SIZE,
     ) -> builtins.list[ReservationInfo]:
-        req = arbiter_pb2.ListRequest(
-            request_id=request_id or wire.new_id(), host=host or "", session_id=session_id
-        )
-        resp = self._call(self._arbiter.List, req, timeout=READ_TIMEOUT, retry=True)
-        return [wire.reservation(r) for r in resp.reservations]
+        """Every reservation (of ``host``, of the session), however many pages it takes
+        (``page_size`` per call; the arbiter may cap it)."""
+        rid = request_id or wire.new_id()
+
+        def page(token: str) -> paging.Page[ReservationInfo]:
+            req = wire.list_request(
+                host, session_id=session_id, page_token=token, request_id=rid, page_size=page_size
+            )
+            resp = self._call(self._arbiter.List, req, timeout=READ_TIMEOUT, retry=True)
+            return [wire.reservation(r) for r in resp.reservations], resp.next_page_token
+
+        return paging.collect(page, key=lambda r: r.id)
 
     def inventory(
-        self, host: str | None = None, *, request_id: str | None = None
+        self,
+        host: str | None = None,
+        *,
+        request_id: str | None = None,
+        page_size: int = paging.INVENTORY_PAGE_SIZE,
     ) -> builtins.list[CpuInfo]:
-        req = arbiter_pb2.InventoryRequest(request_id=request_id or wire.new_id(), host=host or "")
-        resp = self._call(self._arbiter.Inventory, req, timeout=READ_TIMEOUT, retry=True)
-        return [wire.cpu_inventory(c) for c in resp.cpus]
+        """Every CPU (of ``host``), however many pages it takes."""
+        rid = request_id or wire.new_id()
+
+        def page(token: str) -> paging.Page[CpuInfo]:
+            req = wire.inventory_request(
+                host, page_token=token, request_id=rid, page_size=page_size
+            )
+            resp = self._call(self._arbiter.Inventory, req, timeout=READ_TIMEOUT, retry=True)
+            return [wire.cpu_inventory(c) for c in resp.cpus], resp.next_page_token
+
+        return paging.collect(page, key=lambda c: (c.host, c.cpu))
 
     def watch(
         self,

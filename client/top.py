@@ -85,10 +85,16 @@ def _mismatch_cell(c: CpuInfo) -> str:
     return "MISMATCH " + ",".join(where) if where else "MISMATCH"
 
 
+def state(c: CpuInfo) -> str:
+    """The agent link as the arbiter names it; anything but live shouts, to be seen."""
+    link = c.link or ("live" if c.online else "offline")
+    return link if link == "live" else link.upper()
+
+
 def _row(c: CpuInfo) -> tuple[object, ...]:
     return (
         c.cpu,
-        "online" if c.online else "OFFLINE",
+        state(c),
         c.backend or "-",
         c.generation,
         c.acked_generation,
@@ -115,6 +121,7 @@ def frame(cpus: Iterable[CpuInfo]) -> str:
     for host, group in by_host(cpus):
         lines = [_summary(host, group), table(HEADERS, (_row(c) for c in group))]
         lines += [f"  cpu {c.cpu}: {c.detail}" for c in group if c.detail]
+        lines += [f"  cpu {c.cpu}: {c.link}: {c.link_reason}" for c in group if c.link_reason]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) if blocks else "no CPUs"
 
@@ -135,6 +142,9 @@ def _cpu_json(c: CpuInfo) -> dict[str, Any]:
     return {
         "cpu": c.cpu,
         "online": c.online,
+        "link": c.link,
+        "link_reason": c.link_reason,
+        "pending": c.pending,
         "backend": c.backend,
         "generation": c.generation,
         "acked_generation": c.acked_generation,

@@ -15,6 +15,7 @@ from hwbp.registers import RegisterImage
 __all__ = [
     "AccessResult",
     "BpType",
+    "Change",
     "CpuInfo",
     "EventInfo",
     "EventKind",
@@ -42,6 +43,8 @@ class EventKind(Enum):
     LEASE_EXPIRED = "lease_expired"
     TASK_EXITED = "task_exited"
     CONTEXT_SWITCH = "context_switch"
+    AGENT_FENCED = "agent_fenced"  # missed its ack deadline: its stream was closed
+    RESYNC_REFUSED = "resync_refused"  # the agent (its kernel) refused the resynced state
     UNSPECIFIED = "unspecified"
 
 
@@ -94,6 +97,9 @@ class CpuInfo:
     holders: tuple[HolderInfo, ...]
     backend: str
     detail: str
+    link: str = ""  # "live", "resyncing", "fenced" or "offline"
+    link_reason: str = ""  # why it is fenced or offline, when the arbiter knows
+    pending: bool = False  # a change touching this CPU is admitted but not committed
 
     @property
     def dr(self) -> tuple[int, int, int, int]:
@@ -169,7 +175,7 @@ class TrapInfo:
 
 
 class ReservationFields:
-    """Read-only views of ``info`` so a handle reads like the reservation it holds."""
+    """Read-only views of ``info`` so a handle (or a change) reads like its reservation."""
 
     @property
     def info(self) -> ReservationInfo:
@@ -225,3 +231,26 @@ class ReservationFields:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.info!r}>"
+
+
+@dataclass(frozen=True)
+class Change(ReservationFields):
+    """What a committed reserve, release or modify did, and where it is not yet applied.
+
+    It reads like the reservation it changed (``change.addr``, ``change.generation``: the
+    host generation that committed it). A change commits once every connected agent
+    acknowledged it; CPUs whose agent is offline or fenced get it when they resync, so
+    ``pending_cpus`` is where the registers do not yet say what the arbiter says.
+    """
+
+    reservation: ReservationInfo
+    applied_cpus: tuple[int, ...] = ()
+    pending_cpus: tuple[int, ...] = ()
+
+    @property
+    def info(self) -> ReservationInfo:
+        return self.reservation
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.pending_cpus)

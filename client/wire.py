@@ -11,8 +11,10 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from client.paging import INVENTORY_PAGE_SIZE, LIST_PAGE_SIZE
 from client.values import (
     AccessResult,
+    Change,
     CpuInfo,
     EventInfo,
     EventKind,
@@ -149,6 +151,18 @@ def reserve_request(
     )
 
 
+def release_request(
+    reservation_id: str, *, session_id: str, request_id: str | None, expect_owner: str = ""
+) -> arbiter_pb2.ReleaseRequest:
+    """``expect_owner``: refused unless the reservation has this owner ("": no check)."""
+    return arbiter_pb2.ReleaseRequest(
+        request_id=request_id or new_id(),
+        reservation_id=reservation_id,
+        session_id=session_id,
+        expect_owner=expect_owner,
+    )
+
+
 def modify_request(
     reservation_id: str,
     *,
@@ -158,6 +172,7 @@ def modify_request(
     enabled: bool | None,
     session_id: str,
     request_id: str | None,
+    expect_owner: str = "",
 ) -> arbiter_pb2.ModifyRequest:
     return arbiter_pb2.ModifyRequest(
         request_id=request_id or new_id(),
@@ -167,6 +182,39 @@ def modify_request(
         len=len,
         type=None if type is None else _BP_TYPES[bp_type(type)],
         enabled=enabled,
+        expect_owner=expect_owner,
+    )
+
+
+def list_request(
+    host: str | None,
+    *,
+    session_id: str = "",
+    page_token: str = "",
+    request_id: str | None = None,
+    page_size: int = LIST_PAGE_SIZE,
+) -> arbiter_pb2.ListRequest:
+    return arbiter_pb2.ListRequest(
+        request_id=request_id or new_id(),
+        host=host or "",
+        session_id=session_id,
+        page_size=page_size,
+        page_token=page_token,
+    )
+
+
+def inventory_request(
+    host: str | None,
+    *,
+    page_token: str = "",
+    request_id: str | None = None,
+    page_size: int = INVENTORY_PAGE_SIZE,
+) -> arbiter_pb2.InventoryRequest:
+    return arbiter_pb2.InventoryRequest(
+        request_id=request_id or new_id(),
+        host=host or "",
+        page_size=page_size,
+        page_token=page_token,
     )
 
 
@@ -220,6 +268,17 @@ def reservation(msg: types_pb2.Reservation) -> ReservationInfo:
     )
 
 
+def change(
+    msg: arbiter_pb2.ReserveResponse | arbiter_pb2.ReleaseResponse | arbiter_pb2.ModifyResponse,
+) -> Change:
+    """A change response: the reservation, and which CPUs have it or are yet to."""
+    return Change(
+        reservation=reservation(msg.reservation),
+        applied_cpus=tuple(msg.applied_cpus),
+        pending_cpus=tuple(msg.pending_cpus),
+    )
+
+
 def register_image(msg: types_pb2.RegisterImage) -> RegisterImage:
     dr = [*msg.dr, 0, 0, 0, 0][:4]
     slots = [*(s or None for s in msg.slot_reservation), None, None, None, None][:4]
@@ -258,6 +317,10 @@ def cpu_inventory(msg: types_pb2.CpuInventory) -> CpuInfo:
         holders=tuple(holder(h) for h in msg.holders),
         backend=msg.backend,
         detail=msg.detail,
+        # An arbiter from before link states sends none: online is all it knew.
+        link=msg.link or ("live" if msg.online else "offline"),
+        link_reason=msg.link_reason,
+        pending=msg.pending,
     )
 
 

@@ -30,6 +30,7 @@ class ErrorClass(Enum):
     UNAVAILABLE = "unavailable"
     DEADLINE = "deadline"
     INTERNAL = "internal"
+    RESOURCE_EXHAUSTED = "resource_exhausted"  # the arbiter's own limits, not the registers
 
 
 class HwbpError(Exception):
@@ -173,6 +174,28 @@ class NoFreeSlot(HwbpError):
 def _pool(slot_class: str) -> str:
     """x86 has one shared pool: say "debug register", not "shared debug register"."""
     return "" if slot_class == "shared" else f"{slot_class} "
+
+
+# --- the arbiter's own limits (not the debug registers) ------------------------------
+
+
+class ResourceExhausted(HwbpError):
+    """A limit of the arbiter itself (streams, message sizes), not a debug register."""
+
+    reason = "RESOURCE_EXHAUSTED"
+    error_class = ErrorClass.RESOURCE_EXHAUSTED
+
+
+class TooManyWatchers(ResourceExhausted):
+    """A Watch or Traps stream over the arbiter's cap, per identity or in total."""
+
+    reason = "TOO_MANY_WATCHERS"
+
+
+class WatcherTooSlow(ResourceExhausted):
+    """A watcher fell so far behind that it was cut off rather than slow the arbiter."""
+
+    reason = "WATCHER_TOO_SLOW"
 
 
 # --- lookups --------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import grpc
 
 from hwbp_pb import arbiter_pb2, types_pb2
 from load.invariants import Checker
-from load.rpc import RPC_TIMEOUT, Failure, Stubs, failure
+from load.rpc import RPC_TIMEOUT, Failure, Stubs, all_pages, failure
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def _id_number(res_id: str) -> int:
 
 async def free_cpu(stubs: Stubs) -> tuple[str, int, int, int]:
     """(host, cpu, slots, host generation) of the first online CPU nobody holds."""
-    inv = await stubs.arb.Inventory(arbiter_pb2.InventoryRequest(), timeout=RPC_TIMEOUT)
+    inv = await all_pages(stubs.arb.Inventory, arbiter_pb2.InventoryRequest(), "cpus")
     gens: dict[str, int] = {}
     for c in inv.cpus:
         gens[c.host] = max(gens.get(c.host, 0), c.generation)

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 
 from hwbp_pb import arbiter_pb2, types_pb2
-from load.rpc import RPC_TIMEOUT, Failure, Msg, Stubs
+from load.rpc import Failure, Msg, Stubs, all_pages
 
 # What each operation may legitimately be refused with under load; anything else is a
 # violation. ACK_TIMEOUT and the NACK reasons are rolled-back changes, counted apart.
@@ -146,11 +146,15 @@ class Checker:
 
     async def poll_once(self) -> tuple[Any, Any]:
         before = set(self.live)
-        inv = await self.stubs.arb.Inventory(
-            arbiter_pb2.InventoryRequest(request_id=f"load-inv-{self.polls}"), timeout=RPC_TIMEOUT
+        inv = await all_pages(
+            self.stubs.arb.Inventory,
+            arbiter_pb2.InventoryRequest(request_id=f"load-inv-{self.polls}"),
+            "cpus",
         )
-        listed = await self.stubs.arb.List(
-            arbiter_pb2.ListRequest(request_id=f"load-list-{self.polls}"), timeout=RPC_TIMEOUT
+        listed = await all_pages(
+            self.stubs.arb.List,
+            arbiter_pb2.ListRequest(request_id=f"load-list-{self.polls}"),
+            "reservations",
         )
         stable = before & set(self.live)  # granted before the snapshot, not released since
         self.polls += 1

@@ -25,7 +25,7 @@ from hwbp_pb import arbiter_pb2, simulation_pb2, types_pb2
 from load import procs
 from load.contend import contend
 from load.invariants import Checker
-from load.rpc import RPC_TIMEOUT, Stubs
+from load.rpc import RPC_TIMEOUT, Stubs, all_pages
 from load.stats import Stats, render
 from load.workload import Budget, Client
 
@@ -71,7 +71,7 @@ async def discover(stubs: Stubs, expect: int | None, timeout: float = 30.0) -> d
     """Hosts and their CPU counts, once every CPU (or ``expect`` of them) is online."""
     deadline = time.monotonic() + timeout
     while True:
-        inv = await stubs.arb.Inventory(arbiter_pb2.InventoryRequest(), timeout=RPC_TIMEOUT)
+        inv = await all_pages(stubs.arb.Inventory, arbiter_pb2.InventoryRequest(), "cpus")
         hosts: dict[str, int] = {}
         for c in inv.cpus:
             hosts[c.host] = hosts.get(c.host, 0) + 1
@@ -87,7 +87,7 @@ async def prove_watch(checker: Checker, hosts: dict[str, int], owner: str) -> No
     """Make a hit until the watch stream shows it, so no hit can predate the subscription."""
     stubs = checker.stubs
     host = sorted(hosts)[0]
-    inv = await stubs.arb.Inventory(arbiter_pb2.InventoryRequest(host=host), timeout=RPC_TIMEOUT)
+    inv = await all_pages(stubs.arb.Inventory, arbiter_pb2.InventoryRequest(host=host), "cpus")
     free = [c.cpu for c in inv.cpus if c.online and c.used < c.slots]
     if not free:
         await asyncio.sleep(1.0)  # every CPU is full: settle for a grace period

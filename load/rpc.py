@@ -66,3 +66,27 @@ def failure(err: grpc.aio.AioRpcError) -> Failure:
 
 
 Msg = Any  # generated protobuf messages carry no static types
+
+
+async def all_pages(method: Any, request: Msg, field: str, timeout: float = RPC_TIMEOUT) -> Msg:
+    """Every page of a paged List or Inventory, merged into one response of its type.
+
+    The arbiter pages both; a check that read one page would miss most of a big fleet.
+    An arbiter that does not page answers with an empty token: one call.
+    """
+    req = type(request)()
+    req.CopyFrom(request)
+    merged: Msg = None
+    seen: set[str] = set()
+    while True:
+        resp = await method(req, timeout=timeout)
+        if merged is None:
+            merged = type(resp)()
+        getattr(merged, field).extend(getattr(resp, field))
+        token = resp.next_page_token
+        if not token:
+            return merged
+        if token in seen:
+            raise RuntimeError(f"the arbiter returned page token {token[:40]!r} twice")
+        seen.add(token)
+        req.page_token = token

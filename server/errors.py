@@ -33,6 +33,7 @@ STATUS: dict[ErrorClass, grpc.StatusCode] = {
     ErrorClass.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     ErrorClass.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
     ErrorClass.INTERNAL: grpc.StatusCode.INTERNAL,
+    ErrorClass.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

@@ -18,6 +18,7 @@ from server import authz
 from server.attachments import Attachment, LedgerRegistrar, flush_attachment
 from server.authz import Action, Principal
 from server.errors import rpc, stream_rpc
+from server.events import TRAPS_ONLY
 from server.fleet import Fleet, check_open
 from server.hosts import Host
 from server.sessions import SessionTable
@@ -180,7 +181,7 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
 
     @stream_rpc
     async def Traps(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        self._guard(context, request, Action.PTRACE_READ)
+        who = self._guard(context, request, Action.PTRACE_READ)
         host = self.fleet.host(convert.name(request.host, "host"))
         task = convert.task(request.task)
 
@@ -189,7 +190,7 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
                 isinstance(item, ptrace_pb2.Trap) and item.host == host.name and item.task == task
             )
 
-        sub = self.fleet.bus.subscribe(accept, frozenset())  # traps only, no events
+        sub = self.fleet.bus.subscribe(accept, TRAPS_ONLY, host=host.name, identity=who.name)
         try:
             while True:
                 yield await sub.get()

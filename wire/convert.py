@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 from hwbp.errors import InvalidArgument, InvalidCpu, InvalidScope, InvalidType, ValueOutOfRange
@@ -14,6 +15,11 @@ from hwbp_pb import types_pb2 as pb
 MAX_NAME = 128  # host names, owners, ids: anything longer is a mistake, not a name
 MAX_CPUS = 4096
 MAX_PID = 1 << 22  # Linux pid_max limit
+# What an agent may make the arbiter keep or forward: an ack's detail, a NACK's reason, a
+# control's error. Two agents acking 15 MB each once made every fleet-wide Inventory too
+# large for gRPC; a person reads these, and a kilobyte says all there is to say.
+MAX_TEXT = 1024
+MAX_HITS = 1024  # hits in one report; an agent sends a burst as several reports
 
 BP_TYPE: dict[pb.BreakpointType, BpType] = {
     pb.BREAKPOINT_TYPE_EXEC: BpType.EXEC,
@@ -172,3 +178,66 @@ def hit_to(host: str, cpu: int, hit: HitRecord, *, ptrace_index: int | None, seq
         dr6=hit.dr6,
         seq=seq,
     )
+
+
+# --- bounds on what agents send ---------------------------------------------------------
+
+
+def bounded(text: str, field: str, limit: int = MAX_TEXT) -> str:
+    """``text`` if it fits in ``limit`` characters, else its head and a marker saying
+    which field was cut and how long it was (so the cut is never mistaken for the text)."""
+    if len(text) <= limit:
+        return text
+    marker = f"... [{field} truncated: {len(text)} characters]"
+    if len(marker) >= limit:
+        return text[:limit]
+    return text[: limit - len(marker)] + marker
+
+
+def bounded_image(msg: pb.RegisterImage) -> pb.RegisterImage:
+    """At most DR0..DR3 and four slot names of ``MAX_NAME``; the message itself when it
+    already fits (acks are the hot path: no copy for a well-behaved agent)."""
+    slots = msg.slot_reservation
+    if len(msg.dr) <= 4 and len(slots) <= 4 and all(len(s) <= MAX_NAME for s in slots):
+        return msg
+    out = pb.RegisterImage(
+        dr=msg.dr[:4],
+        dr7=msg.dr7,
+        dr6=msg.dr6,
+        slot_reservation=[bounded(s, "image.slot_reservation", MAX_NAME) for s in slots[:4]],
+    )
+    if msg.HasField("current_task"):
+        out.current_task = msg.current_task
+    return out
+
+
+def bounded_hit(msg: pb.Hit) -> pb.Hit:
+    """A hit whose host and reservation id are at most ``MAX_NAME`` characters."""
+    if len(msg.host) <= MAX_NAME and len(msg.reservation_id) <= MAX_NAME:
+        return msg
+    out = pb.Hit()
+    out.CopyFrom(msg)
+    out.host = bounded(msg.host, "hit.host", MAX_NAME)
+    out.reservation_id = bounded(msg.reservation_id, "hit.reservation_id", MAX_NAME)
+    return out
+
+
+def bounded_hits(hits: Sequence[pb.Hit]) -> Sequence[pb.Hit]:
+    """The first ``MAX_HITS`` of one report, each bounded (the caller logs any dropped)."""
+    if len(hits) <= MAX_HITS and all(bounded_hit(h) is h for h in hits):
+        return hits
+    return [bounded_hit(h) for h in hits[:MAX_HITS]]
+
+
+def bounded_control_result(msg: agent_pb2.ControlResult) -> agent_pb2.ControlResult:
+    """A control's answer with a bounded error, image and hits."""
+    image = bounded_image(msg.image)
+    hits = bounded_hits(msg.hits)
+    if len(msg.error) <= MAX_TEXT and image is msg.image and hits is msg.hits:
+        return msg
+    out = agent_pb2.ControlResult(
+        control_id=msg.control_id, ok=msg.ok, error=bounded(msg.error, "control.error"), hits=hits
+    )
+    if msg.HasField("image"):
+        out.image.CopyFrom(image)
+    return out

@@ -238,3 +238,31 @@ def test_ptrace_pokes_persist_until_detach(addr: str) -> None:
     assert any(r["task"] == 777 for r in ok(run(addr, "ls")).json())
     ok(run(addr, f"ptrace detach {task}"))
     assert not any(r["task"] == 777 for r in ok(run(addr, "ls")).json())
+
+
+def test_changes_say_where_they_are_applied_and_nothing_is_pending_on_a_live_fleet(
+    addr: str,
+) -> None:
+    """Every change's JSON carries applied_cpus and pending_cpus (integers); with every
+    agent live nothing is pending, so no warning is printed."""
+    r = reserve(addr, "--system --addr 0x3000 --len 8 --type w --owner ann")
+    m = ok(run(addr, f"modify {r['id']} --disable --expect-owner ann")).json()
+    rel = ok(run(addr, f"release {r['id']} --expect-owner ann")).json()
+    for doc in (r, m, rel):
+        assert doc["pending_cpus"] == []
+        assert all(type(c) is int for c in doc["applied_cpus"])
+        assert set(doc["applied_cpus"]) <= {0, 1}
+    assert rel["released"] is True and rel["id"] == r["id"]
+
+
+def test_cpus_shows_the_link_of_each_cpu(addr: str) -> None:
+    cpus = ok(run(addr, "cpus")).json()
+    assert {(c["cpu"], c["link"], c["link_reason"], c["pending"]) for c in cpus} == {
+        (0, "live", "", False),
+        (1, "live", "", False),
+    }
+    header, *rows = ok(run(addr, "cpus", as_json=False)).out.strip().splitlines()
+    col = header.split().index("LINK")
+    assert [r.split()[col] for r in rows] == ["live", "live"]
+    wide = ok(run(addr, "cpus --wide", as_json=False)).out.splitlines()[0].split()
+    assert {"LINK", "PENDING", "BACKEND", "REASON"} <= set(wide)

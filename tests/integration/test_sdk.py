@@ -171,3 +171,33 @@ async def test_async_client(addr: str) -> None:
             events = [e async for e in c.watch(HOST, task=123456, timeout=0.5)]
             assert events == []
         assert await c.list(HOST) == []
+
+
+def test_results_of_changes_say_where_they_are_applied(client: Client) -> None:
+    """Reserve, modify and release answer with applied/pending CPUs; on a live fleet
+    nothing is pending. (Which CPUs are applied is the arbiter's to fill.)"""
+    h = client.reserve(HOST, system=True, addr=0xA000, len=8, type="w", owner="ann")
+    assert h.pending_cpus == () and set(h.applied_cpus) <= {0, 1}
+    changed = h.modify(enabled=False, expect_owner="ann")
+    assert (changed.id, changed.enabled, changed.pending_cpus) == (h.id, False, ())
+    assert h.change is changed
+    gone = h.release(expect_owner="ann")
+    assert gone is not None and gone.id == h.id and not gone.pending
+
+
+def test_list_and_inventory_follow_pages(client: Client) -> None:
+    """Asked for pages smaller than the answer, every item still comes back once; an
+    arbiter that ignores page_size answers in one page, with the same result."""
+    held = {client.reserve(HOST, task=700 + i, addr=0xB000, type="x").id for i in range(5)}
+    assert {r.id for r in client.list(HOST, page_size=2)} == held
+    assert [(c.host, c.cpu) for c in client.inventory(page_size=1)] == [(HOST, 0), (HOST, 1)]
+
+
+async def test_async_client_follows_pages_and_reports_changes(addr: str) -> None:
+    async with AsyncClient(addr) as c:
+        h = await c.reserve(HOST, task=801, addr=0xC000, type="x")
+        assert h.pending_cpus == ()
+        assert [r.id for r in await c.list(HOST, page_size=1)] == [h.id]
+        assert len(await c.inventory(HOST, page_size=1)) == 2
+        gone = await h.release()
+        assert gone is not None and gone.pending_cpus == ()

@@ -64,7 +64,7 @@ def test_once_names_the_holder_in_its_host_and_cpu_row(addr: str, rid: str) -> N
     header = next(line.split() for line in res.out.splitlines() if line.startswith("CPU "))
     cells = row(res.out, "h1", 1)
     assert cells[header.index("DR0")] == f"{rid}(ann,cpu)"
-    assert cells[header.index("STATE")] == "online"
+    assert cells[header.index("STATE")] == "live"  # the agent link
     assert cells[header.index("LAG")] == "0"
     assert rid not in " ".join(row(res.out, "h1", 0)) and rid not in " ".join(row(res.out, "h2", 0))
 

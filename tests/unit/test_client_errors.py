@@ -157,4 +157,27 @@ def test_exit_code_table_covers_every_error_class() -> None:
     assert set(EXIT_CODES) == set(ErrorClass)
     assert exit_code_for(UsageError("bad")) == ExitCode.USAGE == 2
     assert exit_code_for(ValueError("boom")) == ExitCode.UNEXPECTED == 1
-    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4, 5, 6]
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4, 5, 6, 7]
+
+
+def test_resource_exhausted_without_a_slot_reason_is_not_no_free_slot() -> None:
+    """A message-size limit is RESOURCE_EXHAUSTED with no ErrorInfo: exit 7, not 3."""
+    details = "Received message larger than max (31457339 vs. 4194304)"
+    err = from_status(grpc.StatusCode.RESOURCE_EXHAUSTED, details, None)
+    assert not isinstance(err, core.NoFreeSlot)
+    assert isinstance(err, core.ResourceExhausted)
+    assert exit_code_for(err) == ExitCode.RESOURCE_EXHAUSTED == 7
+    assert "resource exhausted" in str(err) and details in str(err)
+    assert "debug register" in str(err)  # says it is not about the registers
+    assert not err.transient
+
+
+@pytest.mark.parametrize(
+    ("reason", "code"),
+    [("NO_FREE_SLOT", 3), ("KERNEL_NO_FREE_SLOT", 3), ("TOO_MANY_WATCHERS", 7), ("NEW", 7)],
+)
+def test_resource_exhausted_exit_code_follows_the_reason(reason: str, code: int) -> None:
+    st = status(code_pb2.RESOURCE_EXHAUSTED, "msg", reason)
+    err = from_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "msg", st)
+    assert exit_code_for(err) == code
+    assert err.message == "msg"

@@ -219,3 +219,19 @@ def test_parser_defaults_and_refusals() -> None:
     assert (a.host, a.interval, a.once, a.json) == ("h1", 0.2, True, True)
     with pytest.raises(UsageError, match="interval"):
         parse(["top", "--interval", "0"])
+
+
+def test_state_is_the_link_and_a_fenced_cpu_says_why() -> None:
+    from dataclasses import replace
+
+    fenced = replace(cpu("h1", 1), link="fenced", link_reason="missed ack deadline")
+    live = replace(cpu("h1", 0), link="live")
+    assert (top.state(live), top.state(fenced)) == ("live", "FENCED")
+    text = top.frame([live, fenced])
+    assert "FENCED" in text and "cpu 1: fenced: missed ack deadline" in text
+    doc = top.frame_json([fenced])[0]["cpus"][0]
+    assert (doc["link"], doc["link_reason"], doc["pending"]) == (
+        "fenced",
+        "missed ack deadline",
+        False,
+    )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import pytest
+
+from hwbp_pb import arbiter_pb2, types_pb2
 from load.contend import Outcome, judge
 from load.invariants import Checker
-from load.rpc import Failure, Stubs
+from load.rpc import Failure, Stubs, all_pages
 from load.stats import Stats, percentile
 
 
@@ -86,3 +89,30 @@ def test_contention_flags_a_fifth_grant_a_gap_and_wrong_holders() -> None:
     c = _checker()
     _race([6, 7, 9, 9, 10], c, "r10 (x);r11 (x)")
     assert c.kinds["contend"] == 3, c.details
+
+
+class _PagedInventory:
+    """Hands out fixed pages by token, recording each request (the pager under test)."""
+
+    def __init__(self, pages: dict[str, tuple[list[int], str]]) -> None:
+        self.pages = pages
+        self.asked: list[tuple[str, str]] = []
+
+    async def __call__(self, req: Any, timeout: float) -> Any:
+        self.asked.append((req.host, req.page_token))
+        cpus, token = self.pages[req.page_token]
+        return arbiter_pb2.InventoryResponse(
+            cpus=[types_pb2.CpuInventory(cpu=c) for c in cpus], next_page_token=token
+        )
+
+
+async def test_load_reads_every_page_of_the_inventory() -> None:
+    paged = _PagedInventory({"": ([0, 1], "p2"), "p2": ([2], "p3"), "p3": ([], "")})
+    inv = await all_pages(paged, arbiter_pb2.InventoryRequest(host="h"), "cpus")
+    assert [c.cpu for c in inv.cpus] == [0, 1, 2]
+    assert paged.asked == [("h", ""), ("h", "p2"), ("h", "p3")]
+    unpaged = _PagedInventory({"": ([0, 1, 2], "")})
+    assert len((await all_pages(unpaged, arbiter_pb2.InventoryRequest(), "cpus")).cpus) == 3
+    looping = _PagedInventory({"": ([0], "p2"), "p2": ([1], "p2")})
+    with pytest.raises(RuntimeError, match="twice"):
+        await all_pages(looping, arbiter_pb2.InventoryRequest(), "cpus")
