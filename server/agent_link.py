@@ -101,7 +101,7 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
         channel = AgentChannel(
             name, hello.cpu, convert.name(hello.backend, "backend") or "sim", peer
         )
-        channel.reported(hello.image)
+        channel.reported(convert.bounded_image(hello.image))
         channel.acked_generation = hello.last_applied_generation
         log.info(
             "host %s cpu %d: agent online (%s backend, last applied generation %d)",
@@ -130,36 +130,48 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
                         AckResult(
                             msg.ack.generation,
                             True,
-                            msg.ack.image,
-                            detail=msg.ack.detail,
+                            convert.bounded_image(msg.ack.image),
+                            detail=convert.bounded(msg.ack.detail, "ack.detail"),
                         ),
                     )
                 elif kind == "nack":
                     n = msg.nack
+                    reason = convert.bounded(n.reason, "nack.reason")
                     log.warning(
                         "host %s cpu %d: NACK generation %d: %s",
                         host.name,
                         channel.cpu,
                         n.generation,
-                        n.reason,
+                        reason,
                     )
                     host.answered(
                         channel,
                         AckResult(
                             n.generation,
                             False,
-                            reason=n.reason,
+                            reason=reason,
                             errno=n.errno,
-                            reservation_id=n.reservation_id,
+                            reservation_id=convert.bounded(
+                                n.reservation_id, "nack.reservation_id", convert.MAX_NAME
+                            ),
                         ),
                     )
                 elif kind == "control_result":
-                    channel.control_result(msg.control_result)
+                    channel.control_result(convert.bounded_control_result(msg.control_result))
                 elif kind == "hits":
                     for claimed in {h.host for h in msg.hits.hits if h.host} - {host.name}:
                         target = Target(claimed, name=f"hits from cpu {channel.cpu}")
                         self.fleet.authz.authorize(who, "hits", Action.AGENT_REPORT, target)
-                    for hit in msg.hits.hits:
+                    hits = convert.bounded_hits(msg.hits.hits)
+                    if len(hits) < len(msg.hits.hits):
+                        log.warning(
+                            "host %s cpu %d: %d hits in one report, %d kept",
+                            host.name,
+                            channel.cpu,
+                            len(msg.hits.hits),
+                            len(hits),
+                        )
+                    for hit in hits:
                         self.fleet.publish_hit(host, channel.cpu, hit)
                 elif kind == "task_exited":
                     self._tasks.add(asyncio.create_task(self._exited(host, msg.task_exited.task)))

@@ -271,7 +271,7 @@ class Host:
         generation: int | None = None,
     ) -> None:
         """Tell watchers what happened to this host (a reload, a NACK, a lease expiry)."""
-        if not self.bus.wants(kind):
+        if not self.bus.wants(kind, host=self.name):
             return
         self.bus.publish(
             types_pb2.Event(

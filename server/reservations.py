@@ -14,6 +14,7 @@ from hwbp_pb import arbiter_pb2, arbiter_pb2_grpc, types_pb2
 from server import paging
 from server.authz import Action, Target, reservation_target, reserve_target
 from server.errors import rpc, stream_rpc
+from server.events import ALL_EVENTS
 from server.fleet import Fleet, check_open
 from server.hosts import Host, Outcome
 from server.sessions import SessionTable
@@ -44,6 +45,19 @@ def _placed(outcome: Outcome) -> dict[str, Any]:
         "applied_cpus": outcome.applied,
         "pending_cpus": outcome.pending,
     }
+
+
+def check_expected_owner(res: Reservation, expect_owner: str) -> None:
+    """A caller that names whom it expects to find refuses to touch anyone else's (a stale
+    or retried request never hits a newer holder)."""
+    if expect_owner and res.owner != expect_owner:
+        raise FailedPrecondition(
+            f"reservation {res.id} is held by {res.owner or 'anonymous'!r}, not the expected "
+            f"{expect_owner!r}; nothing was changed",
+            reservation=res.id,
+            expected=expect_owner,
+            holder=res.owner,
+        )
 
 
 def check_owner(res: Reservation, session_id: str) -> None:
@@ -136,6 +150,7 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
         check_open(self.fleet)
         host, res = self.fleet.locate(convert.name(request.reservation_id, "reservation_id"))
         self.fleet.authz.check(context, request.request_id, Action.RELEASE, reservation_target(res))
+        check_expected_owner(res, request.expect_owner)
         check_owner(res, request.session_id)
 
         def apply() -> tuple[Reservation, Any]:
@@ -163,6 +178,7 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
         host, res = self.fleet.locate(convert.name(request.reservation_id, "reservation_id"))
         moved = reservation_target(res, request.addr if request.HasField("addr") else None)
         self.fleet.authz.check(context, request.request_id, Action.MODIFY, moved)
+        check_expected_owner(res, request.expect_owner)
         check_owner(res, request.session_id)
         changes: dict[str, Any] = {}
         if request.HasField("addr"):
@@ -248,7 +264,7 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
 
     @stream_rpc
     async def Watch(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        self.fleet.authz.check(context, request.request_id, Action.READ, Target(request.host))
+        who = self.fleet.authz.check(context, request.request_id, Action.READ, Target(request.host))
         if request.host:
             self.fleet.host(request.host)
         kinds = set(request.kinds)
@@ -266,7 +282,12 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
                 return bool(own == task)
             return True
 
-        sub = self.fleet.bus.subscribe(accept, frozenset(kinds) if kinds else None)
+        sub = self.fleet.bus.subscribe(
+            accept,
+            frozenset(kinds) if kinds else ALL_EVENTS,
+            host=request.host or None,
+            identity=who.name,
+        )
         try:
             while True:
                 yield await sub.get()
@@ -286,8 +307,8 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
         res: Reservation,
         generation: int,
     ) -> None:
-        if not self.fleet.bus.wants(kind):
-            return  # nobody watches this kind: build nothing
+        if not self.fleet.bus.wants(kind, host=host.name):
+            return  # nobody watches this kind on this host: build nothing
         ev = types_pb2.Event(
             kind=kind,
             host=host.name,

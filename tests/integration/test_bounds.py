@@ -89,11 +89,6 @@ def test_huge_acks_never_read_as_no_free_slot(flooded: CliResult) -> None:
         assert "not a debug register" in line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="needs the arbiter to bound ack.detail (server/agent_link.py): remove this marker",
-)
 def test_huge_acks_are_bounded_by_the_arbiter(flooded: CliResult) -> None:
     assert flooded.code == 0, (flooded.code, flooded.err)
     for cpu in flooded.json():

@@ -1,8 +1,5 @@
 """hwbpctl when a CPU's agent is gone: the change commits, and the CLI says where it is
 still pending. A real arbiter, two single-CPU agents of host hp, one of them killed.
-
-The xfail-strict tests state contracts the arbiter side fills in (``pending_cpus``,
-``expect_owner``); they fail today and flag XPASS once it does: then drop the marker.
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ from tests.integration.procs import CliResult
 pytestmark = pytest.mark.timeout(60)
 
 HOST = "hp"
-ARBITER_SIDE = "the arbiter fills this in (server side of the change pipeline): drop the marker"
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +61,6 @@ def test_an_offline_cpu_shows_link_offline(addr: str) -> None:
     assert [r.split()[col] for r in rows] == ["live", "offline"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=ARBITER_SIDE)
 def test_a_change_pending_on_an_offline_cpu_is_committed_with_a_warning(addr: str) -> None:
     doc, err = reserve(addr, "--system --addr 0x6000 --len 8 --type w --owner ann")
     assert (doc["applied_cpus"], doc["pending_cpus"]) == ([0], [1])
@@ -80,7 +75,6 @@ def test_a_change_pending_on_an_offline_cpu_is_committed_with_a_warning(addr: st
     assert f"the release of {doc['id']} is committed but pending on {HOST} cpu 1" in gone.err
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=ARBITER_SIDE)
 def test_expect_owner_refuses_someone_elses_reservation(addr: str) -> None:
     doc, _ = reserve(addr, "--cpu 0 --addr 0x7000 --len 8 --type w --owner ann")
     try:
