@@ -20,9 +20,9 @@ carries out the instructions. The contract:
 - **Rollback.** A NACK or a failed write rolls the batch back in the ledger (and calls
   each change's ``undo``), and sends the restored state to every CPU that was sent the
   refused generation. A batch of several changes refused by an agent is retried one
-  change at a time, so only the change the agent refused fails. Nothing waits for a
-  rollback's acknowledgements (the next reload supersedes it), but an agent that does not
-  answer one in time is fenced like any other.
+  change at a time, so only the change the agent refused fails. The refused callers are
+  told once every CPU holds the restored state (or is fenced for not acknowledging it);
+  the next change does not wait for that, its reload supersedes the restored state.
 - **Fencing.** An agent that misses its ack deadline is fenced at once (``Fence``: the
   shell closes its stream), and nothing waits for it again until it reconnects and
   resyncs: one dead agent costs a host at most one ack timeout.
@@ -273,6 +273,16 @@ class _Batch:
         return ",".join(t.change.request_id for t, _, _ in self.admitted)
 
 
+@dataclass(eq=False)
+class _Undone:
+    """A rolled-back batch whose callers are told once the restored state is acked."""
+
+    generation: int  # the generation carrying the restored state
+    tickets: list[_Ticket]
+    error: HwbpError
+    waiting: set[int]
+
+
 class HostPipeline:
     """The change pipeline of one host. ``handle`` is the only way its state changes."""
 
@@ -291,6 +301,7 @@ class HostPipeline:
         self.cpus = [CpuLink() for _ in range(ledger.ncpus)]
         self._queue: deque[_Ticket] = deque()
         self._batch: _Batch | None = None
+        self._undone: list[_Undone] = []
         self._tickets: dict[int, _Ticket] = {}  # waiter -> its change
         self._label = "resync"  # request ids behind the newest generation
         self._out: list[Instruction] = []
@@ -299,7 +310,7 @@ class HostPipeline:
 
     @property
     def idle(self) -> bool:
-        return self._batch is None and not self._queue
+        return self._batch is None and not self._queue and not self._undone
 
     def next_deadline(self) -> float | None:
         deadlines = [c.deadline for c in self.cpus if c.in_flight is not None]
@@ -425,7 +436,18 @@ class HostPipeline:
     # --- the batch -------------------------------------------------------------------
 
     def _progress(self, now: float) -> None:
-        """Start the next batch when none is out; send a finished one to be persisted."""
+        """Start the next batch when none is out; send a finished one to be persisted;
+        tell the callers of a rolled-back batch once its restored state is acked."""
+        for undone in list(self._undone):
+            undone.waiting = {
+                c
+                for c in undone.waiting
+                if self.cpus[c].state in WAITED and self.cpus[c].acked < undone.generation
+            }
+            if not undone.waiting:
+                self._undone.remove(undone)
+                for ticket in undone.tickets:
+                    self._fail(ticket, undone.error)
         while True:
             if self._batch is None:
                 if not self._queue:
@@ -502,17 +524,19 @@ class HostPipeline:
         self._batch = None
         self.generation += 1
         self._label = f"rollback of {batch.generation}"
+        restored = set()
         for i, cpu in enumerate(self.cpus):
             if cpu.state in WAITED and cpu.sent >= batch.generation:
                 self._push(i, now)
+                restored.add(i)
         self._out.append(RolledBack(batch.generation, self.generation, batch.request_ids, error))
         if split and len(batch.admitted) > 1:
             for ticket, _, _ in reversed(batch.admitted):
                 ticket.alone = True
                 self._queue.appendleft(ticket)
         else:
-            for ticket, _, _ in batch.admitted:
-                self._fail(ticket, error)
+            tickets = [ticket for ticket, _, _ in batch.admitted]
+            self._undone.append(_Undone(self.generation, tickets, error, restored))
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -570,6 +594,10 @@ class HostPipeline:
             if cpu.in_flight is None and cpu.stale:
                 problems.append(f"cpu {i} is marked stale with nothing in flight")
         live: list[_Ticket] = list(self._queue)
+        for undone in self._undone:
+            live += undone.tickets
+            if not undone.waiting <= set(range(len(self.cpus))):
+                problems.append("a rollback waits for cpus that do not exist")
         if batch is not None:
             live += [t for t, _, _ in batch.admitted]
             if not batch.waiting <= batch.affected:

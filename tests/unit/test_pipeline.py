@@ -73,11 +73,13 @@ def test_a_reader_never_sees_a_change_that_is_rolled_back(h: Harness) -> None:
     gone = h.submit(h.release(kept.id))  # queued behind: admitted after the system one
     assert list(h.committed()) == [kept.id]  # the system reserve is in flight, not shown
     h.answer(1, ok=False, reason="kernel said no", errno=28)
+    assert any(isinstance(i, RolledBack) for i in h.log)
+    assert list(h.committed()) == [kept.id] and w not in h.answers
+    # Every CPU that was sent the refused generation gets the restored state, and the
+    # caller is told once they hold it.
+    h.settle()
     assert isinstance(h.error(w), KernelNoSpace)
     assert "cpu 1" in str(h.error(w)) and "rolled back" in str(h.error(w))
-    assert any(isinstance(i, RolledBack) for i in h.log)
-    # Every CPU that was sent the refused generation gets the restored state.
-    h.settle()
     assert h.result(gone).id == kept.id and h.committed() == {}
 
 
@@ -100,8 +102,9 @@ def test_a_retry_with_the_same_key_joins_the_change_in_flight(h: Harness) -> Non
 def test_a_failed_change_frees_its_key(h: Harness) -> None:
     first = h.submit(h.reserve(SYSTEM, key="k"))
     h.answer(0, ok=False, reason="no")
-    assert isinstance(h.error(first), AgentRefused)
+    joined = h.submit(h.reserve(SYSTEM, key="k"))  # while the rollback goes out: joins it
     h.settle()
+    assert isinstance(h.error(first), AgentRefused) and isinstance(h.error(joined), AgentRefused)
     retry = h.submit(h.reserve(SYSTEM, key="k"))
     h.settle()
     assert h.result(retry).id in h.ledger
@@ -166,9 +169,9 @@ def test_whatever_apply_or_undo_raises_every_caller_is_answered(h: Harness) -> N
     err = h.error(w1)
     assert isinstance(err, PipelineFault) and "broken" in str(err) and "RuntimeError" in str(err)
     h.answer(0, ok=False, reason="no")
-    assert isinstance(h.error(w2), AgentRefused)
     assert any(isinstance(i, Fault) and "undo bug" in str(i.error) for i in h.log)
     h.settle()
+    assert isinstance(h.error(w2), AgentRefused)
     assert h.committed() == {}
 
 
@@ -177,24 +180,25 @@ def test_a_failed_write_rolls_back_everywhere(h: Harness) -> None:
     for c in range(3):
         h.answer(c)
     h.persisted(ok=False)
-    assert isinstance(h.error(w), LedgerWriteFailed)
     assert sorted(h.in_flight) == [0, 1, 2]  # the restored state goes out
     assert all(not i.assignments for i in h.in_flight.values())
     h.settle()
+    assert isinstance(h.error(w), LedgerWriteFailed)
     assert len(h.ledger) == 0
 
 
-def test_nothing_waits_for_a_rollback_but_a_silent_agent_is_fenced(h: Harness) -> None:
+def test_the_next_change_does_not_wait_for_a_rollback_its_caller_does(h: Harness) -> None:
     w = h.submit(h.reserve(SYSTEM))
     h.answer(0, ok=False, reason="no")
-    assert isinstance(h.error(w), AgentRefused)
     nxt = h.submit(h.reserve(cpu(0)))  # goes straight out, behind the rollback on cpu 0
     h.answer(0)  # the rollback
     h.answer(0)  # the new change
     h.persisted()
     assert h.result(nxt).id in h.ledger
-    h.tick(TIMEOUT + 0.1)  # cpus 1, 2 never answered the refused generation or its rollback
+    assert w not in h.answers  # cpus 1 and 2 do not hold the restored state yet
+    h.tick(TIMEOUT + 0.1)  # they never answered the refused generation or its rollback
     assert sorted(f.cpu for f in h.fenced) == [1, 2]
+    assert isinstance(h.error(w), AgentRefused)
 
 
 def test_a_disconnect_mid_broadcast_commits_as_pending(h: Harness) -> None:
