@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LISTEN ?= 127.0.0.1:50051
 CERTS ?= var/certs
+# The pure core: the modules of hwbp/ itself (its subpackages are the shells).
+CORE := $(wildcard hwbp/*.py)
 
 .PHONY: venv test lint types protocheck pytest proto run certs bench clean
 
@@ -23,8 +25,8 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 types: venv
-	$(BIN)/mypy --strict hwbp
-	$(BIN)/mypy server agent client bench load wire
+	$(BIN)/mypy --strict $(CORE)
+	$(BIN)/mypy -p hwbp.server -p hwbp.agent -p hwbp.client -p hwbp.bench -p hwbp.load -p hwbp.wire
 
 protocheck: venv
 	$(BIN)/python scripts/protos.py --check
@@ -44,7 +46,7 @@ certs: venv
 	$(BIN)/python scripts/make_certs.py --out $(CERTS)
 
 bench: venv
-	$(BIN)/python -m bench
+	$(BIN)/python -m hwbp.bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

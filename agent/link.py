@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import grpc
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never
 
-from agent.failures import (
+from hwbp.agent.failures import (
     RETRIED,
     Failure,
     LinkRefused,
@@ -33,8 +33,8 @@ from agent.failures import (
 from hwbp.errors import HwbpError, KernelRefused
 from hwbp.model import AccessType, Assignment
 from hwbp.registers import HitRecord, RegisterImage
-from hwbp_pb import agent_pb2, agent_pb2_grpc, types_pb2
-from wire import convert
+from hwbp.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+from hwbp.wire import convert
 
 __all__ = ["AgentLink", "AgentState", "Backend", "LinkRefused", "StreamLost"]
 

@@ -10,10 +10,10 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from agent.link import AgentLink, Backend
-from agent.sim import SimBackend
-from agent.supervise import run_all
-from wire import tls
+from hwbp.agent.link import AgentLink, Backend
+from hwbp.agent.sim import SimBackend
+from hwbp.agent.supervise import run_all
+from hwbp.wire import tls
 
 log = logging.getLogger("hwbp.agent")
 
@@ -86,7 +86,7 @@ def make_backend(kind: str, cpu: int, refuse_addr: int | None) -> Backend:
     """sim, perf, or auto: perf where a probe shows breakpoints are permitted."""
     if kind == "sim":
         return SimBackend(cpu, refuse_addr=refuse_addr)
-    from agent import perf
+    from hwbp.agent import perf
 
     reason = perf.probe()
     if reason is None:

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
-from agent import perf_sys as ps
 from hwbp import dr7
+from hwbp.agent import perf_sys as ps
 from hwbp.errors import KernelNoSpace, KernelRefused
 from hwbp.model import Assignment, BpType, Breakpoint
 from hwbp.registers import HitRecord, RegisterImage

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from agent.failures import LinkRefused
+from hwbp.agent.failures import LinkRefused
 
 log = logging.getLogger("hwbp.agent")
 RESTART_MAX = 30.0  # seconds between restarts of a link that keeps failing

@@ -14,33 +14,33 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.png import line_chart
-from bench.report import machine, table
+from hwbp.bench.png import line_chart
+from hwbp.bench.report import machine, table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ALL = ("P1", "P2", "P3", "P4")
 
 
 def _p1(quick: bool) -> dict[str, Any]:
-    from bench import p1
+    from hwbp.bench import p1
 
     return p1.run(quick)
 
 
 def _p2(quick: bool) -> dict[str, Any]:
-    from bench.core import run_core_bench
+    from hwbp.bench.core import run_core_bench
 
     return dict(run_core_bench())
 
 
 def _p3(quick: bool) -> dict[str, Any]:
-    from bench import p3
+    from hwbp.bench import p3
 
     return p3.run(quick)
 
 
 def _p4(quick: bool) -> dict[str, Any]:
-    from bench import p4
+    from hwbp.bench import p4
 
     return p4.run(quick)
 

@@ -129,7 +129,7 @@ async def _until_signal() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.echo", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m hwbp.bench.echo", description=__doc__)
     p.add_argument("kind", choices=["server", "agents"])
     p.add_argument("--listen", default="127.0.0.1:0")
     p.add_argument("--target", default="")

@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from load import procs
+from hwbp.load import procs
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,13 @@ async def closed_loop(
 
 
 def start_echo() -> tuple[procs.Child, str]:
-    child, line = procs.start(["-m", "bench.echo", "server"], "echo", wait_for="listening on")
+    child, line = procs.start(["-m", "hwbp.bench.echo", "server"], "echo", wait_for="listening on")
     return child, line.rsplit(" ", 1)[-1]
 
 
 def start_echo_agents(target: str, n: int) -> procs.Child:
     child, _ = procs.start(
-        ["-m", "bench.echo", "agents", "--target", target, "-n", str(n)],
+        ["-m", "hwbp.bench.echo", "agents", "--target", target, "-n", str(n)],
         f"echo agents {n}",
         wait_for="agents ready",
         timeout=120,

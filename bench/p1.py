@@ -16,10 +16,10 @@ from typing import Any
 
 import grpc
 
-from bench.harness import Run, closed_loop, start_echo
-from hwbp_pb import arbiter_pb2, types_pb2
-from load import procs
-from load.rpc import CHANNEL_OPTIONS
+from hwbp.bench.harness import Run, closed_loop, start_echo
+from hwbp.load import procs
+from hwbp.load.rpc import CHANNEL_OPTIONS
+from hwbp.v1 import arbiter_pb2, types_pb2
 
 IN_FLIGHT = (1, 32)
 TARGET = 0.8
@@ -39,7 +39,7 @@ def _reserve(w: int, n: int) -> arbiter_pb2.ReserveRequest:
 async def arbiter_runs(address: str, seconds: float, warmup: float) -> dict[int, Run]:
     out: dict[int, Run] = {}
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as ch:
-        from hwbp_pb import arbiter_pb2_grpc
+        from hwbp.v1 import arbiter_pb2_grpc
 
         stub = arbiter_pb2_grpc.ArbiterStub(ch)
         counter = [0]

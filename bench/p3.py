@@ -16,12 +16,12 @@ from typing import Any
 
 import grpc
 
-from bench.harness import Run, start_echo, start_echo_agents
+from hwbp.bench.harness import Run, start_echo, start_echo_agents
+from hwbp.load import procs
+from hwbp.load.rpc import CHANNEL_OPTIONS
 from hwbp.model import Assignment, BpType, Breakpoint
-from hwbp_pb import agent_pb2, arbiter_pb2, arbiter_pb2_grpc, types_pb2
-from load import procs
-from load.rpc import CHANNEL_OPTIONS
-from wire import convert
+from hwbp.v1 import agent_pb2, arbiter_pb2, arbiter_pb2_grpc, types_pb2
+from hwbp.wire import convert
 
 SIZES = (1, 16, 64, 256)
 QUICK_SIZES = (1, 16)

@@ -21,9 +21,9 @@ from typing import Any
 
 import grpc
 
-from hwbp_pb import arbiter_pb2, arbiter_pb2_grpc, types_pb2
-from load import procs
-from load.rpc import CHANNEL_OPTIONS, all_pages
+from hwbp.load import procs
+from hwbp.load.rpc import CHANNEL_OPTIONS, all_pages
+from hwbp.v1 import arbiter_pb2, arbiter_pb2_grpc, types_pb2
 
 TARGET_MB = 300.0
 

@@ -4,9 +4,9 @@
 frozen dataclasses from ``client.values`` and failures are ``hwbp.errors`` classes.
 """
 
-from client.errors import DeadlineExceeded, NoFreeSlot, RemoteError, Unavailable, UsageError
-from client.sdk import Client, ReservationHandle, Session, Tracer
-from client.values import (
+from hwbp.client.errors import DeadlineExceeded, NoFreeSlot, RemoteError, Unavailable, UsageError
+from hwbp.client.sdk import Client, ReservationHandle, Session, Tracer
+from hwbp.client.values import (
     AccessResult,
     Change,
     CpuInfo,
@@ -17,7 +17,7 @@ from client.values import (
     ReservationInfo,
     TrapInfo,
 )
-from wire.tls import TlsConfig
+from hwbp.wire.tls import TlsConfig
 
 __all__ = [
     "AccessResult",

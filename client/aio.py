@@ -15,15 +15,15 @@ from typing import Any, TypeVar
 
 import grpc
 
-from client import paging, wire
-from client.aio_handles import AsyncReservationHandle, AsyncSession, AsyncTracer
-from client.errors import from_rpc_error
-from client.retry import MUTATE_TIMEOUT, NO_RETRY, READ_TIMEOUT, SESSION_TIMEOUT, RetryPolicy
-from client.values import AccessResult, Change, CpuInfo, EventInfo, EventKind, ReservationInfo
+from hwbp.client import paging, wire
+from hwbp.client.aio_handles import AsyncReservationHandle, AsyncSession, AsyncTracer
+from hwbp.client.errors import from_rpc_error
+from hwbp.client.retry import MUTATE_TIMEOUT, NO_RETRY, READ_TIMEOUT, SESSION_TIMEOUT, RetryPolicy
+from hwbp.client.values import AccessResult, Change, CpuInfo, EventInfo, EventKind, ReservationInfo
 from hwbp.errors import HwbpError, ReservationNotFound
 from hwbp.model import AccessType, BpType
 from hwbp.registers import RegisterImage
-from hwbp_pb import (
+from hwbp.v1 import (
     arbiter_pb2_grpc,
     ptrace_pb2_grpc,
     session_pb2,
@@ -31,7 +31,7 @@ from hwbp_pb import (
     simulation_pb2,
     simulation_pb2_grpc,
 )
-from wire.tls import TlsConfig, aio_channel
+from hwbp.wire.tls import TlsConfig, aio_channel
 
 T = TypeVar("T")
 M = TypeVar("M")

@@ -15,15 +15,15 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO, TypeVar
 
-from client import cli_render as render
-from client import top
-from client.cli_args import parse
-from client.errors import ExitCode, Unavailable, exit_code_for
-from client.sdk import Client
-from client.values import Change
-from client.wire import endpoint_or_default
+from hwbp.client import cli_render as render
+from hwbp.client import top
+from hwbp.client.cli_args import parse
+from hwbp.client.errors import ExitCode, Unavailable, exit_code_for
+from hwbp.client.sdk import Client
+from hwbp.client.values import Change
+from hwbp.client.wire import endpoint_or_default
 from hwbp.errors import HwbpError
-from wire.tls import TlsConfig, TlsConfigError
+from hwbp.wire.tls import TlsConfig, TlsConfigError
 
 T = TypeVar("T")
 Handler = Callable[[Client, argparse.Namespace, TextIO], ExitCode]

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from client.errors import UsageError
+from hwbp.client.errors import UsageError
 
 U32 = 2**32 - 1
 U64 = 2**64 - 1

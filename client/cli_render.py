@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from enum import Enum
 from typing import Any, TextIO
 
-from client.values import (
+from hwbp.client.values import (
     AccessResult,
     Change,
     CpuInfo,

@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from client import wire
-from client.errors import from_rpc_error
-from client.retry import MUTATE_TIMEOUT, READ_TIMEOUT, SESSION_TIMEOUT
-from client.values import Change, ReservationFields, ReservationInfo, TrapInfo
+from hwbp.client import wire
+from hwbp.client.errors import from_rpc_error
+from hwbp.client.retry import MUTATE_TIMEOUT, READ_TIMEOUT, SESSION_TIMEOUT
+from hwbp.client.values import Change, ReservationFields, ReservationInfo, TrapInfo
 from hwbp.errors import HwbpError, NotAttached, ReservationNotFound, SessionNotFound
 from hwbp.model import BpType
-from hwbp_pb import ptrace_pb2, session_pb2
+from hwbp.v1 import ptrace_pb2, session_pb2
 
 if TYPE_CHECKING:
-    from client.sdk import Client
+    from hwbp.client.sdk import Client
 
 
 class ReservationHandle(ReservationFields):

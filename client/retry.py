@@ -17,7 +17,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from client.errors import RemoteError
+from hwbp.client.errors import RemoteError
 
 # Reads are answered from the arbiter's memory: anything slower means it is in trouble.
 READ_TIMEOUT = 5.0

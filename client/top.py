@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable, Sequence
 from itertools import groupby
 from typing import Any, TextIO
 
-from client.cli_render import dump, hx, table
-from client.errors import Unavailable
-from client.values import CpuInfo, HolderInfo
+from hwbp.client.cli_render import dump, hx, table
+from hwbp.client.errors import Unavailable
+from hwbp.client.values import CpuInfo, HolderInfo
 
 # Home + clear: plain ANSI, understood by every terminal, so no curses dependency.
 CLEAR = "\x1b[H\x1b[2J"

@@ -11,8 +11,8 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from client.paging import INVENTORY_PAGE_SIZE, LIST_PAGE_SIZE
-from client.values import (
+from hwbp.client.paging import INVENTORY_PAGE_SIZE, LIST_PAGE_SIZE
+from hwbp.client.values import (
     AccessResult,
     Change,
     CpuInfo,
@@ -26,7 +26,7 @@ from client.values import (
 from hwbp.errors import InvalidLength, InvalidType
 from hwbp.model import AccessType, BpType, Scope, Target
 from hwbp.registers import RegisterImage
-from hwbp_pb import arbiter_pb2, ptrace_pb2, simulation_pb2, types_pb2
+from hwbp.v1 import arbiter_pb2, ptrace_pb2, simulation_pb2, types_pb2
 
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
 EXEC_LEN = 8  # exec breakpoints are sizeof(long), as the kernel insists

@@ -4,7 +4,7 @@ Run against `make run` or any arbiter with a host 'web1' (e.g. a simulated fleet
 `hwbp-agent --fleet --host web1 --cpus 2`).
 """
 
-from client.sdk import Client
+from hwbp.client.sdk import Client
 from hwbp.errors import NoFreeSlot
 
 with Client("127.0.0.1:50051") as client, client.session(ttl=10, owner="gdb-remote") as s:

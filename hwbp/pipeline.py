@@ -21,7 +21,8 @@ carries out the instructions. The contract:
   each change's ``undo``), and sends the restored state to every CPU that was sent the
   refused generation. A batch of several changes refused by an agent is retried one
   change at a time, so only the change the agent refused fails. The refused callers are
-  told once every CPU holds the restored state (or is fenced for not acknowledging it);
+  told once every CPU answered the restored state (a refusal of it is reported as
+  ``ResyncRefused``) or was fenced for not answering;
   the next change does not wait for that, its reload supersedes the restored state.
 - **Fencing.** An agent that misses its ack deadline is fenced at once (``Fence``: the
   shell closes its stream), and nothing waits for it again until it reconnects and
@@ -248,6 +249,7 @@ class CpuLink:
     stale: bool = False  # the state moved on while in flight: send again on the answer
     sent: int = 0  # newest generation sent on this link
     acked: int = 0  # newest generation it acknowledged
+    answered: int = 0  # newest generation it answered, acknowledged or refused
     reason: str = ""  # why it is fenced, offline or mismatched
 
 
@@ -398,6 +400,7 @@ class HostPipeline:
         if cpu.link != ev.link or cpu.in_flight != ev.generation or cpu.state not in WAITED:
             return  # an old stream's, or a superseded generation's: nothing waits for it
         cpu.in_flight, cpu.deadline = None, math.inf
+        cpu.answered = ev.generation
         stale, cpu.stale = cpu.stale, False
         if ev.ok:
             cpu.acked = ev.generation
@@ -439,10 +442,12 @@ class HostPipeline:
         """Start the next batch when none is out; send a finished one to be persisted;
         tell the callers of a rolled-back batch once its restored state is acked."""
         for undone in list(self._undone):
+            # A CPU that refused the restored state does not hold it either, but it has
+            # answered (the refusal is reported as ResyncRefused): its callers are told.
             undone.waiting = {
                 c
                 for c in undone.waiting
-                if self.cpus[c].state in WAITED and self.cpus[c].acked < undone.generation
+                if self.cpus[c].state in WAITED and self.cpus[c].answered < undone.generation
             }
             if not undone.waiting:
                 self._undone.remove(undone)
@@ -587,7 +592,7 @@ class HostPipeline:
         if batch is None and self._queue:
             problems.append("changes are queued but no batch is out")
         for i, cpu in enumerate(self.cpus):
-            if max(cpu.in_flight or 0, cpu.sent, cpu.acked) > self.generation:
+            if max(cpu.in_flight or 0, cpu.sent, cpu.acked, cpu.answered) > self.generation:
                 problems.append(f"cpu {i} is ahead of generation {self.generation}")
             if cpu.in_flight is not None and (cpu.state not in WAITED or math.isinf(cpu.deadline)):
                 problems.append(f"cpu {i} has a reload in flight while {cpu.state.value}")

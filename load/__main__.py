@@ -1,3 +1,3 @@
-from load.main import main
+from hwbp.load.main import main
 
 raise SystemExit(main())

@@ -21,9 +21,9 @@ from typing import Any
 
 import grpc
 
-from hwbp_pb import arbiter_pb2, types_pb2
-from load.invariants import Checker
-from load.rpc import RPC_TIMEOUT, Failure, Stubs, all_pages, failure
+from hwbp.load.invariants import Checker
+from hwbp.load.rpc import RPC_TIMEOUT, Failure, Stubs, all_pages, failure
+from hwbp.v1 import arbiter_pb2, types_pb2
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from typing import Any
 
 import grpc
 
-from hwbp_pb import arbiter_pb2, types_pb2
-from load.rpc import Failure, Msg, Stubs, all_pages
+from hwbp.load.rpc import Failure, Msg, Stubs, all_pages
+from hwbp.v1 import arbiter_pb2, types_pb2
 
 # What each operation may legitimately be refused with under load; anything else is a
 # violation. ACK_TIMEOUT and the NACK reasons are rolled-back changes, counted apart.

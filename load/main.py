@@ -21,13 +21,13 @@ from typing import Any
 
 import grpc
 
-from hwbp_pb import arbiter_pb2, simulation_pb2, types_pb2
-from load import procs
-from load.contend import contend
-from load.invariants import Checker
-from load.rpc import RPC_TIMEOUT, Stubs, all_pages
-from load.stats import Stats, render
-from load.workload import Budget, Client
+from hwbp.load import procs
+from hwbp.load.contend import contend
+from hwbp.load.invariants import Checker
+from hwbp.load.rpc import RPC_TIMEOUT, Stubs, all_pages
+from hwbp.load.stats import Stats, render
+from hwbp.load.workload import Budget, Client
+from hwbp.v1 import arbiter_pb2, simulation_pb2, types_pb2
 
 SAFETY_LIMIT = 600.0  # seconds: even --ops runs stop by themselves
 

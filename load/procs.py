@@ -109,7 +109,7 @@ def start(
 def arbiter_has_db() -> bool:
     """Whether this arbiter persists its ledger (``--db``); asked once, from its --help."""
     done = subprocess.run(
-        [sys.executable, "-m", "server", "--help"],
+        [sys.executable, "-m", "hwbp.server", "--help"],
         cwd=ROOT,
         env=_env(),
         capture_output=True,
@@ -132,7 +132,7 @@ def start_arbiter(
     pre = ["-m", "cProfile", "-o", profile] if profile else []
     store = ["--db", db] if arbiter_has_db() else []
     child, line = start(
-        [*pre, "-m", "server", "--listen", listen, "--log-level", "WARNING", *store, *extra],
+        [*pre, "-m", "hwbp.server", "--listen", listen, "--log-level", "WARNING", *store, *extra],
         "arbiter",
         wait_for="listening on",
     )
@@ -144,7 +144,7 @@ def start_fleet(arbiter: str, host: str, cpus: int, *extra: str, timeout: float 
     child, _ = start(
         [
             "-m",
-            "agent",
+            "hwbp.agent",
             "--arbiter",
             arbiter,
             "--fleet",

@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from hwbp_pb import (
+from hwbp.v1 import (
     arbiter_pb2_grpc,
     ptrace_pb2_grpc,
     simulation_pb2_grpc,

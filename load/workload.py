@@ -17,11 +17,11 @@ from typing import Any
 import grpc
 
 from hwbp.dr7 import encode
+from hwbp.load.invariants import Checker, Granted
+from hwbp.load.rpc import RPC_TIMEOUT, Msg, Stubs, failure
+from hwbp.load.stats import Stats
 from hwbp.model import BpType, Breakpoint
-from hwbp_pb import arbiter_pb2, ptrace_pb2, simulation_pb2, types_pb2
-from load.invariants import Checker, Granted
-from load.rpc import RPC_TIMEOUT, Msg, Stubs, failure
-from load.stats import Stats
+from hwbp.v1 import arbiter_pb2, ptrace_pb2, simulation_pb2, types_pb2
 
 SCOPES = [
     (types_pb2.SCOPE_SYSTEM, 5),

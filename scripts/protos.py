@@ -1,13 +1,12 @@
-"""Generate the Python code for protos/ into protos/hwbp_pb/, or check it has not drifted.
+"""Generate the Python code for protos/ beside the .proto files, or check it has not drifted.
 
-protoc names Python modules after proto paths (hwbp/v1/x.proto -> hwbp.v1.x_pb2),
-which would put generated gRPC code inside the pure core package; we generate into
-a scratch directory and rewrite those imports to the flat hwbp_pb package.
+protoc names Python modules after proto paths (hwbp/v1/x.proto -> hwbp.v1.x_pb2), which is
+where the package puts them: protos/hwbp/v1 is installed as ``hwbp.v1``. The check
+generates into a scratch directory and compares every file with the committed one.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -16,13 +15,13 @@ from grpc_tools import protoc  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
-OUT = PROTOS / "hwbp_pb"
-IMPORT = re.compile(r"^from hwbp\.v1 import ", re.M)
+OUT = PROTOS / "hwbp" / "v1"
+GENERATED = ("*_pb2.py", "*_pb2.pyi", "*_pb2_grpc.py", "__init__.py")
 
 
 def generate() -> dict[str, str]:
     """Return {file name: content} of the generated package."""
-    sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "hwbp").rglob("*.proto"))
+    sources = sorted(str(p.relative_to(PROTOS)) for p in OUT.glob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
     with tempfile.TemporaryDirectory() as tmp:
         args = [
@@ -36,32 +35,32 @@ def generate() -> dict[str, str]:
         ]
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed")
-        files = {}
-        for path in sorted((Path(tmp) / "hwbp" / "v1").iterdir()):
-            files[path.name] = IMPORT.sub("from hwbp_pb import ", path.read_text())
+        files = {p.name: p.read_text() for p in sorted((Path(tmp) / "hwbp" / "v1").iterdir())}
     files["__init__.py"] = (
-        '"""Generated from protos/hwbp/v1 by scripts/protos.py; do not edit."""\n'
+        '"""Generated from the .proto files here by scripts/protos.py; do not edit."""\n'
     )
     return files
+
+
+def present() -> dict[str, str]:
+    return {p.name: p.read_text() for pattern in GENERATED for p in OUT.glob(pattern)}
 
 
 def main() -> int:
     files = generate()
     if sys.argv[1:] == ["--check"]:
-        present = {p.name: p.read_text() for p in OUT.glob("*.py*")} if OUT.is_dir() else {}
-        drift = sorted(n for n in files.keys() | present.keys() if files.get(n) != present.get(n))
+        have = present()
+        drift = sorted(n for n in files.keys() | have.keys() if files.get(n) != have.get(n))
         if drift:
             print("generated code drifted from protos/ (run `make proto`): " + ", ".join(drift))
             return 1
         print(f"protos: {len(files)} generated files match protos/")
         return 0
-    OUT.mkdir(exist_ok=True)
-    for stale in OUT.glob("*.py*"):
-        if stale.name not in files:
-            stale.unlink()
+    for name in present().keys() - files.keys():
+        (OUT / name).unlink()
     for name, text in files.items():
         (OUT / name).write_text(text)
-    print(f"protos: wrote {len(files)} files to protos/hwbp_pb/")
+    print(f"protos: wrote {len(files)} files to protos/hwbp/v1/")
     return 0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hwbp.errors import HwbpError
-from server.errors import STATUS
+from hwbp.server.errors import STATUS
 
 
 def subclasses(cls: type[HwbpError]) -> list[type[HwbpError]]:

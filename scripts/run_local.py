@@ -41,7 +41,7 @@ def main() -> int:
         secure += ["--audit-log", str(ROOT / "var" / "audit.jsonl")]
         agent_tls = _tls(d, f"agent-{host}")
     arbiter = subprocess.Popen(
-        [sys.executable, "-m", "server", "--listen", args.listen, *secure],
+        [sys.executable, "-m", "hwbp.server", "--listen", args.listen, *secure],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -59,7 +59,7 @@ def main() -> int:
             [
                 sys.executable,
                 "-m",
-                "agent",
+                "hwbp.agent",
                 "--arbiter",
                 address,
                 "--host",

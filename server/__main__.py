@@ -1,3 +1,3 @@
-from server.main import main
+from hwbp.server.main import main
 
 raise SystemExit(main())

@@ -20,14 +20,14 @@ from hwbp.errors import (
     InvalidArgument,
     PermissionDenied,
 )
-from hwbp_pb import agent_pb2, agent_pb2_grpc, types_pb2
-from server.authz import Action, Principal, Target
-from server.errors import Malformed, abort
-from server.fleet import Fleet
-from server.hosts import Host
-from server.links import AckResult, AgentChannel
-from server.simulation import exit_task
-from wire import convert
+from hwbp.server.authz import Action, Principal, Target
+from hwbp.server.errors import Malformed, abort
+from hwbp.server.fleet import Fleet
+from hwbp.server.hosts import Host
+from hwbp.server.links import AckResult, AgentChannel
+from hwbp.server.simulation import exit_task
+from hwbp.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+from hwbp.wire import convert
 
 log = logging.getLogger("hwbp.server")
 HELLO_TIMEOUT = 10.0  # seconds an agent has to introduce itself

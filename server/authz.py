@@ -27,8 +27,8 @@ from typing import Any, TextIO
 
 from hwbp.errors import PermissionDenied, Unauthenticated
 from hwbp.model import Reservation
+from hwbp.v1 import types_pb2
 from hwbp.validate import is_kernel_address
-from hwbp_pb import types_pb2
 
 log = logging.getLogger("hwbp.server")
 AGENT_PREFIX = "agent:"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hwbp.errors import HwbpError, TooManyWatchers, WatcherTooSlow
-from hwbp_pb import ptrace_pb2, types_pb2
+from hwbp.v1 import ptrace_pb2, types_pb2
 
 __all__ = [
     "ALL_EVENTS",

@@ -13,10 +13,10 @@ from hwbp.keys import KeyTable
 from hwbp.model import Reservation
 from hwbp.pipeline import Outcome, Persist
 from hwbp.ptrace import on_hit, peek
-from hwbp_pb import ptrace_pb2, types_pb2
-from server.authz import Authz
-from server.events import EventBus
-from server.hosts import Host
+from hwbp.server.authz import Authz
+from hwbp.server.events import EventBus
+from hwbp.server.hosts import Host
+from hwbp.v1 import ptrace_pb2, types_pb2
 
 log = logging.getLogger("hwbp.server")
 IDEMPOTENCY_KEEP = 100_000  # reserve results remembered for retried requests

@@ -49,11 +49,11 @@ from hwbp.pipeline import (
     Tick,
 )
 from hwbp.registers import RegisterFile, RegisterImage
-from hwbp_pb import types_pb2
-from server.attachments import Attachment
-from server.events import EventBus
-from server.links import AckResult, AgentChannel, StreamStuck
-from server.store.base import id_order
+from hwbp.server.attachments import Attachment
+from hwbp.server.events import EventBus
+from hwbp.server.links import AckResult, AgentChannel, StreamStuck
+from hwbp.server.store.base import id_order
+from hwbp.v1 import types_pb2
 
 __all__ = ["Attachment", "Host", "Outcome"]
 

@@ -14,8 +14,8 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from hwbp_pb import types_pb2
-from server.metrics import Metrics
+from hwbp.server.metrics import Metrics
+from hwbp.v1 import types_pb2
 
 RESERVE = "/hwbp.v1.Arbiter/Reserve"
 _DETAILS_KEY = "grpc-status-details-bin"

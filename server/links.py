@@ -19,8 +19,8 @@ from typing import Any
 
 from hwbp.model import Assignment
 from hwbp.registers import RegisterImage
-from hwbp_pb import agent_pb2
-from wire import convert
+from hwbp.v1 import agent_pb2
+from hwbp.wire import convert
 
 log = logging.getLogger("hwbp.server")
 # Observers of every answer to the reload in flight: (channel, answer, seconds since sent).

@@ -16,7 +16,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hwbp.errors import LedgerCorrupt
-from hwbp_pb import (
+from hwbp.server.agent_link import AgentLinkServicer
+from hwbp.server.authz import AuditLog, Authz, Policy, PolicyError
+from hwbp.server.errors import MalformedRequests
+from hwbp.server.fleet import Fleet
+from hwbp.server.interceptors import MetricsInterceptor
+from hwbp.server.logs import setup as setup_logging
+from hwbp.server.metrics import Metrics
+from hwbp.server.persist import Persistence
+from hwbp.server.ptrace_service import PtraceServicer
+from hwbp.server.reservations import ArbiterServicer
+from hwbp.server.sessions import SessionsServicer, SessionTable, reaper
+from hwbp.server.simulation import SimulationServicer
+from hwbp.server.store import open_store
+from hwbp.v1 import (
     agent_pb2,
     agent_pb2_grpc,
     arbiter_pb2,
@@ -28,20 +41,7 @@ from hwbp_pb import (
     simulation_pb2,
     simulation_pb2_grpc,
 )
-from server.agent_link import AgentLinkServicer
-from server.authz import AuditLog, Authz, Policy, PolicyError
-from server.errors import MalformedRequests
-from server.fleet import Fleet
-from server.interceptors import MetricsInterceptor
-from server.logs import setup as setup_logging
-from server.metrics import Metrics
-from server.persist import Persistence
-from server.ptrace_service import PtraceServicer
-from server.reservations import ArbiterServicer
-from server.sessions import SessionsServicer, SessionTable, reaper
-from server.simulation import SimulationServicer
-from server.store import open_store
-from wire.tls import TlsConfig, TlsConfigError, server_credentials
+from hwbp.wire.tls import TlsConfig, TlsConfigError, server_credentials
 
 log = logging.getLogger("hwbp.server")
 

@@ -24,12 +24,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from hwbp.model import Scope
-from hwbp_pb import types_pb2
-from server import links
-from server.events import WatcherTooSlow
-from server.fleet import Fleet
-from server.hosts import ENOSPC
-from server.links import AckResult, AgentChannel
+from hwbp.server import links
+from hwbp.server.events import WatcherTooSlow
+from hwbp.server.fleet import Fleet
+from hwbp.server.hosts import ENOSPC
+from hwbp.server.links import AckResult, AgentChannel
+from hwbp.v1 import types_pb2
 
 log = logging.getLogger("hwbp.server")
 

@@ -13,11 +13,11 @@ import logging
 from dataclasses import dataclass
 
 from hwbp.errors import HwbpError, LedgerCorrupt
-from server.fleet import Fleet
-from server.hosts import Attachment, Host
-from server.sessions import Session, SessionTable
-from server.store import Batch, Store
-from server.store.base import (
+from hwbp.server.fleet import Fleet
+from hwbp.server.hosts import Attachment, Host
+from hwbp.server.sessions import Session, SessionTable
+from hwbp.server.store import Batch, Store
+from hwbp.server.store.base import (
     AttachmentRecord,
     HostRecord,
     ReservationRecord,

@@ -13,16 +13,16 @@ from typing import Any
 
 from hwbp import ptrace
 from hwbp.errors import AlreadyAttached, HwbpError, NotAttached, NotOwner
-from hwbp_pb import ptrace_pb2, ptrace_pb2_grpc
-from server import authz
-from server.attachments import Attachment, LedgerRegistrar, flush_attachment
-from server.authz import Action, Principal
-from server.errors import rpc, stream_rpc
-from server.events import TRAPS_ONLY
-from server.fleet import Fleet, check_open
-from server.hosts import Host
-from server.sessions import SessionTable
-from wire import convert
+from hwbp.server import authz
+from hwbp.server.attachments import Attachment, LedgerRegistrar, flush_attachment
+from hwbp.server.authz import Action, Principal
+from hwbp.server.errors import rpc, stream_rpc
+from hwbp.server.events import TRAPS_ONLY
+from hwbp.server.fleet import Fleet, check_open
+from hwbp.server.hosts import Host
+from hwbp.server.sessions import SessionTable
+from hwbp.v1 import ptrace_pb2, ptrace_pb2_grpc
+from hwbp.wire import convert
 
 __all__ = ["PtraceServicer", "flush_attachment"]
 

@@ -10,16 +10,16 @@ from typing import Any
 
 from hwbp.errors import FailedPrecondition, HwbpError, InvalidArgument, NotOwner
 from hwbp.model import Reservation
-from hwbp_pb import arbiter_pb2, arbiter_pb2_grpc, types_pb2
-from server import paging
-from server.authz import Action, Target, reservation_target, reserve_target
-from server.errors import rpc, stream_rpc
-from server.events import ALL_EVENTS
-from server.fleet import Fleet, check_open
-from server.hosts import Host, Outcome
-from server.sessions import SessionTable
-from server.store.base import id_order
-from wire import convert
+from hwbp.server import paging
+from hwbp.server.authz import Action, Target, reservation_target, reserve_target
+from hwbp.server.errors import rpc, stream_rpc
+from hwbp.server.events import ALL_EVENTS
+from hwbp.server.fleet import Fleet, check_open
+from hwbp.server.hosts import Host, Outcome
+from hwbp.server.sessions import SessionTable
+from hwbp.server.store.base import id_order
+from hwbp.v1 import arbiter_pb2, arbiter_pb2_grpc, types_pb2
+from hwbp.wire import convert
 
 __all__ = ["ArbiterServicer", "check_open", "check_owner", "cpu_inventory"]
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from hwbp.errors import HwbpError, InvalidArgument, SessionNotFound
-from hwbp_pb import session_pb2, session_pb2_grpc, types_pb2
-from server.attachments import flush_attachment
-from server.authz import Action, Target
-from server.errors import rpc
-from server.fleet import Fleet
-from wire import convert
+from hwbp.server.attachments import flush_attachment
+from hwbp.server.authz import Action, Target
+from hwbp.server.errors import rpc
+from hwbp.server.fleet import Fleet
+from hwbp.v1 import session_pb2, session_pb2_grpc, types_pb2
+from hwbp.wire import convert
 
 log = logging.getLogger("hwbp.server")
 MIN_TTL, MAX_TTL = 0.5, 3600.0
@@ -161,7 +161,7 @@ class SessionsServicer(session_pb2_grpc.SessionsServicer):
                 self._guard(context, ping, Action.SESSION_KEEPALIVE)
                 session = self.table.renew(ping.session_id)
             except HwbpError as err:
-                from server.errors import abort
+                from hwbp.server.errors import abort
 
                 await abort(context, err, ping.request_id)
             yield session_pb2.KeepAliveResponse(

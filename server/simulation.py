@@ -7,14 +7,14 @@ import logging
 from typing import Any
 
 from hwbp.errors import AckTimeout, CpuNotFound, CpuOffline, FailedPrecondition
-from hwbp_pb import agent_pb2, simulation_pb2, simulation_pb2_grpc, types_pb2
-from server.attachments import flush_attachment
-from server.authz import Action, Target
-from server.errors import rpc
-from server.fleet import Fleet, check_open
-from server.hosts import Host
-from server.links import AgentChannel, Disconnected, StreamStuck
-from wire import convert
+from hwbp.server.attachments import flush_attachment
+from hwbp.server.authz import Action, Target
+from hwbp.server.errors import rpc
+from hwbp.server.fleet import Fleet, check_open
+from hwbp.server.hosts import Host
+from hwbp.server.links import AgentChannel, Disconnected, StreamStuck
+from hwbp.v1 import agent_pb2, simulation_pb2, simulation_pb2_grpc, types_pb2
+from hwbp.wire import convert
 
 log = logging.getLogger("hwbp.server")
 

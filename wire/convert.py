@@ -9,8 +9,8 @@ from typing import Any
 from hwbp.errors import InvalidArgument, InvalidCpu, InvalidScope, InvalidType, ValueOutOfRange
 from hwbp.model import AccessType, Assignment, BpType, Breakpoint, Reservation, Scope, Target
 from hwbp.registers import HitRecord, RegisterImage
-from hwbp_pb import agent_pb2
-from hwbp_pb import types_pb2 as pb
+from hwbp.v1 import agent_pb2
+from hwbp.v1 import types_pb2 as pb
 
 MAX_NAME = 128  # host names, owners, ids: anything longer is a mistake, not a name
 MAX_CPUS = 4096

@@ -1,8 +1,8 @@
 """Durable state of the arbiter behind one small interface (see base.py)."""
 
-from server.store.base import Batch, Snapshot, Store
-from server.store.memory import MemoryStore
-from server.store.sqlite import SqliteStore
+from hwbp.server.store.base import Batch, Snapshot, Store
+from hwbp.server.store.memory import MemoryStore
+from hwbp.server.store.sqlite import SqliteStore
 
 
 def open_store(spec: str, *, sync: str = "normal") -> Store:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.store.base import (
+from hwbp.server.store.base import (
     AttachmentRecord,
     Batch,
     HostRecord,

@@ -15,7 +15,7 @@ from typing import Any
 from hwbp.errors import LedgerCorrupt
 from hwbp.model import BpType, Breakpoint, Reservation, Scope, Target
 from hwbp.ptrace import PtraceState
-from server.store.base import (
+from hwbp.server.store.base import (
     AttachmentRecord,
     Batch,
     HostRecord,

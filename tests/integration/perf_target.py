@@ -21,7 +21,7 @@ import mmap
 import os
 import sys
 
-from agent import perf_sys as ps  # run with the repository on PYTHONPATH
+from hwbp.agent import perf_sys as ps  # run with the repository on PYTHONPATH
 
 MAP_FIXED_NOREPLACE = 0x100000
 

@@ -112,7 +112,7 @@ def start_arbiter(*extra: str) -> tuple[Proc, str]:
     """Start an arbiter on 127.0.0.1 with a port picked by the kernel; return (proc, address)."""
     db = [] if "--db" in extra else ["--db", ":memory:"]  # tests share no ledger file
     proc, line = start(
-        ["server", "--listen", "127.0.0.1:0", *db, *extra], "arbiter", wait_for="listening on"
+        ["hwbp.server", "--listen", "127.0.0.1:0", *db, *extra], "arbiter", wait_for="listening on"
     )
     return proc, line.rsplit(" ", 1)[-1]
 
@@ -120,7 +120,17 @@ def start_arbiter(*extra: str) -> tuple[Proc, str]:
 def start_fleet(arbiter: str, host: str, cpus: int, *extra: str) -> Proc:
     """K simulated CPU agents in one process; returns once every CPU said hello."""
     proc, _ = start(
-        ["agent", "--arbiter", arbiter, "--fleet", "--host", host, "--cpus", str(cpus), *extra],
+        [
+            "hwbp.agent",
+            "--arbiter",
+            arbiter,
+            "--fleet",
+            "--host",
+            host,
+            "--cpus",
+            str(cpus),
+            *extra,
+        ],
         f"fleet {host}",
         wait_for="fleet ready",
     )
@@ -129,7 +139,7 @@ def start_fleet(arbiter: str, host: str, cpus: int, *extra: str) -> Proc:
 
 def start_agent(arbiter: str, host: str, cpu: int, *extra: str) -> Proc:
     proc, _ = start(
-        ["agent", "--arbiter", arbiter, "--host", host, "--cpu", str(cpu), *extra],
+        ["hwbp.agent", "--arbiter", arbiter, "--host", host, "--cpu", str(cpu), *extra],
         f"agent {host}/{cpu}",
         wait_for="agent ready",
     )
@@ -148,7 +158,7 @@ class CliResult:
 
 def cli(arbiter: str, *args: str, as_json: bool = True, timeout: float = 30.0) -> CliResult:
     """Run hwbpctl as its own process, the way a person would."""
-    argv = [PY, "-m", "client", "--arbiter", arbiter]
+    argv = [PY, "-m", "hwbp.client", "--arbiter", arbiter]
     if as_json:
         argv.append("--json")
     done = subprocess.run(

@@ -11,14 +11,14 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from hwbp_pb import (
+from hwbp.v1 import (
     arbiter_pb2 as a,
 )
-from hwbp_pb import (
+from hwbp.v1 import (
     arbiter_pb2_grpc,
     simulation_pb2_grpc,
 )
-from hwbp_pb import (
+from hwbp.v1 import (
     types_pb2 as t,
 )
 

@@ -26,7 +26,7 @@ HOST, CPUS = "hs", 3
 
 def _arbiter(db: Path, port: int = 0) -> tuple[procs.Proc, str]:
     proc, line = procs.start(
-        ["server", "--listen", f"127.0.0.1:{port}", "--db", str(db)],
+        ["hwbp.server", "--listen", f"127.0.0.1:{port}", "--db", str(db)],
         "arbiter",
         wait_for="listening on",
     )

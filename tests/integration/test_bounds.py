@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import pytest
 
-from hwbp_pb import agent_pb2, agent_pb2_grpc
+from hwbp.v1 import agent_pb2, agent_pb2_grpc
 from tests.integration import procs
 from tests.integration.procs import CliResult
 

@@ -9,8 +9,8 @@ import pytest
 
 from hwbp.dr7 import decode
 from hwbp.model import BpType
-from hwbp_pb import simulation_pb2 as s
-from hwbp_pb import types_pb2 as t
+from hwbp.v1 import simulation_pb2 as s
+from hwbp.v1 import types_pb2 as t
 from tests.integration import procs
 from tests.integration.stubs import Api, error_info, wait_until
 
@@ -85,7 +85,7 @@ def test_task_breakpoints_of_different_tasks_do_not_compete(api: Api, fleet4: st
 
 
 def test_modify_in_place_and_failed_modify_changes_nothing(api: Api, fleet4: str) -> None:
-    from hwbp_pb import arbiter_pb2 as a
+    from hwbp.v1 import arbiter_pb2 as a
 
     res = api.reserve(fleet4, scope="cpu", cpu=3, addr=0xB000, length=8)
     new = api.arb.Modify(
@@ -211,7 +211,7 @@ def test_killed_agent_resyncs_to_the_exact_registers(api: Api, arbiter: str) -> 
 
 
 def test_hits_reach_watchers(api: Api, fleet4: str, channel: grpc.Channel) -> None:
-    from hwbp_pb import arbiter_pb2 as a
+    from hwbp.v1 import arbiter_pb2 as a
 
     res = api.reserve(fleet4, scope="cpu", cpu=2, addr=0x14000, length=4, type="w")
     stream = api.arb.Watch(a.WatchRequest(host=fleet4, kinds=[t.EVENT_KIND_HIT]), timeout=10)

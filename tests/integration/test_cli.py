@@ -63,7 +63,7 @@ def run(addr: str, command: str, *, as_json: bool = True) -> CliResult:
 
 def spawn(addr: str, command: str) -> procs.Proc:
     """hwbpctl in the background, for commands that stream."""
-    proc, _ = procs.start(["client", "--arbiter", addr, *command.split()], "hwbpctl")
+    proc, _ = procs.start(["hwbp.client", "--arbiter", addr, *command.split()], "hwbpctl")
     return proc
 
 

@@ -19,8 +19,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hwbp_pb import arbiter_pb2 as a
-from hwbp_pb import types_pb2 as t
+from hwbp.v1 import arbiter_pb2 as a
+from hwbp.v1 import types_pb2 as t
 from tests.integration import procs
 from tests.integration.stubs import Api, error_info, wait_until
 
@@ -32,7 +32,7 @@ T = TypeVar("T")
 def _restart(db: Path, port: int | None = None, *extra: str) -> tuple[procs.Proc, str]:
     listen = f"127.0.0.1:{port or 0}"
     proc, line = procs.start(
-        ["server", "--listen", listen, "--db", str(db), "--paranoid", *extra],
+        ["hwbp.server", "--listen", listen, "--db", str(db), "--paranoid", *extra],
         "arbiter",
         wait_for="listening on",
     )
@@ -283,7 +283,7 @@ def test_a_corrupt_ledger_is_refused_with_a_clear_message(tmp_path: Path) -> Non
     db = tmp_path / "l.db"
     db.write_bytes(b"\x00garbage" * 512)
     done = subprocess.run(
-        [sys.executable, "-m", "server", "--listen", "127.0.0.1:0", "--db", str(db)],
+        [sys.executable, "-m", "hwbp.server", "--listen", "127.0.0.1:0", "--db", str(db)],
         cwd=procs.ROOT,
         env=procs._env(),
         capture_output=True,

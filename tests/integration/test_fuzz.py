@@ -20,17 +20,17 @@ from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hwbp_pb import arbiter_pb2 as a
-from hwbp_pb import (
+from hwbp.v1 import arbiter_pb2 as a
+from hwbp.v1 import (
     arbiter_pb2_grpc,
     ptrace_pb2_grpc,
     session_pb2_grpc,
     simulation_pb2_grpc,
 )
-from hwbp_pb import ptrace_pb2 as p
-from hwbp_pb import session_pb2 as se
-from hwbp_pb import simulation_pb2 as s
-from hwbp_pb import types_pb2 as t
+from hwbp.v1 import ptrace_pb2 as p
+from hwbp.v1 import session_pb2 as se
+from hwbp.v1 import simulation_pb2 as s
+from hwbp.v1 import types_pb2 as t
 from tests.integration import procs
 
 HOST = "hf"

@@ -33,7 +33,7 @@ def _run(*args: str, timeout: float = 90) -> tuple[int, Any, str]:
 
 def test_mixed_load_keeps_every_invariant_and_its_counts_add_up() -> None:
     code, doc, err = _run(
-        "load", "--hosts", "1", "--cpus", "2", "--clients", "4", "--ops", "300", "--json"
+        "hwbp.load", "--hosts", "1", "--cpus", "2", "--clients", "4", "--ops", "300", "--json"
     )
     assert doc is not None, err
     assert doc["violations"] == 0, doc["violation_details"]
@@ -60,7 +60,7 @@ def test_mixed_load_keeps_every_invariant_and_its_counts_add_up() -> None:
 
 def test_contention_grants_exactly_the_four_registers_and_refuses_the_rest() -> None:
     code, doc, err = _run(
-        "load", "--hosts", "1", "--cpus", "2", "--clients", "12", "--contend", "--json"
+        "hwbp.load", "--hosts", "1", "--cpus", "2", "--clients", "12", "--contend", "--json"
     )
     assert doc is not None, err
     c = doc["contend"]
@@ -73,7 +73,9 @@ def test_contention_grants_exactly_the_four_registers_and_refuses_the_rest() -> 
 
 
 def test_quick_bench_reports_ratios_against_a_same_run_baseline(tmp_path: Path) -> None:
-    code, _, err = _run("bench", "--quick", "--only", "P1", "--out", str(tmp_path), timeout=110)
+    code, _, err = _run(
+        "hwbp.bench", "--quick", "--only", "P1", "--out", str(tmp_path), timeout=110
+    )
     assert code == 0, err
     doc = json.loads((tmp_path / "latest.json").read_text())
     assert doc["machine"]["nproc"] >= 1 and doc["machine"]["grpcio"]

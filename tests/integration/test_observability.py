@@ -28,9 +28,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 
-from hwbp_pb import arbiter_pb2 as a
-from hwbp_pb import simulation_pb2 as s
-from hwbp_pb import types_pb2 as t
+from hwbp.v1 import arbiter_pb2 as a
+from hwbp.v1 import simulation_pb2 as s
+from hwbp.v1 import types_pb2 as t
 from tests.integration import procs
 from tests.integration.stubs import Api, wait_until
 

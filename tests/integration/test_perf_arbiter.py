@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from agent.perf import probe
-from hwbp_pb import arbiter_pb2 as a
-from hwbp_pb import types_pb2 as t
+from hwbp.agent.perf import probe
+from hwbp.v1 import arbiter_pb2 as a
+from hwbp.v1 import types_pb2 as t
 from tests.integration import procs
 from tests.integration.stubs import Api, error_info, wait_until
 from tests.integration.targets import Target

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.perf import PerfBackend, probe
+from hwbp.agent.perf import PerfBackend, probe
 from hwbp.errors import KernelNoSpace, KernelRefused
 from hwbp.model import Assignment, BpType, Breakpoint
 from tests.integration.targets import WAIT, Target

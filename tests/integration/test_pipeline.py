@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from hwbp_pb import arbiter_pb2 as a
-from hwbp_pb import types_pb2 as t
+from hwbp.v1 import arbiter_pb2 as a
+from hwbp.v1 import types_pb2 as t
 from tests.integration import procs
 from tests.integration.stubs import Api, error_info, wait_until
 
@@ -151,7 +151,7 @@ def test_a_second_live_agent_for_a_cpu_is_refused(api2: Api, slow_arbiter: str) 
     first = procs.start_agent(slow_arbiter, host, 0, "--cpus", "1")
     try:
         second, _ = procs.start(
-            ["agent", "--arbiter", slow_arbiter, "--host", host, "--cpu", "0", "--cpus", "1"],
+            ["hwbp.agent", "--arbiter", slow_arbiter, "--host", host, "--cpu", "0", "--cpus", "1"],
             "agent hdup/0 second",
         )
         try:

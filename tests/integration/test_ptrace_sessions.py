@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from hwbp_pb import arbiter_pb2, ptrace_pb2_grpc, session_pb2, session_pb2_grpc
-from hwbp_pb import ptrace_pb2 as p
-from hwbp_pb import simulation_pb2 as s
-from hwbp_pb import types_pb2 as t
+from hwbp.v1 import arbiter_pb2, ptrace_pb2_grpc, session_pb2, session_pb2_grpc
+from hwbp.v1 import ptrace_pb2 as p
+from hwbp.v1 import simulation_pb2 as s
+from hwbp.v1 import types_pb2 as t
 from tests.integration import procs
 from tests.integration.stubs import Api, error_info, wait_until
 
@@ -208,8 +208,8 @@ def test_other_session_cannot_touch_an_attached_task(channel: grpc.Channel, flee
 
 CLIENT = textwrap.dedent("""
     import sys, time, grpc
-    from hwbp_pb import arbiter_pb2 as a, arbiter_pb2_grpc as ag, session_pb2 as sp
-    from hwbp_pb import session_pb2_grpc as sg, types_pb2 as t
+    from hwbp.v1 import arbiter_pb2 as a, arbiter_pb2_grpc as ag, session_pb2 as sp
+    from hwbp.v1 import session_pb2_grpc as sg, types_pb2 as t
     ch = grpc.insecure_channel(sys.argv[1])
     ss = sg.SessionsStub(ch)
     sid = ss.OpenSession(sp.OpenSessionRequest(ttl_seconds=float(sys.argv[3]))).session_id

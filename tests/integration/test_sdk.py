@@ -9,11 +9,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from client import Client, EventKind, ReservationInfo, Unavailable
-from client.aio import AsyncClient
-from client.errors import NoFreeSlot
-from client.retry import RetryPolicy
 from hwbp import errors as core
+from hwbp.client import Client, EventKind, ReservationInfo, Unavailable
+from hwbp.client.aio import AsyncClient
+from hwbp.client.errors import NoFreeSlot
+from hwbp.client.retry import RetryPolicy
 from hwbp.errors import ReservationNotFound
 from hwbp.model import BpType, Scope
 from tests.integration import procs

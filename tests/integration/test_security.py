@@ -20,9 +20,9 @@ from typing import Any
 import grpc
 import pytest
 
-from client import Client, TlsConfig
+from hwbp.client import Client, TlsConfig
 from hwbp.errors import PermissionDenied, Unauthenticated
-from hwbp_pb import agent_pb2, agent_pb2_grpc, arbiter_pb2, arbiter_pb2_grpc, types_pb2
+from hwbp.v1 import agent_pb2, agent_pb2_grpc, arbiter_pb2, arbiter_pb2_grpc, types_pb2
 from scripts.make_certs import Pair, issue, make_ca, write, write_dev_certs
 from tests.integration import procs
 from tests.integration.stubs import error_info
@@ -120,7 +120,7 @@ def test_a_certified_identity_missing_from_the_policy_is_unauthenticated(env: En
 
 
 def test_an_agent_certified_for_one_host_cannot_register_for_another(env: Env) -> None:
-    args = ["agent", "--arbiter", env.address, "--host", "h9", "--cpu", "0", "--cpus", "1"]
+    args = ["hwbp.agent", "--arbiter", env.address, "--host", "h9", "--cpu", "0", "--cpus", "1"]
     proc, _ = procs.start([*args, *env.flags("agent:h1")], "agent h9")
     try:
         code = proc.popen.wait(timeout=20)
@@ -150,7 +150,7 @@ class AgentStream:
 
 
 def grpc_creds(t: TlsConfig) -> grpc.ChannelCredentials:
-    from wire.tls import channel_credentials
+    from hwbp.wire.tls import channel_credentials
 
     return channel_credentials(t)
 
@@ -314,7 +314,7 @@ def test_every_decision_on_a_change_is_audited(env: Env) -> None:
 
 def arbiter_exit(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "server", "--db", ":memory:", *args],
+        [sys.executable, "-m", "hwbp.server", "--db", ":memory:", *args],
         cwd=procs.ROOT,
         capture_output=True,
         text=True,

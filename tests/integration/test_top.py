@@ -112,7 +112,7 @@ def test_live_on_a_terminal_redraws_until_ctrl_c(addr: str, rid: str) -> None:
     try:
         with sigint_not_ignored():
             top = subprocess.Popen(
-                [procs.PY, "-m", "client", "--arbiter", addr, "top", "--interval", "0.3"],
+                [procs.PY, "-m", "hwbp.client", "--arbiter", addr, "top", "--interval", "0.3"],
                 cwd=procs.ROOT,
                 env=procs._env(),
                 stdin=slave,

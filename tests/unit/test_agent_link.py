@@ -14,13 +14,13 @@ import pytest
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from agent.failures import Failure, LinkRefused, StreamLost, classify, describe
-from agent.link import AgentLink, AgentState
-from agent.sim import SimBackend
+from hwbp.agent.failures import Failure, LinkRefused, StreamLost, classify, describe
+from hwbp.agent.link import AgentLink, AgentState
+from hwbp.agent.sim import SimBackend
 from hwbp.model import Assignment, BpType, Breakpoint
 from hwbp.registers import HitRecord, RegisterImage
-from hwbp_pb import agent_pb2
-from wire import convert
+from hwbp.v1 import agent_pb2
+from hwbp.wire import convert
 
 HUGE = 15 * 1024 * 1024
 

@@ -11,8 +11,8 @@ import logging
 
 import pytest
 
-from agent.failures import LinkRefused
-from agent.supervise import run_all, supervise
+from hwbp.agent.failures import LinkRefused
+from hwbp.agent.supervise import run_all, supervise
 
 
 class FakeLink:

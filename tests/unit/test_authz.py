@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from hwbp.errors import PermissionDenied, Unauthenticated
-from server.authz import (
+from hwbp.server.authz import (
     ANONYMOUS,
     Action,
     AuditLog,

@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
-from client import cli
-from client.cli_args import parse, parse_number
-from client.errors import UsageError
+from hwbp.client import cli
+from hwbp.client.cli_args import parse, parse_number
+from hwbp.client.errors import UsageError
 
 
 def closed_port() -> str:

@@ -7,7 +7,8 @@ import pytest
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from client.errors import (
+from hwbp import errors as core
+from hwbp.client.errors import (
     EXIT_CODES,
     DeadlineExceeded,
     ExitCode,
@@ -20,7 +21,6 @@ from client.errors import (
     from_status,
     status_from_trailers,
 )
-from hwbp import errors as core
 from hwbp.errors import ErrorClass
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from client import paging, wire
+from hwbp.client import paging, wire
 from hwbp.errors import HwbpError
 
 Page = tuple[Sequence[str], str]

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from client import cli_render as render
-from client import wire
-from client.cli_args import parse
-from client.errors import UsageError
-from client.values import Change, CpuInfo, EventKind
-from hwbp_pb import arbiter_pb2, types_pb2
+from hwbp.client import cli_render as render
+from hwbp.client import wire
+from hwbp.client.cli_args import parse
+from hwbp.client.errors import UsageError
+from hwbp.client.values import Change, CpuInfo, EventKind
+from hwbp.v1 import arbiter_pb2, types_pb2
 
 
 def reservation(rid: str = "r3", host: str = "web1") -> types_pb2.Reservation:

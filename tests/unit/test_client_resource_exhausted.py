@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from client.errors import ExitCode, exit_code_for, from_rpc_error
 from hwbp import errors as core
+from hwbp.client.errors import ExitCode, exit_code_for, from_rpc_error
 
 METHOD = "/test.Big/Get"
 BIG = 5 * 1024 * 1024  # over gRPC's default 4 MiB receive limit

@@ -14,10 +14,10 @@ import pytest
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from client import Client, Unavailable
-from client.retry import RetryPolicy
+from hwbp.client import Client, Unavailable
+from hwbp.client.retry import RetryPolicy
 from hwbp.errors import HostNotFound, ReservationNotFound
-from hwbp_pb import arbiter_pb2, types_pb2
+from hwbp.v1 import arbiter_pb2, types_pb2
 
 
 class WireError(grpc.RpcError):

@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 import pytest
 
-from client import top
-from client.cli_args import parse
-from client.errors import Unavailable, UsageError
-from client.values import CpuInfo, HolderInfo, RegisterImage, Scope
+from hwbp.client import top
+from hwbp.client.cli_args import parse
+from hwbp.client.errors import Unavailable, UsageError
+from hwbp.client.values import CpuInfo, HolderInfo, RegisterImage, Scope
 
 Slots = tuple[str | None, str | None, str | None, str | None]
 EMPTY: Slots = (None, None, None, None)

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from hwbp.errors import HwbpError, TooManyWatchers, WatcherTooSlow
-from hwbp_pb import ptrace_pb2, types_pb2
-from server.events import QUEUE_LIMIT, TRAPS_ONLY, EventBus, Subscription
+from hwbp.server.events import QUEUE_LIMIT, TRAPS_ONLY, EventBus, Subscription
+from hwbp.v1 import ptrace_pb2, types_pb2
 
 HIT, RELOAD, NACK = types_pb2.EVENT_KIND_HIT, types_pb2.EVENT_KIND_RELOAD, types_pb2.EVENT_KIND_NACK
 IDLE = 2000

@@ -7,9 +7,9 @@ import asyncio
 import pytest
 
 from hwbp.model import Assignment, BpType, Breakpoint
-from hwbp_pb import agent_pb2
-from server import links
-from server.links import AckResult, AgentChannel, Disconnected, StreamStuck
+from hwbp.server import links
+from hwbp.server.links import AckResult, AgentChannel, Disconnected, StreamStuck
+from hwbp.v1 import agent_pb2
 
 
 def _a(rid: str) -> Assignment:

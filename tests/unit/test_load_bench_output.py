@@ -5,8 +5,8 @@ from __future__ import annotations
 import struct
 import zlib
 
-from bench.png import line_chart
-from bench.report import rows
+from hwbp.bench.png import line_chart
+from hwbp.bench.report import rows
 
 
 def test_line_chart_is_a_decodable_png_of_the_asked_size() -> None:

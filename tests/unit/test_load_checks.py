@@ -6,11 +6,11 @@ from typing import Any, cast
 
 import pytest
 
-from hwbp_pb import arbiter_pb2, types_pb2
-from load.contend import Outcome, judge
-from load.invariants import Checker
-from load.rpc import Failure, Stubs, all_pages
-from load.stats import Stats, percentile
+from hwbp.load.contend import Outcome, judge
+from hwbp.load.invariants import Checker
+from hwbp.load.rpc import Failure, Stubs, all_pages
+from hwbp.load.stats import Stats, percentile
+from hwbp.v1 import arbiter_pb2, types_pb2
 
 
 def _checker() -> Checker:

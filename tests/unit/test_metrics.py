@@ -16,15 +16,15 @@ from google.rpc import error_details_pb2, status_pb2
 
 from hwbp.errors import HwbpError
 from hwbp.model import BpType, Breakpoint, Reservation, Scope, Target
-from hwbp_pb import types_pb2
+from hwbp.server import links
+from hwbp.server import metrics as metrics_mod
+from hwbp.server.fleet import Fleet
+from hwbp.server.interceptors import reason_of
+from hwbp.server.links import AckResult, AgentChannel
+from hwbp.server.logs import JsonFormatter, request_id_of
+from hwbp.server.metrics import Metrics, nack_class
+from hwbp.v1 import types_pb2
 from scripts import reason_codes
-from server import links
-from server import metrics as metrics_mod
-from server.fleet import Fleet
-from server.interceptors import reason_of
-from server.links import AckResult, AgentChannel
-from server.logs import JsonFormatter, request_id_of
-from server.metrics import Metrics, nack_class
 
 
 def _value(m: Metrics, name: str, **labels: str) -> float:

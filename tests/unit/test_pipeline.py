@@ -201,6 +201,18 @@ def test_the_next_change_does_not_wait_for_a_rollback_its_caller_does(h: Harness
     assert isinstance(h.error(w), AgentRefused)
 
 
+def test_a_refused_restored_state_still_answers_the_rolled_back_caller(h: Harness) -> None:
+    """Found by the state machine: an agent that refuses the rollback's restored state
+    too must not leave the refused caller waiting for an acknowledgement that never
+    comes (the refusal is reported instead)."""
+    w = h.submit(h.reserve(cpu(0)))
+    h.answer(0, ok=False, reason="no")  # the change: rolled back, restored state sent
+    h.answer(0, ok=False, reason="still no")  # the restored state refused as well
+    assert isinstance(h.error(w), AgentRefused)
+    assert any(isinstance(i, ResyncRefused) and i.cpu == 0 for i in h.log)
+    assert h.pipe.idle
+
+
 def test_a_disconnect_mid_broadcast_commits_as_pending(h: Harness) -> None:
     w = h.submit(h.reserve(SYSTEM))
     h.answer(0)

@@ -11,8 +11,8 @@ import pytest
 from hwbp.errors import LedgerCorrupt
 from hwbp.model import BpType, Breakpoint, Reservation, Scope, Target
 from hwbp.ptrace import PtraceState
-from server.store import Batch, MemoryStore, SqliteStore, Store
-from server.store.base import AttachmentRecord, HostRecord, ReservationRecord, SessionRecord
+from hwbp.server.store import Batch, MemoryStore, SqliteStore, Store
+from hwbp.server.store.base import AttachmentRecord, HostRecord, ReservationRecord, SessionRecord
 
 Reopen = Callable[[], Store]
 
@@ -135,9 +135,9 @@ def test_sqlite_refuses_unreadable_rows(tmp_path: Path) -> None:
 
 
 def _persistence(store: Store) -> tuple[object, object]:
-    from server.fleet import Fleet
-    from server.persist import Persistence
-    from server.sessions import SessionTable
+    from hwbp.server.fleet import Fleet
+    from hwbp.server.persist import Persistence
+    from hwbp.server.sessions import SessionTable
 
     fleet, table = Fleet(ack_timeout=1.0), SessionTable(clock=lambda: 100.0)
     return Persistence(store, fleet, table), fleet

@@ -7,9 +7,9 @@ that names the field and its real length) and leaves well-behaved messages untou
 
 from __future__ import annotations
 
-from hwbp_pb import agent_pb2
-from hwbp_pb import types_pb2 as pb
-from wire import convert
+from hwbp.v1 import agent_pb2
+from hwbp.v1 import types_pb2 as pb
+from hwbp.wire import convert
 
 HUGE = 15 * 1024 * 1024
 BIG = 1024 * 1024  # for fields repeated in one message: large enough, cheap to build

@@ -3,8 +3,8 @@
 import grpc
 import warnings
 
-from hwbp_pb import arbiter_pb2 as hwbp_dot_v1_dot_arbiter__pb2
-from hwbp_pb import types_pb2 as hwbp_dot_v1_dot_types__pb2
+from hwbp.v1 import arbiter_pb2 as hwbp_dot_v1_dot_arbiter__pb2
+from hwbp.v1 import types_pb2 as hwbp_dot_v1_dot_types__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

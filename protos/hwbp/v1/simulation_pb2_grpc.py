@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from hwbp_pb import simulation_pb2 as hwbp_dot_v1_dot_simulation__pb2
+from hwbp.v1 import simulation_pb2 as hwbp_dot_v1_dot_simulation__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -1,1 +1,0 @@
-"""Generated from protos/hwbp/v1 by scripts/protos.py; do not edit."""
