@@ -65,7 +65,7 @@ class Persistence:
                 ) from None
             fleet.remember(rec.idempotency_key, res.host, res.id)
             highest = max(highest, id_order(res.id)[0] if res.id[1:].isdigit() else 0)
-        fleet.reseed_ids(highest + 1)
+        fleet.reseed_ids(max(highest + 1, snap.next_id))
         for a in snap.attachments:
             traced = fleet.hosts.get(a.host)
             if traced is None or any(rid not in traced.ledger for _, rid in a.reservations):

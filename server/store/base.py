@@ -77,6 +77,8 @@ class Snapshot:
     reservations: tuple[ReservationRecord, ...]  # in creation order
     attachments: tuple[AttachmentRecord, ...]
     sessions: tuple[SessionRecord, ...]
+    # The id counter, where the store keeps one (0: continue after the highest id).
+    next_id: int = 0
 
 
 class Store(Protocol):
