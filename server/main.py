@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hwbp.errors import LedgerCorrupt
+from hwbp.server import ha
 from hwbp.server.agent_link import AgentLinkServicer
 from hwbp.server.authz import AuditLog, Authz, Policy, PolicyError
 from hwbp.server.errors import MalformedRequests
@@ -28,7 +29,7 @@ from hwbp.server.ptrace_service import PtraceServicer
 from hwbp.server.reservations import ArbiterServicer
 from hwbp.server.sessions import SessionsServicer, SessionTable, reaper
 from hwbp.server.simulation import SimulationServicer
-from hwbp.server.store import open_store
+from hwbp.server.store import Store, open_store
 from hwbp.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -116,6 +117,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sec.add_argument("--tls-ca", metavar="PEM", help="CA bundle that signs agent and client certs")
     sec.add_argument("--policy", metavar="TOML", help="identities and roles (needs TLS)")
     sec.add_argument("--audit-log", metavar="PATH", help="append every decision as a JSON line")
+    ha.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -148,29 +150,41 @@ async def serve(
     fleet.authz = authz or fleet.authz
     fleet.paranoid = args.paranoid
     sessions = SessionTable()
+    replication = None
+    store: Store
     try:
-        store = open_store(args.db, sync=args.db_sync)
+        if ha.enabled(args):  # the ledger is loaded when this replica takes over
+            etcd = ha.open_store(args)
+            replication, store = ha.Replication(args, etcd), etcd
+        else:
+            store = open_store(args.db, sync=args.db_sync)
         persistence = Persistence(store, fleet, sessions)
         fleet.on_commit = persistence.host_committed
-        restored = persistence.restore()
+        restored = persistence.restore() if replication is None else None
+    except ha.StoreConfigError as err:
+        print(f"hwbp-arbiter: {err}", file=sys.stderr)
+        return 2
     except LedgerCorrupt as err:
         print(f"hwbp-arbiter: refusing to start: {err}", file=sys.stderr)
         return 3
     fleet.on_host_created = persistence.host_created
     sessions.on_open = persistence.session_opened
     sessions.on_end = persistence.session_ended
-    log.info(
-        "ledger %s: %d hosts, %d reservations, %d ptrace attachments, %d sessions restored",
-        args.db,
-        restored.hosts,
-        restored.reservations,
-        restored.attachments,
-        restored.sessions,
-    )
+    if restored is not None:
+        log.info(
+            "ledger %s: %d hosts, %d reservations, %d ptrace attachments, %d sessions restored",
+            args.db,
+            restored.hosts,
+            restored.reservations,
+            restored.attachments,
+            restored.sessions,
+        )
     metrics = Metrics(fleet)
     metrics.start()
+    gate = [] if replication is None else [replication.interceptor]
     server = grpc.aio.server(
-        options=SERVER_OPTIONS, interceptors=[MalformedRequests(), MetricsInterceptor(metrics)]
+        options=SERVER_OPTIONS,
+        interceptors=[*gate, MalformedRequests(), MetricsInterceptor(metrics)],
     )
     arbiter_pb2_grpc.add_ArbiterServicer_to_server(ArbiterServicer(fleet, sessions), server)
     session_pb2_grpc.add_SessionsServicer_to_server(SessionsServicer(fleet, sessions), server)
@@ -206,8 +220,13 @@ async def serve(
         return 2
     await server.start()
     address = f"{args.listen.rsplit(':', 1)[0]}:{port}"
-    for name in ["", *(s.full_name for s in SERVICES)]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if replication is not None:  # the services serve on the leader only
+        await replication.start(
+            address, persistence, health_servicer, [s.full_name for s in SERVICES], metrics
+        )
+    else:
+        for name in ["", *(s.full_name for s in SERVICES)]:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     print(f"hwbp-arbiter listening on {address}", flush=True)
 
     stop = asyncio.Event()
@@ -222,6 +241,8 @@ async def serve(
     for name in ["", *(s.full_name for s in SERVICES)]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await asyncio.wait_for(asyncio.gather(*(h.drain() for h in fleet.hosts.values())), timeout=10)
+    if replication is not None:
+        await replication.stop()
     reaping.cancel()
     for host in fleet.hosts.values():  # end agent streams cleanly; they reconnect elsewhere
         for channel in host.channels:
