@@ -58,6 +58,13 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+class Route(Protocol):
+    """The replicas of a replicated arbiter: the channel to use, moved on by failures."""
+
+    def channel(self, cpu: int) -> grpc.aio.Channel: ...
+    def failed(self, exc: BaseException) -> None: ...
+
+
 class AgentState(Enum):
     CONNECTING = "connecting"
     RESYNCING = "resyncing"
@@ -96,8 +103,10 @@ class AgentLink:
         *,
         ack_delay: float = 0.0,
         on_live: Callable[[AgentLink], None] | None = None,
+        route: Route | None = None,
     ) -> None:
         self.stub = agent_pb2_grpc.AgentLinkStub(channel)
+        self.route = route  # several arbiter replicas: which one leads
         self.host, self.cpu, self.ncpus = host, cpu, ncpus
         self.backend = backend
         self.state = AgentState.CONNECTING
@@ -150,6 +159,8 @@ class AgentLink:
         exc = state.outcome.exception() if state.outcome is not None else None
         if exc is None:
             return
+        if self.route is not None:
+            self.route.failed(exc)
         seconds = state.next_action.sleep if state.next_action is not None else 0.0
         kind = classify(exc)
         where = f"agent {self.host}/{self.cpu}"
@@ -168,6 +179,8 @@ class AgentLink:
             log.error("%s: %s; reconnecting in %.1f s", where, describe(exc), seconds, exc_info=exc)
 
     async def _session(self) -> None:
+        if self.route is not None:
+            self.stub = agent_pb2_grpc.AgentLinkStub(self.route.channel(self.cpu))
         self.connects += 1
         self.live_since = None
         self._outbox = asyncio.Queue()

@@ -16,9 +16,17 @@ from typing import Any, TypeVar
 import grpc
 
 from hwbp.client import paging, wire
-from hwbp.client.errors import from_rpc_error
+from hwbp.client.endpoints import NOT_LEADER, Endpoints
+from hwbp.client.errors import RemoteError, from_rpc_error
 from hwbp.client.handles import ReservationHandle, Session, Tracer
-from hwbp.client.retry import MUTATE_TIMEOUT, NO_RETRY, READ_TIMEOUT, SESSION_TIMEOUT, RetryPolicy
+from hwbp.client.retry import (
+    FAILOVER_RETRY,
+    MUTATE_TIMEOUT,
+    NO_RETRY,
+    READ_TIMEOUT,
+    SESSION_TIMEOUT,
+    RetryPolicy,
+)
 from hwbp.client.values import AccessResult, Change, CpuInfo, EventInfo, EventKind, ReservationInfo
 from hwbp.errors import HwbpError, ReservationNotFound
 from hwbp.model import AccessType, BpType
@@ -47,10 +55,17 @@ class Client:
         retry: RetryPolicy | None = None,
         tls: TlsConfig | None = None,
     ) -> None:
-        """``tls``: client certificate, key and CA; default $HWBP_TLS_*, else plaintext."""
-        self.endpoint = wire.endpoint_or_default(endpoint)
-        self.retry = retry or RetryPolicy()
+        """``endpoint``: "HOST:PORT", or the replicas of a replicated arbiter as
+        "a:1,b:2,c:3" or a list (calls follow the leader); default $HWBP_ARBITER.
+        ``tls``: client certificate, key and CA; default $HWBP_TLS_*, else plaintext."""
+        self.endpoints = Endpoints.of(endpoint)
+        # Several replicas: ride out a failover (a lease ttl and an election) on retries.
+        self.retry = retry or (FAILOVER_RETRY if self.endpoints.several else RetryPolicy())
         self.tls = tls if tls is not None else TlsConfig.resolve()
+        self._connect(self.endpoints.current)
+
+    def _connect(self, endpoint: str) -> None:
+        self.endpoint = endpoint
         self._channel = channel(self.endpoint, self.tls)
         self._arbiter = arbiter_pb2_grpc.ArbiterStub(self._channel)
         self._sessions = session_pb2_grpc.SessionsStub(self._channel)
@@ -81,19 +96,62 @@ class Client:
 
         ``gone``: an error that, on a retried attempt, means an earlier attempt already
         did the work (the release went through but its answer was lost): return None.
+        A follower's NOT_LEADER refusal is repeated once on the leader it names, whatever
+        the call: it was refused before anything was done.
         """
+        try:
+            return self._attempts(method, request, timeout=timeout, retry=retry, gone=gone)
+        except RemoteError as err:
+            if retry or err.remote_reason != NOT_LEADER or not self.endpoints.several:
+                raise
+        return self._attempts(method, request, timeout=timeout, retry=False, gone=gone)
+
+    def _attempts(
+        self,
+        method: Callable[..., Any],
+        request: Any,
+        *,
+        timeout: float,
+        retry: bool,
+        gone: type[HwbpError] | None,
+    ) -> Any:
         attempts = 0
+        where = self._where(method)
         for attempt in (self.retry if retry else NO_RETRY).sync():
             with attempt:
                 attempts += 1
+                if where is not None:  # the leader may have moved: its stub, not the old one
+                    method = getattr(getattr(self, where[0]), where[1])
                 try:
                     return method(request, timeout=timeout)
                 except grpc.RpcError as e:
                     err = from_rpc_error(e)
+                    self._follow(err)
                     if gone is not None and attempts > 1 and isinstance(err, gone):
                         return None
                     raise err from None
         raise AssertionError("tenacity re-raises the last failure")
+
+    def _where(self, method: Any) -> tuple[str, str] | None:
+        """Which stub attribute and method ``method`` is, to call it again elsewhere."""
+        if not self.endpoints.several:
+            return None
+        for stub in ("_arbiter", "_sessions", "_ptrace", "_sim"):
+            for name, value in vars(getattr(self, stub)).items():
+                if value is method:
+                    return stub, name
+        return None
+
+    def _follow(self, err: HwbpError) -> None:
+        """A follower named the leader, or a replica is gone: use the next one."""
+        reason = err.remote_reason if isinstance(err, RemoteError) else ""
+        metadata = err.metadata if isinstance(err, RemoteError) else {}
+        if reason in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            reason = ""  # a transport failure: no ErrorInfo from an arbiter
+        target = self.endpoints.after(reason, metadata)
+        if target is not None and target != self.endpoint:
+            self._channel.close()
+            self._connect(target)
 
     def _stream(self, call: Any, convert: Callable[[M], T], timeout: float | None) -> Iterator[T]:
         """Iterate a server stream; a deadline we set ourselves ends it quietly."""
