@@ -99,16 +99,18 @@ class Client:
         A follower's NOT_LEADER refusal is repeated once on the leader it names, whatever
         the call: it was refused before anything was done.
         """
+        where = self._where(method)
         try:
-            return self._attempts(method, request, timeout=timeout, retry=retry, gone=gone)
+            return self._attempts(method, where, request, timeout=timeout, retry=retry, gone=gone)
         except RemoteError as err:
             if retry or err.remote_reason != NOT_LEADER or not self.endpoints.several:
                 raise
-        return self._attempts(method, request, timeout=timeout, retry=False, gone=gone)
+        return self._attempts(method, where, request, timeout=timeout, retry=False, gone=gone)
 
     def _attempts(
         self,
         method: Callable[..., Any],
+        where: tuple[str, str] | None,
         request: Any,
         *,
         timeout: float,
@@ -116,7 +118,6 @@ class Client:
         gone: type[HwbpError] | None,
     ) -> Any:
         attempts = 0
-        where = self._where(method)
         for attempt in (self.retry if retry else NO_RETRY).sync():
             with attempt:
                 attempts += 1

@@ -61,6 +61,7 @@ from hwbp.server.sessions import SessionTable
 from hwbp.server.store.etcd import EtcdStore
 
 log = logging.getLogger("hwbp.server")
+COMPLAIN_EVERY = 10.0  # seconds between two log lines about etcd being unreachable
 TXN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)
 
 
@@ -112,6 +113,7 @@ class Leader:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop = asyncio.get_running_loop()
+        self._complained = -math.inf
         gate.valid = lambda: time.monotonic() < machine.valid_until
         store.on_lost = self._fenced_elsewhere
         if metrics is not None:
@@ -210,8 +212,11 @@ class Leader:
                 )
             )
         except Exception as err:
-            log.warning("leadership: no lease from etcd: %s", err)
-            self.feed(LeaseLost(0, str(err), time.monotonic()))
+            now = time.monotonic()
+            if now - self._complained >= COMPLAIN_EVERY:  # it is retried every poll
+                self._complained = now
+                log.warning("leadership: no lease from etcd (retrying): %s", err)
+            self.feed(LeaseLost(0, str(err), now))
             return
         self.feed(LeaseGranted(int(lease.id), sent, time.monotonic()))
 
