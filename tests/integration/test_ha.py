@@ -11,6 +11,7 @@ import random
 import signal
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -291,3 +292,39 @@ def test_a_stopped_leader_resigns_and_a_follower_takes_over_at_once(group: Group
     t0 = time.monotonic()
     group.leader(timeout=10, exclude=first)
     assert time.monotonic() - t0 < TTL, "the lease was not revoked on a clean stop"
+
+
+def _scrape(proc: procs.Proc) -> dict[str, float]:
+    line = next(x for x in proc.lines if x.startswith("metrics on "))
+    with urllib.request.urlopen(f"http://{line.split()[-1]}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for row in text.splitlines():
+        if row and not row.startswith("#"):
+            name, _, value = row.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def test_metrics_show_the_leader_its_takeovers_and_store_latency(tmp_path: Path) -> None:
+    g = Group(tmp_path)
+    try:
+        g.start("--metrics-listen", "127.0.0.1:0")
+        lead = g.leader()
+        agents = procs.start_fleet(g.endpoints, "hm", 1)
+        try:
+            with Client(g.endpoints) as client:
+                client.reserve("hm", cpu=0, addr=0x1000, len=8, type="w")
+        finally:
+            agents.stop()
+        for i, proc in enumerate(g.arbiters):
+            assert proc is not None
+            m = _scrape(proc)
+            assert m["hwbp_leader"] == (1.0 if i == lead else 0.0)
+            takeovers = m.get('hwbp_failovers_total{kind="takeover"}', 0.0)
+            assert takeovers == (1.0 if i == lead else 0.0)
+        m = _scrape(g.arbiters[lead])  # type: ignore[arg-type]
+        assert m['hwbp_store_txn_seconds_count{result="ok"}'] >= 2  # the host, the reserve
+        assert m.get('hwbp_store_txn_seconds_count{result="fenced"}', 0.0) == 0
+    finally:
+        g.stop()
