@@ -10,7 +10,7 @@ Errors are the typed ``hwbp.errors`` classes (decoded by ``client.errors``).
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -50,7 +50,7 @@ class Client:
 
     def __init__(
         self,
-        endpoint: str | None = None,
+        endpoint: str | Sequence[str] | None = None,
         *,
         retry: RetryPolicy | None = None,
         tls: TlsConfig | None = None,
