@@ -97,6 +97,9 @@ class Etcd:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                # Its own session: a terminal's Ctrl-C reaches our code, which stops the
+                # arbiters before etcd, not etcd under their feet.
+                start_new_session=True,
             )
         self.wait_ready(timeout)
         return self
