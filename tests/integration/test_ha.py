@@ -291,7 +291,9 @@ def test_a_stopped_leader_resigns_and_a_follower_takes_over_at_once(group: Group
     proc.stop()  # SIGINT: drain, resign
     t0 = time.monotonic()
     group.leader(timeout=10, exclude=first)
-    assert time.monotonic() - t0 < TTL, "the lease was not revoked on a clean stop"
+    took = time.monotonic() - t0
+    assert took < TTL, "the lease was not revoked on a clean stop"
+    print(f"\na follower led {took:.2f}s after the leader stopped cleanly")
 
 
 def _scrape(proc: procs.Proc) -> dict[str, float]:
