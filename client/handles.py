@@ -130,9 +130,12 @@ class Session:
             except grpc.RpcError as e:
                 if self._stop.is_set():
                     return
-                if isinstance(from_rpc_error(e), SessionNotFound):
+                err = from_rpc_error(e)
+                if isinstance(err, SessionNotFound):
                     self.expired = True
                     return
+                with self._lock:
+                    self._client._follow(err)  # replicas: the leader may have moved
             # The stream broke (arbiter restart, network blip): reconnect soon enough
             # to renew the lease before it lapses.
             self._stop.wait(min(self.ttl / 6, 1.0))

@@ -62,6 +62,7 @@ class Client:
         # Several replicas: ride out a failover (a lease ttl and an election) on retries.
         self.retry = retry or (FAILOVER_RETRY if self.endpoints.several else RetryPolicy())
         self.tls = tls if tls is not None else TlsConfig.resolve()
+        self._retired: list[grpc.Channel] = []  # channels to replicas we moved away from
         self._connect(self.endpoints.current)
 
     def _connect(self, endpoint: str) -> None:
@@ -73,7 +74,8 @@ class Client:
         self._sim = simulation_pb2_grpc.SimulationStub(self._channel)
 
     def close(self) -> None:
-        self._channel.close()
+        for ch in [*self._retired, self._channel]:
+            ch.close()
 
     def __enter__(self) -> Client:
         return self
@@ -151,7 +153,8 @@ class Client:
             reason = ""  # a transport failure: no ErrorInfo from an arbiter
         target = self.endpoints.after(reason, metadata)
         if target is not None and target != self.endpoint:
-            self._channel.close()
+            # Not closed now: another thread (a session's keep-alive) may be using it.
+            self._retired.append(self._channel)
             self._connect(target)
 
     def _stream(self, call: Any, convert: Callable[[M], T], timeout: float | None) -> Iterator[T]:

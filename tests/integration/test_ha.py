@@ -330,3 +330,23 @@ def test_metrics_show_the_leader_its_takeovers_and_store_latency(tmp_path: Path)
         assert m.get('hwbp_store_txn_seconds_count{result="fenced"}', 0.0) == 0
     finally:
         g.stop()
+
+
+def test_a_session_survives_a_failover_with_its_reservations(group: Group) -> None:
+    first = group.leader()
+    agents = procs.start_fleet(group.endpoints, "hs", 1)
+    try:
+        with Client(group.endpoints) as client:
+            session = client.session(ttl=3.0, owner="dbg")
+            held = session.reserve("hs", cpu=0, addr=0x7000, len=8, type="w")
+            killed = group.arbiters[first]
+            assert killed is not None
+            killed.kill()
+            group.leader(timeout=TTL + 10, exclude=first)
+            time.sleep(3.0 + 2.0)  # past the session's ttl: only its keep-alives save it
+            assert not session.expired
+            assert held.id in {r.id for r in client.list("hs")}
+            session.close()
+            assert held.id not in {r.id for r in client.list("hs")}
+    finally:
+        agents.stop()
