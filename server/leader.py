@@ -262,7 +262,8 @@ class Leader:
         started = time.monotonic()
         self._forget(LeadershipLost("a new term started", revision=revision))
         self.store.fence(revision)
-        try:
+        created, self.fleet.on_host_created = self.fleet.on_host_created, None
+        try:  # hosts restored from etcd are not written back, one txn each
             restored = self.persistence.restore()
         except HwbpError as err:
             log.error("taking over failed: %s", err)
@@ -270,6 +271,8 @@ class Leader:
             self._forget(LeadershipLost(str(err)))
             self.feed(RestoreFailed(revision, str(err), time.monotonic()))
             return
+        finally:
+            self.fleet.on_host_created = created
         log.info(
             "took over at revision %d in %.3f s: %d hosts, %d reservations, %d ptrace "
             "attachments, %d sessions restored from etcd",
