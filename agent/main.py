@@ -16,7 +16,8 @@ from hwbp.agent.failures import error_info
 from hwbp.agent.link import AgentLink, Backend
 from hwbp.agent.sim import SimBackend
 from hwbp.agent.supervise import run_all
-from hwbp.client.endpoints import Endpoints
+from hwbp.client.endpoints import EndpointError, Endpoints
+from hwbp.client.endpoints import parse as parse_endpoints
 from hwbp.wire import tls
 
 log = logging.getLogger("hwbp.agent")
@@ -115,6 +116,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             args.tls.read()
     except tls.TlsConfigError as err:
         p.error(str(err))
+    try:
+        parse_endpoints(args.arbiter)
+    except EndpointError as err:
+        p.error(f"--arbiter: {err}")
     if not args.fleet and args.cpu is None:
         p.error("give --cpu N, or --fleet to run --cpus simulated CPUs")
     if args.cpus < 1:

@@ -14,13 +14,15 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from hwbp.client.errors import UsageError
+
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
 NOT_LEADER = "NOT_LEADER"
 MOVED = ("NOT_LEADER", "LEADERSHIP_LOST")  # the reasons that mean "try the leader"
 
 
-class EndpointError(ValueError):
-    """A malformed endpoint list."""
+class EndpointError(UsageError):
+    """A malformed endpoint list (hwbpctl: exit 2, one line)."""
 
 
 def parse(spec: str | Sequence[str] | None, env: Mapping[str, str] | None = None) -> list[str]:

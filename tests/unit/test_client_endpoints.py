@@ -46,3 +46,11 @@ def test_a_single_endpoint_never_moves_unless_told_where_the_leader_is() -> None
     e = Endpoints.of("a:1")
     assert e.after("", {}) is None and not e.several
     assert e.after("NOT_LEADER", {"leader": "b:2"}) == "b:2"
+
+
+def test_hwbpctl_names_a_malformed_endpoint_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from hwbp.client.cli import main
+
+    assert main(["--arbiter", "a:1,b", "ls"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "hwbpctl: arbiter endpoint 'b' is not HOST:PORT"
