@@ -63,7 +63,9 @@ def open_store(args: argparse.Namespace) -> EtcdStore:
     config = parse_url(
         args.store, args.store_prefix, ca=args.store_ca, cert=args.store_cert, key=args.store_key
     )
-    return EtcdStore(config)
+    store = EtcdStore(config)
+    store.unfence("this replica is not the leader")  # no write before it takes over
+    return store
 
 
 class Replication:
