@@ -314,6 +314,7 @@ class Leader:
     def _forget(self, err: HwbpError) -> None:
         """Drop the in-memory ledger: waiting callers get ``err``, agent streams close."""
         fleet = self.fleet
+        fleet.bus.cut_watchers(err)
         for host in list(fleet.hosts.values()):
             host.abandon(err)
         fleet.hosts.clear()

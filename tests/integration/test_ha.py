@@ -24,6 +24,7 @@ from hwbp.client.errors import RemoteError
 from hwbp.client.retry import NO_RETRY
 from hwbp.client.sdk import Client
 from hwbp.errors import NoFreeSlot
+from hwbp.v1 import arbiter_pb2 as a
 from tests.integration import procs
 from tests.integration.ha import TTL, Group, role
 from tests.integration.stubs import Api, error_info, wait_until
@@ -195,9 +196,11 @@ def test_a_paused_leader_is_fenced_and_comes_back_a_follower(group: Group) -> No
     old_proc = group.arbiters[old]
     assert old_proc is not None
     try:
-        with grpc.insecure_channel(group.addresses[old]) as ch, ThreadPoolExecutor(2) as pool:
+        with grpc.insecure_channel(group.addresses[old]) as ch, ThreadPoolExecutor(3) as pool:
             api = Api(ch)
             wait_until(lambda: role(group.addresses[old]) == "leader", what="leader")
+            watch = api.arb.Watch(a.WatchRequest(host="hf"), timeout=60)
+            watching = pool.submit(lambda: list(watch))
             # A change the old leader is waiting on (the agent acks after 1 s) ...
             pending = pool.submit(
                 api.reserve_response, "hf", scope="cpu", cpu=0, addr=0x3000, timeout=60
@@ -222,6 +225,10 @@ def test_a_paused_leader_is_fenced_and_comes_back_a_follower(group: Group) -> No
                 code, reason, _, _ = error_info(exc.value)
                 assert code is grpc.StatusCode.UNAVAILABLE, reason
                 assert reason in ("NOT_LEADER", "LEADERSHIP_LOST"), reason
+            # A watcher of the old leader is told, not left hanging on a silent stream.
+            with pytest.raises(grpc.RpcError) as exc:
+                watching.result(timeout=10)
+            assert error_info(exc.value)[:2] == (grpc.StatusCode.UNAVAILABLE, "LEADERSHIP_LOST")
         wait_until(lambda: role(group.addresses[old]) == "follower", timeout=10, what="follower")
         with Client(group.endpoints) as client:
             addrs = {r.addr for r in client.list("hf")}
