@@ -46,6 +46,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """Serve clients over TLS with this certificate, and require one signed by ``ca``."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    client_cert: Path  # what wait_ready presents
+    client_key: Path
+
+
 @dataclass
 class Etcd:
     data_dir: Path
@@ -53,6 +64,7 @@ class Etcd:
     peer_port: int = field(default_factory=free_port)
     popen: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    tls: EtcdTls | None = None
 
     @property
     def address(self) -> str:
@@ -70,7 +82,12 @@ class Etcd:
     def start(self, timeout: float = READY_TIMEOUT) -> Etcd:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         peer = f"http://127.0.0.1:{self.peer_port}"
-        client = f"http://{self.address}"
+        client = f"{'https' if self.tls else 'http'}://{self.address}"
+        secure = []
+        if self.tls is not None:
+            t = self.tls
+            secure = ["--cert-file", str(t.cert), "--key-file", str(t.key)]
+            secure += ["--trusted-ca-file", str(t.ca), "--client-cert-auth"]
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
         with self.log_path.open("ab") as log:
             self.popen = subprocess.Popen(
@@ -94,6 +111,7 @@ class Etcd:
                     str(MAX_TXN_OPS),
                     "--log-level",
                     "warn",
+                    *secure,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -106,15 +124,22 @@ class Etcd:
 
     def wait_ready(self, timeout: float) -> None:
         """Until etcd answers its health endpoint (a real read through raft)."""
+        import ssl
         import urllib.request
 
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.ca))
+            context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
+        scheme = "https" if self.tls else "http"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.popen is not None
             if self.popen.poll() is not None:
                 raise RuntimeError(f"etcd exited with {self.popen.returncode}: {self._log()}")
             try:
-                with urllib.request.urlopen(f"http://{self.address}/health", timeout=1) as r:
+                url = f"{scheme}://{self.address}/health"
+                with urllib.request.urlopen(url, timeout=1, context=context) as r:
                     if b'"health":"true"' in r.read():
                         return
             except OSError:
