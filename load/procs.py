@@ -211,4 +211,3 @@ def stop_all(children: Sequence[Child]) -> None:
     for child in reversed(children):
         with contextlib.suppress(Exception):
             child.stop()
-
