@@ -12,7 +12,7 @@ from hwbp.wire import convert
 
 
 def test_an_unknown_event_kind_is_a_clear_usage_error() -> None:
-    with pytest.raises(InvalidArgument, match="unknown event kind 'hits'.*hit, reserved"):
+    with pytest.raises(InvalidArgument, match=r"unknown event kind 'hits'.*hit, reserved"):
         wire.watch_request("h1", None, ["hits"], None)
 
 
