@@ -63,11 +63,11 @@ class Awaited:
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self.target, name)
+        if not callable(value) or isinstance(value, type):
+            return _wrap(value)  # an attribute or property: the same on both surfaces
         spec = getattr(self._twin, name, None)
         if spec is None and not name.startswith("_"):
             raise AssertionError(f"{type(self.target).__name__}.{name} has no async twin")
-        if not callable(value) or isinstance(value, type):
-            return _wrap(value)
         if inspect.iscoroutinefunction(spec):
 
             async def awaited(*args: Any, **kwargs: Any) -> Any:
