@@ -241,10 +241,16 @@ class AsyncClient:
         *,
         timeout: float | None = None,
         request_id: str | None = None,
+        announce_subscribed: bool = False,
     ) -> AsyncIterator[EventInfo]:
         """Events as they happen; ``timeout`` ends the stream quietly after that many
-        seconds (none by default: a watch lasts as long as its reader)."""
-        req = wire.watch_request(host, task, kinds, request_id)
+        seconds (none by default: a watch lasts as long as its reader).
+
+        ``announce_subscribed``: the first event is ``EventKind.SUBSCRIBED``, sent once
+        every later event reaches this watch; wait for it before doing what you want
+        to see (an arbiter too old to know the flag sends no such event).
+        """
+        req = wire.watch_request(host, task, kinds, request_id, announce_subscribed)
         return self._stream(self._open(calls.WATCH, req, timeout), wire.event, timeout)
 
     # --- simulation -------------------------------------------------------------------

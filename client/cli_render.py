@@ -237,6 +237,8 @@ def hit_line(h: HitInfo) -> str:
 
 def event_line(e: EventInfo) -> str:
     where = e.host + ("" if e.cpu is None else f" cpu {e.cpu}")
+    if e.kind is EventKind.SUBSCRIBED:
+        return f"subscribed: watching {f'host {e.host}' if e.host else 'every host'}"
     if e.kind is EventKind.HIT and e.hit is not None:
         return f"#{e.seq} {hit_line(e.hit)}"
     parts = [f"#{e.seq}", e.kind.value, where]

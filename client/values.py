@@ -45,6 +45,7 @@ class EventKind(Enum):
     CONTEXT_SWITCH = "context_switch"
     AGENT_FENCED = "agent_fenced"  # missed its ack deadline: its stream was closed
     RESYNC_REFUSED = "resync_refused"  # the agent (its kernel) refused the resynced state
+    SUBSCRIBED = "subscribed"  # first of a watch that asked: every later event reaches it
     UNSPECIFIED = "unspecified"
 
 

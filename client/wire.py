@@ -208,13 +208,18 @@ def inventory_request(
 
 
 def watch_request(
-    host: str | None, task: int | None, kinds: Iterable[EventKind | str], request_id: str | None
+    host: str | None,
+    task: int | None,
+    kinds: Iterable[EventKind | str],
+    request_id: str | None,
+    announce_subscribed: bool = False,
 ) -> arbiter_pb2.WatchRequest:
     return arbiter_pb2.WatchRequest(
         request_id=request_id or new_id(),
         host=host or "",
         task=task,
         kinds=[_KINDS[event_kind(k)] for k in kinds],
+        announce_subscribed=announce_subscribed,
     )
 
 

@@ -289,6 +289,8 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
             identity=who.name,
         )
         try:
+            if request.announce_subscribed:  # subscribed: every later event reaches us
+                yield types_pb2.Event(kind=types_pb2.EVENT_KIND_SUBSCRIBED, host=request.host)
             while True:
                 yield await sub.get()
         finally:

@@ -61,9 +61,11 @@ def run(addr: str, command: str, *, as_json: bool = True) -> CliResult:
     return procs.cli(addr, *command.split(), as_json=as_json)
 
 
-def spawn(addr: str, command: str) -> procs.Proc:
-    """hwbpctl in the background, for commands that stream."""
-    proc, _ = procs.start(["hwbp.client", "--arbiter", addr, *command.split()], "hwbpctl")
+def spawn(addr: str, command: str, wait_for: str | None = None) -> procs.Proc:
+    """hwbpctl in the background, for commands that stream; with ``wait_for``, once it
+    printed a line containing that (its output is then in ``proc.lines``)."""
+    args = ["hwbp.client", "--arbiter", addr, *command.split()]
+    proc, _ = procs.start(args, "hwbpctl", wait_for=wait_for)
     return proc
 
 
@@ -188,20 +190,19 @@ def test_sim_access_hit_is_seen_by_watch(addr: str) -> None:
     assert switched.json()["current_task"] == 4242
     assert 0x5000 in switched.json()["dr"]
 
-    watch = spawn(addr, "--json watch --task 4242 --count 1 --timeout 30")
+    # --announce: the first line says the arbiter will show us every later event.
+    watch = spawn(addr, "--json watch --task 4242 --count 1 --timeout 30 --announce", "subscribed")
     try:
-        # The watcher subscribes asynchronously: access until it has seen one hit.
-        deadline = time.monotonic() + 20
-        while watch.popen.poll() is None and time.monotonic() < deadline:
-            acc = ok(run(addr, f"sim access --host {HOST} --cpu 0 --addr 0x5002 --len 1 --type w"))
-            acc = acc.json()
-            assert acc["hit"] is True and acc["reservation_id"] == r["id"]
-            assert_ints(acc, "register", "dr6")
-            time.sleep(0.2)
-        out, _ = watch.popen.communicate(timeout=10)
-        assert watch.popen.returncode == 0, out
+        acc = ok(run(addr, f"sim access --host {HOST} --cpu 0 --addr 0x5002 --len 1 --type w"))
+        acc = acc.json()
+        assert acc["hit"] is True and acc["reservation_id"] == r["id"]
+        assert_ints(acc, "register", "dr6")
+        assert watch.popen.wait(timeout=20) == 0, "".join(watch.lines)
     finally:
         watch.stop()
+    marker, *rest = watch.lines
+    assert json.loads(marker)["kind"] == "subscribed"
+    out = "".join(rest)
     lines = out.strip().splitlines()
     assert len(lines) == 1
     event = json.loads(lines[0])
@@ -222,11 +223,11 @@ def test_watch_stops_after_timeout_and_on_ctrl_c(addr: str) -> None:
     res = ok(run(addr, f"watch --host {HOST} --task 999999 --timeout 1"))
     assert res.out == "" and time.monotonic() - started < 10
 
-    watch = spawn(addr, "watch")
-    time.sleep(2.0)  # past interpreter start-up, into the stream
+    watch = spawn(addr, "watch --announce", "subscribed")  # into the stream
     os.kill(watch.pid, signal.SIGINT)
-    out, _ = watch.popen.communicate(timeout=10)
-    assert (watch.popen.returncode, out) == (0, "")
+    assert watch.popen.wait(timeout=10) == 0
+    watch.stop()
+    assert watch.lines == ["subscribed: watching every host\n"]
 
 
 def test_ptrace_pokes_persist_until_detach(addr: str) -> None:
