@@ -18,7 +18,7 @@ from typing import Any, TextIO, TypeVar
 from hwbp.client import cli_render as render
 from hwbp.client import top
 from hwbp.client.cli_args import parse
-from hwbp.client.errors import ExitCode, Unavailable, exit_code_for
+from hwbp.client.errors import ExitCode, NoFreeSlot, Unavailable, exit_code_for
 from hwbp.client.sdk import Client
 from hwbp.client.values import Change, EventKind
 from hwbp.client.wire import endpoint_or_default
@@ -42,6 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(_handler(args)(client, args, sys.stdout))
     except HwbpError as e:
         message = str(e)
+        if isinstance(e, NoFreeSlot):
+            # The holders as data: each one's session, age and lease, for people; and
+            # the whole refusal as an object for a script that asked for --json.
+            message = render.no_free_slot_line(e)
+            if args is not None and args.json:
+                render.dump(render.no_free_slot_json(e), sys.stdout)
         if isinstance(e, Unavailable) and args is not None:
             # Name the endpoint we tried: the usual cause is pointing at the wrong one.
             message += f" (arbiter {endpoint_or_default(args.arbiter)})"

@@ -23,12 +23,13 @@ from hwbp.client.values import (
     HitInfo,
     HolderInfo,
     ReservationInfo,
+    SlotHolder,
     TrapInfo,
 )
 from hwbp.errors import InvalidArgument, InvalidLength, InvalidType
 from hwbp.model import AccessType, BpType, Scope, Target
 from hwbp.registers import RegisterImage
-from hwbp.v1 import arbiter_pb2, ptrace_pb2, simulation_pb2, types_pb2
+from hwbp.v1 import arbiter_pb2, errors_pb2, ptrace_pb2, simulation_pb2, types_pb2
 from hwbp.wire import convert
 
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
@@ -284,6 +285,19 @@ def holder(msg: types_pb2.Holder) -> HolderInfo:
         scope=convert.SCOPE.get(msg.scope, Scope.SYSTEM),
         cpu=_opt(msg, "cpu"),
         task=_opt(msg, "task"),
+    )
+
+
+def slot_holder(msg: errors_pb2.SlotHolder) -> SlotHolder:
+    return SlotHolder(
+        reservation_id=msg.reservation_id,
+        owner=msg.owner,
+        session_id=msg.session_id,
+        scope=convert.SCOPE.get(msg.scope, Scope.SYSTEM),
+        cpu=_opt(msg, "cpu"),
+        task=_opt(msg, "task"),
+        age=_opt(msg, "age_seconds"),
+        lease_left=_opt(msg, "lease_remaining_seconds"),
     )
 
 

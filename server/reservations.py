@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -106,6 +107,7 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
                 bp=bp,
                 owner=owner,
                 session=session or None,
+                reserved_at=time.time(),
             )
             host.ledger.reserve(res)
             return res, host.ledger.affected_cpus(target)

@@ -132,6 +132,29 @@ def test_fifth_reservation_on_a_cpu_exits_3_naming_the_holders(addr: str) -> Non
     reserve(addr, "--cpu 1 --addr 0x2000 --type x")
 
 
+def test_fifth_reservation_with_json_prints_each_holder_as_an_object(addr: str) -> None:
+    ids = [
+        reserve(addr, f"--cpu 1 --addr {0x1000 + 8 * i} --len 8 --type w --owner u{i}")["id"]
+        for i in range(4)
+    ]
+    res = run(addr, f"reserve --host {HOST} --cpu 1 --addr 0x2000 --type x")
+    line = one_line_error(res, 3)
+    assert all(f"{rid} (u{i}, cpu 1, held " in line for i, rid in enumerate(ids)), line
+    doc = res.json()
+    assert (doc["error"], doc["host"], doc["cpu"], doc["used"], doc["slots"]) == (
+        "NO_FREE_SLOT",
+        HOST,
+        1,
+        4,
+        4,
+    )
+    assert [h["reservation_id"] for h in doc["holders"]] == ids
+    for i, h in enumerate(doc["holders"]):
+        assert (h["owner"], h["scope"], h["cpu"], h["task"]) == (f"u{i}", "cpu", 1, None)
+        assert (h["session_id"], h["lease_left"]) == ("", None)
+        assert type(h["age"]) is float and h["age"] >= 0
+
+
 def test_cpus_json_numbers_are_ints_and_holders_are_named(addr: str) -> None:
     r = reserve(addr, "--cpu 1 --addr 0xdead0 --len 8 --type w --owner o")
     cpus = ok(run(addr, "cpus")).json()

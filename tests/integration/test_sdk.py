@@ -100,19 +100,30 @@ async def test_keep_alive_holds_the_lease_past_its_ttl(client: Any) -> None:
 async def test_no_free_slot_is_typed_with_cpu_and_holders(client: Any) -> None:
     held = [
         await client.reserve(HOST, cpu=1, addr=0x1000 + 8 * i, len=8, type="w", owner=f"u{i}")
-        for i in range(4)
+        for i in range(3)
     ]
-    with pytest.raises(NoFreeSlot) as refused:
-        await client.reserve(HOST, cpu=1, addr=0x9000, type="x")
+    async with await client.session(ttl=30.0, owner="leased") as s:
+        held.append(await s.reserve(HOST, task=55, addr=0x1100, len=8, type="w"))
+        with pytest.raises(NoFreeSlot) as refused:
+            await client.reserve(HOST, cpu=1, addr=0x9000, type="x")
     err = refused.value
     assert isinstance(err, core.NoFreeSlot)  # the core class catches it too
-    assert (err.host, err.cpu) == (HOST, 1)
-    assert len(err.holders) == 4
-    for h, text in zip(held, err.holders, strict=True):
-        assert h.id in str(text) and h.owner in str(text)
+    assert (err.host, err.cpu, err.used, err.slots) == (HOST, 1, 4, 4)
     assert "cpu 1" in str(err)
+    holders = {h.reservation_id: h for h in err.holders}
+    assert set(holders) == {h.id for h in held}
+    for h in held[:3]:
+        got = holders[h.id]
+        assert (got.owner, got.scope, got.cpu, got.task) == (h.owner, Scope.CPU, 1, None)
+        assert (got.session_id, got.lease_left) == ("", None)
+        assert got.age is not None and 0 <= got.age < 60
+        assert str(got).startswith(f"{h.id} ({h.owner}, cpu 1, held ")
+    leased = holders[held[3].id]
+    assert (leased.owner, leased.scope, leased.task) == ("leased", Scope.TASK, 55)
+    assert leased.session_id == s.id and leased.lease_left is not None
+    assert 0 < leased.lease_left <= 30
     # The refusal changed nothing; the other CPU still has room.
-    assert len(await client.list(HOST)) == 4
+    assert len(await client.list(HOST)) == 3
     await (await client.reserve(HOST, cpu=0, addr=0x9000, type="x")).release()
 
 
