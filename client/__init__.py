@@ -20,6 +20,7 @@ from hwbp.client.values import (
     HitInfo,
     HolderInfo,
     ReservationInfo,
+    SlotHolder,
     TrapInfo,
 )
 from hwbp.wire.tls import TlsConfig
@@ -45,6 +46,7 @@ __all__ = [
     "ReservationInfo",
     "RetryPolicy",
     "Session",
+    "SlotHolder",
     "TlsConfig",
     "Tracer",
     "TrapInfo",
