@@ -8,6 +8,7 @@ rules against a real arbiter are in tests/integration/test_sdk_retries.py.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +21,7 @@ from hwbp.client import Unavailable, calls
 from hwbp.client.retry import RetryPolicy
 from hwbp.errors import HostNotFound, ReservationNotFound
 from hwbp.v1 import arbiter_pb2, ptrace_pb2, session_pb2, simulation_pb2, types_pb2
-from tests.surfaces import SURFACES, make_client
+from tests.surfaces import SURFACES, TWIN, make_client
 
 
 class WireError(grpc.RpcError):
@@ -189,3 +190,19 @@ def test_every_rpc_of_every_service_has_a_rule() -> None:
         assert rpc.gone is None or rpc.retry, (
             f"{rpc.method}: 'gone' only means something on a retry"
         )
+
+
+@pytest.mark.parametrize(("sync", "aio"), list(TWIN.items()), ids=lambda c: c.__name__)
+def test_both_surfaces_have_the_same_methods(sync: type, aio: type) -> None:
+    """The generated sync classes offer every public method of their async source, each
+    blocking where the async one is awaited (the drift check compares text; this, shape)."""
+
+    def public(cls: type) -> dict[str, Any]:
+        return {n: getattr(cls, n) for n in dir(cls) if not n.startswith("_")}
+
+    assert public(sync).keys() == public(aio).keys()
+    for name, method in public(aio).items():
+        if callable(method):
+            assert not inspect.iscoroutinefunction(public(sync)[name]), name
+            params = list(inspect.signature(method).parameters)
+            assert list(inspect.signature(public(sync)[name]).parameters) == params, name
