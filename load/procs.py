@@ -140,12 +140,24 @@ def start(
     seen.wait(timeout)
     found = next((line.strip() for line in list(child.lines) if wait_for in line), None)
     if found is None:
-        code = child.popen.poll()
+        # Set without the line: its output closed, so it is exiting.
+        code = _exit_status(child.popen) if seen.is_set() else None
         child.stop()
         tail = "".join(child.lines[-20:])
-        why = f"exited ({code})" if code is not None else f"was silent for {timeout:g}s"
-        raise RuntimeError(f"{name} {why} before printing {wait_for!r}:\n{tail}")
+        if code is not None:
+            why = f"exited ({code}) before printing {wait_for!r}"
+        else:
+            why = f"did not print {wait_for!r} within {timeout:g}s"
+        raise RuntimeError(f"{name} {why}:\n{tail}")
     return child, found
+
+
+def _exit_status(popen: subprocess.Popen[str]) -> int | None:
+    """The status of a child whose output just closed (it is exiting), if it ends soon."""
+    try:
+        return popen.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 @functools.cache
