@@ -12,6 +12,7 @@ a method the sync surface lacks fails the test instead of being skipped.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -45,8 +46,10 @@ def _wrap(value: Any) -> Any:
 
 
 async def _aiter(items: Iterator[Any]) -> AsyncIterator[Any]:
+    """Each blocking ``next()`` runs on a worker thread, so a test can act while it waits."""
+    done = object()
     try:
-        for item in items:
+        while (item := await asyncio.to_thread(next, items, done)) is not done:
             yield _wrap(item)
     finally:
         close = getattr(items, "close", None)

@@ -158,6 +158,30 @@ async def test_inventory_and_tracer(client: Any) -> None:
     assert await client.list(HOST) == []
 
 
+async def test_a_tracer_sees_the_traps_of_its_task(client: Any) -> None:
+    async with await client.session(ttl=5.0) as s, await s.attach(HOST, 902) as tracer:
+        await tracer.poke(2, 0x8000)
+        await tracer.poke(7, (1 << 4) | (0b1101 << 24))  # L2, write, 4 bytes
+        await client.context_switch(HOST, 1, 902)
+        traps = tracer.traps(timeout=20)
+        first = asyncio.ensure_future(anext(traps))
+        # A trap stream announces nothing: write until it has seen one (bounded by its 20 s).
+        while not first.done():
+            assert (await client.access(HOST, 1, 0x8001, 1, "w")).hit
+            await asyncio.wait({first}, timeout=0.2)
+        trap = first.result()
+        await traps.aclose()
+        assert (trap.host, trap.task, trap.ptrace_index, trap.addr, trap.cpu) == (
+            HOST,
+            902,
+            2,
+            0x8000,
+            1,
+        )
+        assert trap.dr6 & 0b100  # B2: DR2 fired
+        await client.context_switch(HOST, 1, None)
+
+
 async def test_a_tracer_outside_a_session_persists_until_detached(client: Any) -> None:
     tracer = client.ptrace(HOST, 901)
     await tracer.poke(1, 0x7100)
