@@ -99,3 +99,27 @@ def test_text_that_does_not_parse_is_kept_as_the_id() -> None:
         SlotHolder("weird", "", "", Scope.SYSTEM, None, None),
         SlotHolder("r9 (x, y)", "", "", Scope.SYSTEM, None, None),
     )
+
+
+def test_hwbpctl_renders_the_holders_for_people_and_as_objects() -> None:
+    from hwbp.client import cli_render as render
+
+    err = refused(Leases({"s-a": Lease(expires_at=108.5)}))
+    assert render.no_free_slot_line(err) == (
+        "no free debug register on host h1 cpu 1: 4 of 4 in use, held by "
+        "r1 (gdb-alice, cpu 1, session s-a, held 12s, lease 8.5s left), "
+        "r2 (bob, task 42, held 5m), r3 (anonymous, task 43 on cpu 1), "
+        "r4 (carol, system, session s-gone)"
+    )
+    doc = render.no_free_slot_json(err)
+    assert (doc["error"], doc["used"], len(doc["holders"])) == ("NO_FREE_SLOT", 4, 4)
+    assert doc["holders"][0] == {
+        "reservation_id": "r1",
+        "owner": "gdb-alice",
+        "session_id": "s-a",
+        "scope": "cpu",
+        "cpu": 1,
+        "task": None,
+        "age": 12.0,
+        "lease_left": 8.5,
+    }
