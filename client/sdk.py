@@ -1,10 +1,22 @@
-"""The synchronous SDK: ``Client``, sessions with a keep-alive, reservation handles, tracers.
+# Generated from client/aio.py by scripts/sync_sdk.py: edit that file, then `make sdk`.
+"""The SDK's client, written once: ``AsyncClient`` here, ``Client`` generated from it.
+
+    async with AsyncClient() as c, await c.session(ttl=10) as s:
+        r = await s.reserve("h1", cpu=0, addr=0x1000, len=4, type="w")
+        async for ev in c.watch("h1", timeout=5): ...
 
     with Client() as c, c.session(ttl=10) as s:
-        with s.reserve("h1", cpu=0, addr=0x1000, len=4, type="w") as r:
-            ...  # released on exit; everything the session holds goes when it closes
+        with s.reserve("h1", cpu=0, addr=0x1000, len=4, type="w") as r: ...
 
-Errors are the typed ``hwbp.errors`` classes (decoded by ``client.errors``).
+Why one async source and a generated sync twin (as httpcore does with unasync), rather
+than a synchronous facade over the async client: the sync client stays plainly
+synchronous (a blocking gRPC channel, no event loop or thread behind each client), so it
+works inside programs that run their own loop, after fork, and under Ctrl-C; both
+surfaces keep real signatures a type checker reads; and a method is written once, here
+or in ``aio_handles.py``, then ``make sdk`` regenerates ``sdk.py`` and ``handles.py``
+(``make test`` fails when they drift). What a call may do (its deadline, whether a
+repeat is safe) is not written here at all but in one table, ``client.calls``; what
+differs between the two flavours is ``client.concurrency``.
 """
 
 from __future__ import annotations
@@ -15,30 +27,17 @@ from typing import Any, TypeVar
 
 import grpc
 
-from hwbp.client import paging, wire
+from hwbp.client import calls, paging, wire
+from hwbp.client.concurrency import sync_attempts
 from hwbp.client.endpoints import NOT_LEADER, Endpoints
 from hwbp.client.errors import RemoteError, from_rpc_error
 from hwbp.client.handles import ReservationHandle, Session, Tracer
-from hwbp.client.retry import (
-    FAILOVER_RETRY,
-    MUTATE_TIMEOUT,
-    NO_RETRY,
-    READ_TIMEOUT,
-    SESSION_TIMEOUT,
-    RetryPolicy,
-)
+from hwbp.client.retry import FAILOVER_RETRY, Deadlines, RetryPolicy
 from hwbp.client.values import AccessResult, Change, CpuInfo, EventInfo, EventKind, ReservationInfo
-from hwbp.errors import HwbpError, ReservationNotFound
+from hwbp.errors import HwbpError
 from hwbp.model import AccessType, BpType
 from hwbp.registers import RegisterImage
-from hwbp.v1 import (
-    arbiter_pb2_grpc,
-    ptrace_pb2_grpc,
-    session_pb2,
-    session_pb2_grpc,
-    simulation_pb2,
-    simulation_pb2_grpc,
-)
+from hwbp.v1 import session_pb2, simulation_pb2
 from hwbp.wire.tls import TlsConfig, channel
 
 T = TypeVar("T")
@@ -46,7 +45,7 @@ M = TypeVar("M")
 
 
 class Client:
-    """A connection to one arbiter. Cheap to create; close it (or use ``with``)."""
+    """A connection to one arbiter. Cheap to create; close it (or use it with ``with``)."""
 
     def __init__(
         self,
@@ -54,28 +53,42 @@ class Client:
         *,
         retry: RetryPolicy | None = None,
         tls: TlsConfig | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
         """``endpoint``: "HOST:PORT", or the replicas of a replicated arbiter as
         "a:1,b:2,c:3" or a list (calls follow the leader); default $HWBP_ARBITER.
-        ``tls``: client certificate, key and CA; default $HWBP_TLS_*, else plaintext."""
+        ``tls``: client certificate, key and CA; default $HWBP_TLS_*, else plaintext.
+        ``deadlines``: seconds per kind of call (``retry.Deadlines``' defaults)."""
         self.endpoints = Endpoints.of(endpoint)
+        self.endpoint = self.endpoints.current
         # Several replicas: ride out a failover (a lease ttl and an election) on retries.
         self.retry = retry or (FAILOVER_RETRY if self.endpoints.several else RetryPolicy())
+        self.deadlines = deadlines or Deadlines()
         self.tls = tls if tls is not None else TlsConfig.resolve()
-        self._retired: list[grpc.Channel] = []  # channels to replicas we moved away from
-        self._connect(self.endpoints.current)
-
-    def _connect(self, endpoint: str) -> None:
-        self.endpoint = endpoint
+        self.closed = False
+        self._retired: list[Any] = []  # channels to replicas we moved away from
         self._channel = channel(self.endpoint, self.tls)
-        self._arbiter = arbiter_pb2_grpc.ArbiterStub(self._channel)
-        self._sessions = session_pb2_grpc.SessionsStub(self._channel)
-        self._ptrace = ptrace_pb2_grpc.PtraceStub(self._channel)
-        self._sim = simulation_pb2_grpc.SimulationStub(self._channel)
+        self._stubs = calls.stubs(self._channel)
 
     def close(self) -> None:
+        self.closed = True
         for ch in [*self._retired, self._channel]:
             ch.close()
+
+    def _follow(self, err: HwbpError) -> None:
+        """A follower named the leader, or a replica is gone: use the next one
+        (``client.endpoints`` decides). The old channel is closed with the client, not
+        now: a session's keep-alive may still be reading from it."""
+        reason = err.remote_reason if isinstance(err, RemoteError) else ""
+        metadata = err.metadata if isinstance(err, RemoteError) else {}
+        if reason in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            reason = ""  # a transport failure: no ErrorInfo from an arbiter
+        target = self.endpoints.after(reason, metadata)
+        if target is not None and target != self.endpoint:
+            self._retired.append(self._channel)
+            self.endpoint = target
+            self._channel = channel(target, self.tls)
+            self._stubs = calls.stubs(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -83,89 +96,51 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # --- plumbing ---------------------------------------------------------------------
+    # --- plumbing: every call goes through one of these two ---------------------------
 
-    def _call(
-        self,
-        method: Callable[..., Any],
-        request: Any,
-        *,
-        timeout: float,
-        retry: bool,
-        gone: type[HwbpError] | None = None,
-    ) -> Any:
-        """One unary call with a deadline; transient failures retried when ``retry``.
-
-        ``gone``: an error that, on a retried attempt, means an earlier attempt already
-        did the work (the release went through but its answer was lost): return None.
-        A follower's NOT_LEADER refusal is repeated once on the leader it names, whatever
-        the call: it was refused before anything was done.
-        """
-        where = self._where(method)
+    def _call(self, rpc: calls.Rpc, request: Any) -> Any:
+        """One unary call under ``rpc``'s rules: its deadline, transient failures retried
+        when it is safe to, and None when a repeat finds ``rpc.gone`` (done already).
+        A follower's NOT_LEADER refusal is repeated once on the leader it names, even
+        for a call never retried: it was refused before anything was done."""
         try:
-            return self._attempts(method, where, request, timeout=timeout, retry=retry, gone=gone)
+            return self._attempts(rpc, request)
         except RemoteError as err:
-            if retry or err.remote_reason != NOT_LEADER or not self.endpoints.several:
+            if rpc.retry or err.remote_reason != NOT_LEADER or not self.endpoints.several:
                 raise
-        return self._attempts(method, where, request, timeout=timeout, retry=False, gone=gone)
+        return self._attempts(rpc, request)
 
-    def _attempts(
-        self,
-        method: Callable[..., Any],
-        where: tuple[str, str] | None,
-        request: Any,
-        *,
-        timeout: float,
-        retry: bool,
-        gone: type[HwbpError] | None,
-    ) -> Any:
+    def _attempts(self, rpc: calls.Rpc, request: Any) -> Any:
+        timeout = calls.timeout(rpc, self.deadlines)
         attempts = 0
-        for attempt in (self.retry if retry else NO_RETRY).sync():
+        for attempt in sync_attempts(self.retry, rpc.retry):
             with attempt:
                 attempts += 1
-                if where is not None:  # the leader may have moved: its stub, not the old one
-                    method = getattr(getattr(self, where[0]), where[1])
+                method = getattr(self._stubs[rpc.service], rpc.method)  # the leader may move
                 try:
                     return method(request, timeout=timeout)
                 except grpc.RpcError as e:
                     err = from_rpc_error(e)
                     self._follow(err)
-                    if gone is not None and attempts > 1 and isinstance(err, gone):
+                    if rpc.gone is not None and attempts > 1 and isinstance(err, rpc.gone):
                         return None
                     raise err from None
         raise AssertionError("tenacity re-raises the last failure")
 
-    def _where(self, method: Any) -> tuple[str, str] | None:
-        """Which stub attribute and method ``method`` is, to call it again elsewhere."""
-        if not self.endpoints.several:
-            return None
-        for stub in ("_arbiter", "_sessions", "_ptrace", "_sim"):
-            for name, value in vars(getattr(self, stub)).items():
-                if value is method:
-                    return stub, name
-        return None
-
-    def _follow(self, err: HwbpError) -> None:
-        """A follower named the leader, or a replica is gone: use the next one."""
-        reason = err.remote_reason if isinstance(err, RemoteError) else ""
-        metadata = err.metadata if isinstance(err, RemoteError) else {}
-        if reason in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-            reason = ""  # a transport failure: no ErrorInfo from an arbiter
-        target = self.endpoints.after(reason, metadata)
-        if target is not None and target != self.endpoint:
-            # Not closed now: another thread (a session's keep-alive) may be using it.
-            self._retired.append(self._channel)
-            self._connect(target)
+    def _open(self, rpc: calls.Rpc, request: Any, timeout: float | None = None) -> Any:
+        """Start a streaming call (its answers are read with ``_stream``)."""
+        return getattr(self._stubs[rpc.service], rpc.method)(request, timeout=timeout)
 
     def _stream(self, call: Any, convert: Callable[[M], T], timeout: float | None) -> Iterator[T]:
-        """Iterate a server stream; a deadline we set ourselves ends it quietly."""
+        """Iterate a server stream; a deadline the caller asked for ends it quietly."""
         try:
             for msg in call:
                 yield convert(msg)
         except grpc.RpcError as e:
-            if timeout is not None and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            err = from_rpc_error(e)
+            if timeout is not None and err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 return
-            raise from_rpc_error(e) from None
+            raise err from None
         finally:
             call.cancel()
 
@@ -204,8 +179,7 @@ class Client:
             request_id=request_id,
             idempotency_key=idempotency_key,
         )
-        # Safe to retry: the idempotency key makes a repeat return the first result.
-        resp = self._call(self._arbiter.Reserve, req, timeout=MUTATE_TIMEOUT, retry=True)
+        resp = self._call(calls.RESERVE, req)
         return ReservationHandle(self, wire.change(resp))
 
     def release(
@@ -224,13 +198,7 @@ class Client:
         req = wire.release_request(
             id, session_id=session_id, request_id=request_id, expect_owner=expect_owner
         )
-        resp = self._call(
-            self._arbiter.Release,
-            req,
-            timeout=MUTATE_TIMEOUT,
-            retry=True,
-            gone=ReservationNotFound,
-        )
+        resp = self._call(calls.RELEASE, req)
         return None if resp is None else wire.change(resp)
 
     def modify(
@@ -256,10 +224,7 @@ class Client:
             request_id=request_id,
             expect_owner=expect_owner,
         )
-        # Not retried: a lost answer followed by a repeat would bump the generation twice
-        # and could race another client's modify in between.
-        resp = self._call(self._arbiter.Modify, req, timeout=MUTATE_TIMEOUT, retry=False)
-        return wire.change(resp)
+        return wire.change(self._call(calls.MODIFY, req))
 
     def list(
         self,
@@ -277,7 +242,7 @@ class Client:
             req = wire.list_request(
                 host, session_id=session_id, page_token=token, request_id=rid, page_size=page_size
             )
-            resp = self._call(self._arbiter.List, req, timeout=READ_TIMEOUT, retry=True)
+            resp = self._call(calls.LIST, req)
             return [wire.reservation(r) for r in resp.reservations], resp.next_page_token
 
         return paging.collect(page, key=lambda r: r.id)
@@ -296,7 +261,7 @@ class Client:
             req = wire.inventory_request(
                 host, page_token=token, request_id=rid, page_size=page_size
             )
-            resp = self._call(self._arbiter.Inventory, req, timeout=READ_TIMEOUT, retry=True)
+            resp = self._call(calls.INVENTORY, req)
             return [wire.cpu_inventory(c) for c in resp.cpus], resp.next_page_token
 
         return paging.collect(page, key=lambda c: (c.host, c.cpu))
@@ -309,11 +274,17 @@ class Client:
         *,
         timeout: float | None = None,
         request_id: str | None = None,
+        announce_subscribed: bool = False,
     ) -> Iterator[EventInfo]:
-        """Events as they happen; ``timeout`` ends the stream quietly after that many seconds."""
-        # No deadline unless asked: a watch is meant to last as long as its reader does.
-        req = wire.watch_request(host, task, kinds, request_id)
-        return self._stream(self._arbiter.Watch(req, timeout=timeout), wire.event, timeout)
+        """Events as they happen; ``timeout`` ends the stream quietly after that many
+        seconds (none by default: a watch lasts as long as its reader).
+
+        ``announce_subscribed``: the first event is ``EventKind.SUBSCRIBED``, sent once
+        every later event reaches this watch; wait for it before doing what you want
+        to see (an arbiter too old to know the flag sends no such event).
+        """
+        req = wire.watch_request(host, task, kinds, request_id, announce_subscribed)
+        return self._stream(self._open(calls.WATCH, req, timeout), wire.event, timeout)
 
     # --- simulation -------------------------------------------------------------------
 
@@ -324,7 +295,7 @@ class Client:
         req = simulation_pb2.ContextSwitchRequest(
             request_id=request_id or wire.new_id(), host=host, cpu=cpu, task=task
         )
-        resp = self._call(self._sim.ContextSwitch, req, timeout=MUTATE_TIMEOUT, retry=False)
+        resp = self._call(calls.CONTEXT_SWITCH, req)
         return wire.register_image(resp.image)
 
     def access(
@@ -337,17 +308,16 @@ class Client:
         *,
         request_id: str | None = None,
     ) -> AccessResult:
-        """A memory access by the CPU's current task; not retried (a hit is an event)."""
+        """A memory access by the CPU's current task (a hit is an event: never repeated)."""
         req = wire.access_request(host, cpu, addr, len, type, request_id)
-        resp = self._call(self._sim.MemoryAccess, req, timeout=MUTATE_TIMEOUT, retry=False)
-        return wire.access_result(resp)
+        return wire.access_result(self._call(calls.MEMORY_ACCESS, req))
 
     def exit_task(self, host: str, task: int, *, request_id: str | None = None) -> int:
         """The task exited: its breakpoints and ptrace state go. Returns how many."""
         req = simulation_pb2.ExitTaskRequest(
             request_id=request_id or wire.new_id(), host=host, task=task
         )
-        resp = self._call(self._sim.ExitTask, req, timeout=MUTATE_TIMEOUT, retry=False)
+        resp = self._call(calls.EXIT_TASK, req)
         return int(resp.released)
 
     # --- sessions and ptrace ----------------------------------------------------------
@@ -355,9 +325,7 @@ class Client:
     def session(self, ttl: float = 10.0, owner: str = "") -> Session:
         """Open a leased session; use it as a context manager so it closes."""
         req = session_pb2.OpenSessionRequest(request_id=wire.new_id(), ttl_seconds=ttl, owner=owner)
-        # Not retried: a lost answer would leave an orphan session (harmless, it expires,
-        # but a repeat would not return the same one).
-        info = self._call(self._sessions.OpenSession, req, timeout=SESSION_TIMEOUT, retry=False)
+        info = self._call(calls.OPEN_SESSION, req)
         return Session(self, info.session_id, info.ttl_seconds or ttl, info.owner or owner)
 
     def ptrace(self, host: str, task: int) -> Tracer:
