@@ -28,6 +28,7 @@ from hwbp.v1 import arbiter_pb2 as a
 from tests.integration import procs
 from tests.integration.ha import TTL, Group, role
 from tests.integration.stubs import Api, error_info, wait_until
+from tests.surfaces import SURFACES, make_client
 
 pytestmark = pytest.mark.slow
 
@@ -76,15 +77,29 @@ def test_followers_refuse_with_the_leaders_address_and_health_says_who_leads(
     }
     agents = procs.start_fleet(group.endpoints, "hl", 2)
     try:
-        with Client(order) as client:
-            r = client.reserve("hl", cpu=1, addr=0x2000, len=8, type="w")
-            assert client.endpoint == group.addresses[lead]
-            assert r.id in {x.id for x in client.list("hl")}
-            # Not retried in general, but a NOT_LEADER refusal is repeated on the leader.
-            with Client([group.addresses[follower], group.addresses[lead]]) as other:
-                other.modify(r.id, enabled=False)
+        done = procs.cli(",".join(order), "reserve", "--host", "hl", "--cpu", "0",
+                         "--addr", "0x3000", "--len", "8", "--type", "w")  # fmt: skip
+        assert done.code == 0, done.err
         done = procs.cli(group.endpoints, "ls", "--host", "hl")
-        assert done.code == 0 and [x["id"] for x in done.json()] == [r.id]
+        assert done.code == 0 and len(done.json()) == 1
+    finally:
+        agents.stop()
+
+
+@pytest.mark.parametrize("surface", SURFACES)
+async def test_both_sdk_surfaces_follow_the_leader(group: Group, surface: str) -> None:
+    lead = group.leader()
+    order = [group.addresses[(lead + 1) % 3], group.addresses[lead]]
+    agents = procs.start_fleet(group.endpoints, "hl", 2)
+    try:
+        async with make_client(surface, order) as client:
+            r = await client.reserve("hl", cpu=1, addr=0x2000, len=8, type="w")
+            assert client.endpoint == group.addresses[lead]
+            assert r.id in {x.id for x in await client.list("hl")}
+        # Modify is never retried, but a NOT_LEADER refusal is repeated on the leader.
+        async with make_client(surface, ",".join(order)) as other:
+            changed = await other.modify(r.id, enabled=False)
+            assert not changed.reservation.enabled
     finally:
         agents.stop()
 
