@@ -35,9 +35,22 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def group(tmp_path: Path) -> Iterator[Group]:
+    """A group of its own, for a test that kills, pauses or stops something."""
     g = Group(tmp_path)
     try:
         g.start()
+        yield g
+    finally:
+        g.stop()
+
+
+@pytest.fixture(scope="module")
+def steady(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Group]:
+    """One group shared by the tests that only read and write (no failover): each uses
+    its own host."""
+    g = Group(tmp_path_factory.mktemp("steady"))
+    try:
+        g.start("--metrics-listen", "127.0.0.1:0")
         yield g
     finally:
         g.stop()
@@ -54,8 +67,9 @@ def _converged(client: Client, host: str, ncpus: int) -> bool:
 
 
 def test_followers_refuse_with_the_leaders_address_and_health_says_who_leads(
-    group: Group,
+    steady: Group,
 ) -> None:
+    group = steady
     lead = group.leader()
     follower = (lead + 1) % 3
     assert group.roles().count("follower") == 2
@@ -87,15 +101,17 @@ def test_followers_refuse_with_the_leaders_address_and_health_says_who_leads(
 
 
 @pytest.mark.parametrize("surface", SURFACES)
-async def test_both_sdk_surfaces_follow_the_leader(group: Group, surface: str) -> None:
+async def test_both_sdk_surfaces_follow_the_leader(steady: Group, surface: str) -> None:
+    group = steady
     lead = group.leader()
     order = [group.addresses[(lead + 1) % 3], group.addresses[lead]]
-    agents = procs.start_fleet(group.endpoints, "hl", 2)
+    host = f"hl-{surface}"
+    agents = procs.start_fleet(group.endpoints, host, 2)
     try:
         async with make_client(surface, order) as client:
-            r = await client.reserve("hl", cpu=1, addr=0x2000, len=8, type="w")
+            r = await client.reserve(host, cpu=1, addr=0x2000, len=8, type="w")
             assert client.endpoint == group.addresses[lead]
-            assert r.id in {x.id for x in await client.list("hl")}
+            assert r.id in {x.id for x in await client.list(host)}
         # Modify is never retried, but a NOT_LEADER refusal is repeated on the leader.
         async with make_client(surface, ",".join(order)) as other:
             changed = await other.modify(r.id, enabled=False)
@@ -330,28 +346,24 @@ def _scrape(proc: procs.Proc) -> dict[str, float]:
     return out
 
 
-def test_metrics_show_the_leader_its_takeovers_and_store_latency(tmp_path: Path) -> None:
-    g = Group(tmp_path)
+def test_metrics_show_the_leader_its_takeovers_and_store_latency(steady: Group) -> None:
+    g = steady
+    lead = g.leader()
+    agents = procs.start_fleet(g.endpoints, "hm", 1)
     try:
-        g.start("--metrics-listen", "127.0.0.1:0")
-        lead = g.leader()
-        agents = procs.start_fleet(g.endpoints, "hm", 1)
-        try:
-            with Client(g.endpoints) as client:
-                client.reserve("hm", cpu=0, addr=0x1000, len=8, type="w")
-        finally:
-            agents.stop()
-        for i, proc in enumerate(g.arbiters):
-            assert proc is not None
-            m = _scrape(proc)
-            assert m["hwbp_leader"] == (1.0 if i == lead else 0.0)
-            takeovers = m.get('hwbp_failovers_total{kind="takeover"}', 0.0)
-            assert takeovers == (1.0 if i == lead else 0.0)
-        m = _scrape(g.arbiters[lead])  # type: ignore[arg-type]
-        assert m['hwbp_store_txn_seconds_count{result="ok"}'] >= 2  # the host, the reserve
-        assert m.get('hwbp_store_txn_seconds_count{result="fenced"}', 0.0) == 0
+        with Client(g.endpoints) as client:
+            client.reserve("hm", cpu=0, addr=0x1000, len=8, type="w")
     finally:
-        g.stop()
+        agents.stop()
+    for i, proc in enumerate(g.arbiters):
+        assert proc is not None
+        m = _scrape(proc)
+        assert m["hwbp_leader"] == (1.0 if i == lead else 0.0)
+        takeovers = m.get('hwbp_failovers_total{kind="takeover"}', 0.0)
+        assert takeovers == (1.0 if i == lead else 0.0)
+    m = _scrape(g.arbiters[lead])  # type: ignore[arg-type]
+    assert m['hwbp_store_txn_seconds_count{result="ok"}'] >= 2  # the host, the reserve
+    assert m.get('hwbp_store_txn_seconds_count{result="fenced"}', 0.0) == 0
 
 
 def test_a_session_survives_a_failover_with_its_reservations(group: Group) -> None:
