@@ -234,9 +234,15 @@ class Leader:
             self.feed(KeptAlive(lease, sent, time.monotonic()))
 
     async def _campaign(self, lease: int) -> None:
+        """Create the leader key if nobody holds it. A plain read first: while a leader
+        lives (nearly always) a follower's poll costs etcd no raft entry."""
         io, key = self.store.io, self.store.leader_key
         t = io.client.transactions
         try:
+            held = await io.wait(io.client.get(key))
+            if held is not None:
+                self.feed(Lost(lease, held.value.decode(errors="replace"), time.monotonic()))
+                return
             won, got = await io.wait(
                 io.client.transaction(
                     compare=[t.create(key) == 0],
