@@ -14,8 +14,9 @@ event carries ``now``, read from one monotonic clock).
   for.
 - **Campaign.** A replica with a lease that is not leader tries, every ``poll`` seconds,
   to create the leader key if it does not exist (``Campaign``: the shell reads the key,
-  and only when it is gone makes the create-if-absent transaction). ``Won(revision)`` means it created the key at that revision; ``Lost``
-  names the leader's advertised address (or none) for the followers' hint.
+  and only when it is gone makes the create-if-absent transaction). ``Won(revision)``
+  means it created the key at that revision; ``Lost`` names the leader's advertised
+  address (or none) for the followers' hint.
 - **Takeover.** After ``Won`` the replica loads the ledger from etcd and re-admits it
   (``TakeOver``: the shell also sets the store's fence to the revision). Only on
   ``Restored`` does it serve (``Serve``). A failed restore gives the lease up
