@@ -34,8 +34,18 @@ def validate_breakpoint(bp: Breakpoint, *, scope: Scope, profile: ArchProfile = 
 
 
 def is_kernel_address(addr: int, length: int) -> bool:
-    """arch_check_bp_in_kernelspace(): any byte at or above TASK_SIZE_MAX."""
+    """arch_check_bp_in_kernelspace(): any of ``length`` bytes at or above TASK_SIZE_MAX."""
     return addr >= TASK_SIZE_MAX or addr + length - 1 >= TASK_SIZE_MAX
+
+
+def kernel_check_length(bp: Breakpoint) -> int:
+    """How many bytes arch_check_bp_in_kernelspace() looks at: arch_bp_generic_len(hw->len).
+
+    An execute breakpoint's hw->len is X86_BREAKPOINT_LEN_X, which equals LEN_1: one byte,
+    whatever its generic length (sizeof(long)). So an execute breakpoint at
+    TASK_SIZE_MAX-1 is a user breakpoint.
+    """
+    return 1 if bp.type is BpType.EXEC else bp.length
 
 
 def _check_type(bp: Breakpoint, profile: ArchProfile) -> None:
@@ -101,7 +111,7 @@ def _check_kernel(bp: Breakpoint, scope: Scope) -> None:
             addr=f"{bp.addr:#x}",
             scope=scope.value,
         )
-    if not bp.kernel and is_kernel_address(bp.addr, bp.length):
+    if not bp.kernel and is_kernel_address(bp.addr, kernel_check_length(bp)):
         raise KernelAddressNotAllowed(
             f"address {bp.addr:#x} (length {bp.length}) is a kernel address "
             f"(>= {TASK_SIZE_MAX:#x}) but the breakpoint does not ask for kernel",

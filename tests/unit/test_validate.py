@@ -160,3 +160,34 @@ def test_arm64_like_keeps_the_other_rules() -> None:
 def test_x86_never_says_unsupported_class() -> None:
     # Mixed registers: EXEC lands in the shared pool even though inst would have slots anyway.
     validate_breakpoint(Breakpoint(USER, 8, BpType.EXEC), scope=TASK)
+
+
+# --- fidelity to the kernel (issue 19) --------------------------------------------------
+
+
+@pytest.mark.parametrize("scope", list(Scope))
+@pytest.mark.parametrize("addr", [TASK_SIZE_MAX - 8, TASK_SIZE_MAX - 4, TASK_SIZE_MAX - 1])
+def test_exec_just_below_task_size_max_is_a_user_address(addr: int, scope: Scope) -> None:
+    """arch_check_bp_in_kernelspace() checks arch_bp_generic_len(hw->len) bytes, and an
+    execute breakpoint's hw->len is X86_BREAKPOINT_LEN_X == X86_BREAKPOINT_LEN_1: one byte,
+    whatever its generic length (sizeof(long)). The kernel accepts an execute breakpoint
+    at TASK_SIZE_MAX-4 and TASK_SIZE_MAX-1 (observed on this machine: perf_event_open and
+    PTRACE_POKEUSER both take them)."""
+    validate_breakpoint(Breakpoint(addr, 8, BpType.EXEC, enabled=False), scope=scope)
+    validate_breakpoint(Breakpoint(addr, 8, BpType.EXEC), scope=scope)
+
+
+@pytest.mark.parametrize("scope", list(Scope))
+def test_exec_at_task_size_max_is_a_kernel_address(scope: Scope) -> None:
+    """The first byte at TASK_SIZE_MAX is kernel space: without exclude_kernel cleared,
+    hw_breakpoint_parse() answers EINVAL."""
+    err = refused(Breakpoint(TASK_SIZE_MAX, 8, BpType.EXEC), scope=scope)
+    assert isinstance(err, KernelAddressNotAllowed)
+    assert err.errno == errno.EINVAL
+
+
+def test_data_breakpoints_still_check_every_byte() -> None:
+    """For data breakpoints hw->len is the real length (LEN_1/2/4/8), so an aligned
+    watchpoint below TASK_SIZE_MAX never straddles it and one at it is refused."""
+    validate_breakpoint(Breakpoint(TASK_SIZE_MAX - 8, 8, BpType.WRITE), scope=TASK)
+    assert isinstance(refused(Breakpoint(TASK_SIZE_MAX, 8, BpType.RW)), KernelAddressNotAllowed)
