@@ -30,6 +30,7 @@ from hwbp.agent.failures import (
     describe,
     wait,
 )
+from hwbp.arch import DEFAULT_FEATURES
 from hwbp.errors import HwbpError, KernelRefused
 from hwbp.model import AccessType, Assignment
 from hwbp.registers import HitRecord, RegisterImage
@@ -180,6 +181,7 @@ class AgentLink:
             image=convert.image_to(self.backend.image()),
             slots=4,
             installed=[convert.assignment_to(a) for a in _installed(self.backend)],  # type: ignore[misc]
+            features=convert.features_to(getattr(self.backend, "features", DEFAULT_FEATURES)),
         )
         self._outbox.put_nowait(agent_pb2.AgentMessage(hello=hello))
         call = self.stub.Connect(self._outgoing())

@@ -92,14 +92,14 @@ def _dr7(slots: Sequence[Breakpoint | None]) -> int:
     """DR7 for the enabled breakpoints, via the shared encoder.
 
     Exec breakpoints are shown at the generic length; a shape x86 cannot express (a
-    read-only or range breakpoint another architecture accepted) leaves its slot empty.
+    read-only breakpoint, or a length no x86 CPU has) leaves its slot empty.
     """
     shown: list[Breakpoint | None] = []
     for bp in slots:
         if bp is not None and bp.type is BpType.EXEC:
             bp = replace(bp, length=dr7.EXEC_LENGTH)
-        elif bp is not None and (bp.type is BpType.READ or bp.length not in (1, 2, 4, 8)):
-            bp = None
+        elif bp is not None and (bp.type is BpType.READ or bp.length & (bp.length - 1)):
+            bp = None  # (a range, an aligned power of two, is LEN 00 with its mask)
         shown.append(bp)
     return dr7.encode(shown)
 
@@ -145,6 +145,7 @@ class PerfBackend:
 
     def __init__(self, cpu: int, ring_pages: int = 16) -> None:
         self.cpu = cpu
+        self.features = ps.host_features()  # what this machine's CPU and kernel offer
         self._ring_pages = ring_pages
         self._events: dict[str, _Event] = {}
         self._index: dict[str, int] = {}

@@ -1,18 +1,24 @@
 """Raw Linux perf_event_open(2) layer for hardware breakpoints, through ctypes.
 
 Only what the breakpoint backend needs: the attr struct, the syscall, the ioctls, the
-counter read, the sample ring buffer and pidfds. No policy lives here; errors surface
-as ``OSError`` with the kernel's errno so the backend can word the refusal.
+counter read, the sample ring buffer and pidfds, and what this host offers (CPU flags,
+kprobes, capabilities). No policy lives here; errors surface as ``OSError`` with the
+kernel's errno so the backend can word the refusal.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
+import gzip
 import mmap
 import os
 import platform
+import re
 import struct
 from dataclasses import dataclass
+
+from hwbp.arch import HostFeatures
 
 # Syscall numbers differ per architecture; pidfd_open is the same on both (new table).
 _PERF_EVENT_OPEN_NR = {"x86_64": 298, "aarch64": 241}
@@ -156,6 +162,63 @@ def read_count(fd: int) -> int:
 def pidfd_open(pid: int) -> int:
     """A pidfd that becomes readable when the process exits (Linux 5.3+)."""
     return os.pidfd_open(pid)
+
+
+# --- what this host offers (hwbp.arch.HostFeatures) -------------------------------------
+
+CAP_SYS_ADMIN = 21
+
+
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The flags of the first CPU in /proc/cpuinfo's text (x86: "flags", arm64: "Features")."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def has_capability(status: str, cap: int) -> bool:
+    """Is ``cap`` in the effective set of /proc/self/status's text (its CapEff line)?"""
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split(":", 1)[1], 16) >> cap & 1)
+    return False
+
+
+def kprobes_configured(config: str | None, kallsyms: str | None) -> bool | None:
+    """CONFIG_KPROBES, from the kernel's config text, else from whether its symbol table
+    has register_kprobe; None when neither could be read."""
+    if config is not None:
+        return "\nCONFIG_KPROBES=y" in "\n" + config
+    if kallsyms is not None:
+        return re.search(r"^\S+ [Tt] register_kprobe$", kallsyms, re.MULTILINE) is not None
+    return None
+
+
+def _read(path: str, *, gz: bool = False) -> str | None:
+    try:
+        if gz:
+            with gzip.open(path, "rt") as f:
+                return f.read()
+        with open(path) as f:
+            return f.read()
+    except (OSError, EOFError, UnicodeDecodeError):
+        return None
+
+
+@functools.cache
+def host_features() -> HostFeatures:
+    """This machine's: bpext from /proc/cpuinfo, kprobes from the kernel's config (or its
+    symbols), privilege from this process's capabilities. Unknown kprobes count as present
+    (the kernel still refuses what it cannot do)."""
+    config = _read("/proc/config.gz", gz=True) or _read(f"/boot/config-{os.uname().release}")
+    kprobes = kprobes_configured(config, None if config else _read("/proc/kallsyms"))
+    return HostFeatures(
+        bpext="bpext" in cpu_flags(_read("/proc/cpuinfo") or ""),
+        kprobes=True if kprobes is None else kprobes,
+        privileged=has_capability(_read("/proc/self/status") or "", CAP_SYS_ADMIN),
+    )
 
 
 @dataclass(frozen=True, slots=True)

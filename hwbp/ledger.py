@@ -107,6 +107,22 @@ class HostLedger:
     def profile(self) -> ArchProfile:
         return self._profile
 
+    @profile.setter
+    def profile(self, profile: ArchProfile) -> None:
+        """The host reported other features (its agent said so); its registers are the
+        same. Held reservations stay, as the kernel checks capabilities at creation."""
+        old = self._profile
+        if (profile.inst_slots, profile.data_slots, profile.mixed) != (
+            old.inst_slots,
+            old.data_slots,
+            old.mixed,
+        ):
+            raise InvalidArgument(
+                f"host {self._host} has {old.name}'s debug registers, not {profile.name}'s",
+                host=self._host,
+            )
+        self._profile = profile
+
     # --- admission ---------------------------------------------------------------------
 
     def check(self, target: Target, bp_type: BpType) -> None:

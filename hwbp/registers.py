@@ -253,7 +253,9 @@ class RegisterFile:
             _corrupt(f"DR7 {self._dr7:#x} does not decode: {err}")
         for index, (a, got) in enumerate(zip(self._slots, decoded, strict=True)):
             want = (
-                None if a is None else dr7.DecodedSlot(index, False, True, a.bp.length, a.bp.type)
+                None
+                if a is None
+                else dr7.DecodedSlot(index, False, True, dr7.slot_length(a.bp), a.bp.type)
             )
             if got != want:
                 _corrupt(f"DR7 {self._dr7:#x} slot {index} decodes to {got}, installed is {want}")

@@ -88,7 +88,7 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
                 host=name,
                 cpu=hello.cpu,
             )
-        host = self.fleet.ensure_host(name, hello.ncpus)
+        host = self.fleet.ensure_host(name, hello.ncpus, convert.features_from(hello))
         holder = host.live_channel(hello.cpu)
         if holder is not None:
             raise AgentAlreadyConnected(

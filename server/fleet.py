@@ -7,7 +7,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 
-from hwbp.arch import X86_64, ArchProfile
+from hwbp.arch import UNREPORTED_FEATURES, X86_64, ArchProfile, HostFeatures
 from hwbp.errors import Draining, HostNotFound, HostShapeConflict, ReservationNotFound
 from hwbp.keys import KeyTable
 from hwbp.model import Reservation
@@ -55,14 +55,16 @@ class Fleet:
                 host=name,
             ) from None
 
-    def ensure_host(self, name: str, ncpus: int) -> Host:
-        """A hello names the host's CPU count, so CPUs without an agent are known offline."""
+    def ensure_host(self, name: str, ncpus: int, features: HostFeatures | None = None) -> Host:
+        """A hello names the host's CPU count, so CPUs without an agent are known offline,
+        and what it offers (``features``). A host restored from the ledger has none
+        reported yet, and none is held against a request until an agent says hello."""
         host = self.hosts.get(name)
         if host is None:
             host = Host(
                 name,
                 ncpus,
-                self.profile,
+                self.profile.with_features(features or UNREPORTED_FEATURES),
                 ack_timeout=self.ack_timeout,
                 bus=self.bus,
                 keys=self.keys,
@@ -80,6 +82,9 @@ class Fleet:
                 known=host.ncpus,
                 said=ncpus,
             )
+        elif features is not None and features != host.profile.features:
+            log.info("host %s offers %s (was %s)", name, features, host.profile.features)
+            host.profile = host.ledger.profile = host.profile.with_features(features)
         return host
 
     async def _write(self, host: Host, ins: Persist) -> None:

@@ -53,9 +53,19 @@ def name(code: int) -> str:
     return "ok" if code == 0 else errno.errorcode.get(code, str(code))
 
 
+def like_this_host() -> list[str]:
+    """Agent flags for a simulated host that offers what this machine does."""
+    features = ps.host_features()
+    return [
+        *(["--bpext"] if features.bpext else []),
+        *([] if features.kprobes else ["--no-kprobes"]),
+        *([] if features.privileged else ["--unprivileged"]),
+    ]
+
+
 @pytest.fixture(scope="module")
 def client(arbiter: str) -> Iterator[Client]:
-    fleet = procs.start_fleet(arbiter, HOST, NCPUS)
+    fleet = procs.start_fleet(arbiter, HOST, NCPUS, *like_this_host())
     try:
         with Client(arbiter) as c:
             yield c
@@ -306,3 +316,56 @@ def test_one_access_hitting_two_breakpoints_sets_both_dr6_bits(
         client.context_switch(HOST, 0, None)
     assert sorted(h.ptrace_index for h in hit.hits) == [0, 1]
     assert tracer.peek(6) == kernel_dr6
+
+
+# --- 3 and 7: what this host offers ---------------------------------------------------
+
+KERNEL = 0xFFFF_FFFF_8100_0000
+
+
+def test_range_lengths_agree_with_this_kernel(session: Session) -> None:
+    """arch_build_bp_info(): an aligned power of two above 8 is a range breakpoint, which
+    needs X86_FEATURE_BPEXT (else EOPNOTSUPP); a non-power of two or a misaligned range
+    is EINVAL. The simulated host offers what this machine's agent reports."""
+    cases = [(0x20000, 16), (0x20000, 32), (0x20000, 12), (0x20008, 16), (0x20010, 32)]
+    kernel = [kernel_open(ps.HW_BREAKPOINT_W, a, n) for a, n in cases]
+    arbiter = [
+        outcome(lambda a=a, n=n: session.reserve(HOST, cpu=0, addr=a, len=n, type="w").release())
+        for a, n in cases
+    ]
+    assert arbiter == kernel
+    if not ps.host_features().bpext:
+        assert kernel[:2] == ["ENOTSUP", "ENOTSUP"]
+
+
+def test_kernel_addresses_agree_with_this_kernel(
+    session: Session, children: list[Target], cpu: int
+) -> None:
+    """hw_breakpoint_parse(): a task's breakpoint on a kernel address opens with
+    exclude_kernel clear given CAP_SYS_ADMIN, is EINVAL with it set; an execute one there
+    must also pass within_kprobe_blacklist() (all refused without CONFIG_KPROBES)."""
+    t = Target(cpu)
+    children.append(t)
+
+    def kernel_task_open(bp_type: int, exclude_kernel: bool) -> str:
+        attr = ps.breakpoint_attr(
+            bp_type=bp_type, addr=KERNEL, length=8, disabled=True, exclude_kernel=exclude_kernel
+        )
+        return outcome(lambda: os.close(ps.perf_event_open(attr, pid=t.pid, cpu=-1)))
+
+    kernel = [
+        kernel_task_open(ps.HW_BREAKPOINT_W, False),
+        kernel_task_open(ps.HW_BREAKPOINT_X, False),
+        kernel_task_open(ps.HW_BREAKPOINT_W, True),
+    ]
+    asks = [("w", True), ("x", True), ("w", False)]
+    arbiter = [
+        outcome(
+            lambda k=k, flag=flag: session.reserve(
+                HOST, task=t.pid, addr=KERNEL, len=8, type=k, kernel=flag
+            ).release()
+        )
+        for k, flag in asks
+    ]
+    assert arbiter == kernel
+    assert kernel[2] == "EINVAL"

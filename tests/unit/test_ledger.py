@@ -321,8 +321,8 @@ def test_full_table_answers_no_space_even_to_an_invalid_request(ledger: CheckedL
         ledger.reserve(res(cpu(1), Breakpoint(0x1001, 3, BpType.WRITE)))
     with pytest.raises(ReadOnlyUnsupported):
         ledger.reserve(res(cpu(1), Breakpoint(0x1000, 4, BpType.READ)))
-    with pytest.raises(KernelAddressNotAllowed):
-        ledger.reserve(res(task(3, 1), wp(0xFFFF_FFFF_8000_0000, kernel=True)))
+    with pytest.raises(KernelAddressNotAllowed):  # exclude_kernel set on a kernel address
+        ledger.reserve(res(task(3, 1), wp(0xFFFF_FFFF_8000_0000)))
     assert len(ledger) == 4 and ledger.used(1) == 0
 
 

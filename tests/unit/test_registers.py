@@ -387,3 +387,17 @@ def test_random_sequences_keep_invariants(ops: list[tuple[object, object]]) -> N
         for i, a in enumerate(before):
             if a is not None and a.reservation_id in now:
                 assert now[a.reservation_id] == i
+
+
+def test_range_breakpoint_fires_over_its_whole_extent() -> None:
+    """A 32-byte range (AMD bpext): DR7 holds LEN 00 for it (hw->len == LEN_1), the
+    address mask makes every byte of the aligned range match."""
+    rf = RegisterFile()
+    image = rf.load([cpu("range", 0x20000, 32)])
+    rf.validate()
+    decoded = dr7.decode(image.dr7)[0]
+    assert decoded is not None and decoded.length == 1
+    assert [h.reservation_id for h in rf.access(0x2001F, 1, AccessType.WRITE)] == ["range"]
+    rf.clear_dr6()
+    assert rf.access(0x20020, 1, AccessType.WRITE) == []
+    assert rf.access(0x1FFF8, 8, AccessType.WRITE) == []
