@@ -285,6 +285,7 @@ class AgentLink:
 
     def _hit_pb(self, hit: HitRecord) -> types_pb2.Hit:
         msg = convert.hit_to(self.host, self.cpu, hit, ptrace_index=None, seq=0)
+        msg.exception = hit.exception  # which hits one debug exception made
         current = self.backend.image().current_task
         if not msg.HasField("task") and current is not None:
             msg.task = current  # a CPU-bound breakpoint: name the task that made the access

@@ -34,9 +34,24 @@ HW_BREAKPOINT_X = 4
 # sample_type bits
 PERF_SAMPLE_IP = 1 << 0
 PERF_SAMPLE_TID = 1 << 1
+PERF_SAMPLE_TIME = 1 << 2
 PERF_SAMPLE_ADDR = 1 << 3
 PERF_SAMPLE_CPU = 1 << 7
-SAMPLE_TYPE = PERF_SAMPLE_IP | PERF_SAMPLE_TID | PERF_SAMPLE_ADDR | PERF_SAMPLE_CPU
+PERF_SAMPLE_REGS_USER = 1 << 12
+# The user registers at the trap tell one debug exception from the next: every
+# perf_bp_event() of one #DB gets the same pt_regs. x86-64's general registers and ip
+# (perf_regs.h: AX..DI, BP, SP, IP, R8..R15; flags and segments say nothing more).
+REGS_USER_MASK = {"x86_64": sum(1 << r for r in (*range(9), *range(16, 24)))}.get(
+    platform.machine(), 0
+)
+SAMPLE_TYPE = (
+    PERF_SAMPLE_IP
+    | PERF_SAMPLE_TID
+    | PERF_SAMPLE_TIME
+    | PERF_SAMPLE_ADDR
+    | PERF_SAMPLE_CPU
+    | (PERF_SAMPLE_REGS_USER if REGS_USER_MASK else 0)
+)
 
 # attr flag bits (the u64 bitfield after read_format)
 FLAG_DISABLED = 1 << 0
@@ -102,6 +117,7 @@ def breakpoint_attr(
     attr.size = ctypes.sizeof(PerfEventAttr)
     attr.sample_period = 1
     attr.sample_type = SAMPLE_TYPE
+    attr.sample_regs_user = REGS_USER_MASK
     attr.flags = (FLAG_DISABLED if disabled else 0) | (FLAG_EXCLUDE_KERNEL if exclude_kernel else 0)
     attr.wakeup_events = 1
     attr.bp_type = bp_type
@@ -223,17 +239,32 @@ def host_features() -> HostFeatures:
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One PERF_RECORD_SAMPLE in the order the kernel writes IP, TID, ADDR, CPU."""
+    """One PERF_RECORD_SAMPLE in the order the kernel writes IP, TID, TIME, ADDR, CPU,
+    REGS_USER."""
 
     ip: int
     pid: int
     tid: int
     addr: int
     cpu: int
+    time: int = 0  # perf_clock() nanoseconds: orders samples across events
+    regs: tuple[int, ...] = ()  # the user registers at the trap (empty: none sampled)
 
 
-_SAMPLE = struct.Struct("<QIIQII")  # ip, pid, tid, addr, cpu, res
+_SAMPLE = struct.Struct("<QIIQQII")  # ip, pid, tid, time, addr, cpu, res
+_REGS = struct.Struct(f"<{bin(REGS_USER_MASK).count('1')}Q")
 _HEADER = struct.Struct("<IHH")  # type, misc, size
+
+
+def _regs(body: bytes, at: int) -> tuple[int, ...]:
+    """PERF_SAMPLE_REGS_USER: an ABI word, then the registers unless the ABI is NONE
+    (a kernel thread has no user registers)."""
+    if not REGS_USER_MASK or len(body) < at + 8:
+        return ()
+    (abi,) = struct.unpack_from("<Q", body, at)
+    if not abi or len(body) < at + 8 + _REGS.size:
+        return ()
+    return tuple(_REGS.unpack_from(body, at + 8))
 
 
 class RingBuffer:
@@ -271,8 +302,9 @@ class RingBuffer:
                 break  # corrupt header: drop the rest rather than spin
             body = self._copy(base, size, tail + _HEADER.size, rsize - _HEADER.size)
             if rtype == PERF_RECORD_SAMPLE and len(body) >= _SAMPLE.size:
-                ip, pid, tid, addr, cpu, _res = _SAMPLE.unpack_from(body)
-                out.append(Sample(ip=ip, pid=pid, tid=tid, addr=addr, cpu=cpu))
+                ip, pid, tid, time, addr, cpu, _res = _SAMPLE.unpack_from(body)
+                regs = _regs(body, _SAMPLE.size)
+                out.append(Sample(ip, pid, tid, addr, cpu, time, regs))
             elif rtype == PERF_RECORD_LOST and len(body) >= 16:
                 self.lost += int(struct.unpack_from("<QQ", body)[1])
             tail += rsize
