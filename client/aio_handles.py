@@ -233,6 +233,8 @@ class AsyncTracer:
         return int(resp.value)
 
     async def detach(self, *, request_id: str | None = None) -> int:
+        """PTRACE_DETACH: the task keeps its breakpoints, DR6 and DR7 (and their slots)
+        until ``flush()``, its exit, or the end of this session; returns 0 (released)."""
         req = ptrace_pb2.DetachRequest(
             request_id=request_id or wire.new_id(),
             session_id=self.session_id,
@@ -241,6 +243,21 @@ class AsyncTracer:
         )
         resp = await self._client._call(
             self._client._ptrace.Detach, req, timeout=MUTATE_TIMEOUT, retry=True, gone=NotAttached
+        )
+        return 0 if resp is None else int(resp.released)
+
+    async def flush(self, *, request_id: str | None = None) -> int:
+        """flush_ptrace_hw_breakpoint(), as the task's exit or exec would: its ptrace
+        breakpoints are released, DR6 and DR7 cleared, and it is no longer traced.
+        Returns how many were released."""
+        req = ptrace_pb2.FlushRequest(
+            request_id=request_id or wire.new_id(),
+            session_id=self.session_id,
+            host=self.host,
+            task=self.task,
+        )
+        resp = await self._client._call(
+            self._client._ptrace.Flush, req, timeout=MUTATE_TIMEOUT, retry=True, gone=NotAttached
         )
         return 0 if resp is None else int(resp.released)
 

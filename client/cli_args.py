@@ -141,10 +141,11 @@ def build_parser() -> Parser:
     )
     peek = _task_parser(pt, "peek", "read DR<reg> of a task")
     peek.add_argument("--reg", type=u32, required=True)
-    poke = _task_parser(pt, "poke", "write DR<reg> of a task (persists until detach)")
+    poke = _task_parser(pt, "poke", "write DR<reg> of a task (persists until flushed)")
     poke.add_argument("--reg", type=u32, required=True)
     poke.add_argument("--value", type=u64, required=True)
-    _task_parser(pt, "detach", "drop the task's ptrace breakpoints")
+    _task_parser(pt, "detach", "stop tracing a task; it keeps its breakpoints, as in the kernel")
+    _task_parser(pt, "flush", "drop the task's ptrace breakpoints, as its exit or exec would")
     _add_stop_args(_task_parser(pt, "watch", "stream the task's traps"))
     return p
 

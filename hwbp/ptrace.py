@@ -244,8 +244,9 @@ def poke_offset(state: PtraceState, offset: int, value: int, registrar: Registra
 
 
 def on_hit(state: PtraceState, index: int, *more: int, step: bool = False) -> PtraceState:
-    """A user #DB: virtual_dr6 restarts at DR_STEP (if single-stepping), then
-    ptrace_triggered() ORs in bit i of each ptrace index that fired.
+    """A user #DB: exc_debug_user() restarts virtual_dr6 (at DR_STEP if single-stepping),
+    then ptrace_triggered() ORs in bit i of each ptrace index that fired. Pass every
+    index one exception hit at once: a second call is a second exception.
     """
     virtual = dr7.DR_STEP if step else 0
     for i in (index, *more):
@@ -257,7 +258,11 @@ def on_hit(state: PtraceState, index: int, *more: int, step: bool = False) -> Pt
 
 
 def flush(state: PtraceState, registrar: Registrar) -> PtraceState:
-    """flush_ptrace_hw_breakpoint() (exec, exit, detach): unregister all, reset DR6/DR7."""
+    """flush_ptrace_hw_breakpoint(), run at exec and exit: unregister all, reset DR6/DR7.
+
+    PTRACE_DETACH does not call it: a detached task keeps its breakpoints, DR6 and DR7
+    (and their slots), and a debugger that attaches again reads them back.
+    """
     for index, bp in enumerate(state.bps):
         if bp is not None:
             registrar.unregister(index)

@@ -201,3 +201,39 @@ async def test_async_client_follows_pages_and_reports_changes(addr: str) -> None
         assert len(await c.inventory(HOST, page_size=1)) == 2
         gone = await h.release()
         assert gone is not None and gone.pending_cpus == ()
+
+
+def test_tracer_detach_keeps_and_flush_releases(client: Client) -> None:
+    """PTRACE_DETACH keeps the task's breakpoints; flush_ptrace_hw_breakpoint() (what
+    exit and exec do, here on demand) releases them."""
+    tracer = client.ptrace(HOST, 901)
+    tracer.poke(0, 0x7100)
+    tracer.poke(7, 0x1)
+    assert tracer.detach() == 0
+    assert [r.task for r in client.list(HOST)] == [901]
+    with pytest.raises(core.NotAttached):
+        tracer.peek(0)
+    tracer.poke(6, 0)  # a poke outside a session attaches again, registers as they were
+    assert (tracer.peek(0), tracer.peek(7)) == (0x7100, 0x1)
+    assert tracer.flush() == 1
+    assert client.list(HOST) == []
+    with pytest.raises(core.NotAttached):  # nothing left to flush
+        tracer.flush()
+
+
+async def test_async_tracer_detach_keeps_and_flush_releases(addr: str) -> None:
+    async with AsyncClient(addr) as c:
+        s = await c.session(ttl=5.0)
+        async with s:
+            tracer = await s.attach(HOST, 902)
+            await tracer.poke(0, 0x7200)
+            assert await tracer.detach() == 0
+            assert [r.task for r in await c.list(HOST)] == [902]
+            tracer = await s.attach(HOST, 902)
+            assert await tracer.peek(0) == 0x7200
+            assert await tracer.flush() == 1
+            assert await c.list(HOST) == []
+            tracer = await s.attach(HOST, 903)
+            await tracer.poke(1, 0x7300)
+            await tracer.detach()
+        assert await c.list(HOST) == []  # the session's end releases what it left behind
