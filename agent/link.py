@@ -44,6 +44,12 @@ log = logging.getLogger("hwbp.agent")
 # backoff. One that ended sooner counts as a failure, so an arbiter that ends our stream
 # right after every resync is not answered with a reconnect spin.
 STABLE_AFTER = 5.0
+# A stream that says nothing for this long before the CPU is live (no welcome, or no
+# resync after it) is given up and opened again. A long-lived stream has no deadline of
+# its own, and a fresh agent once waited on such a silent stream forever, idle, with an
+# empty log (about 2 in 2,000 starts under heavy load). The arbiter answers a hello at
+# once; this leaves room for a loaded one.
+START_TIMEOUT = 30.0
 
 
 class Backend(Protocol):
@@ -97,6 +103,7 @@ class AgentLink:
         *,
         ack_delay: float = 0.0,
         on_live: Callable[[AgentLink], None] | None = None,
+        start_timeout: float = START_TIMEOUT,
     ) -> None:
         self.stub = agent_pb2_grpc.AgentLinkStub(channel)
         self.host, self.cpu, self.ncpus = host, cpu, ncpus
@@ -105,6 +112,7 @@ class AgentLink:
         self.applied_generation = 0
         self.ack_delay = ack_delay  # test hook: a slow agent acknowledges late
         self.on_live = on_live
+        self.start_timeout = start_timeout  # seconds each wait may take before it is live
         self.connects = 0
         self.live_since: float | None = None  # monotonic time the current session went live
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # tests record it
@@ -187,7 +195,7 @@ class AgentLink:
         call = self.stub.Connect(self._outgoing())
         watcher = asyncio.create_task(self._watch_backend(), name=f"backend {self.cpu}")
         try:
-            async for msg in call:
+            async for msg in self._messages(call):
                 await self._handle(msg)
         except grpc.RpcError as err:
             if self.state is not AgentState.LIVE or classify(err) is not Failure.BROKEN:
@@ -209,6 +217,30 @@ class AgentLink:
         if lived < STABLE_AFTER:
             raise StreamLost(f"stream ended {lived:.1f} s after going live ({ended})")
         log.info("agent %s/%d: stream ended (%s); reconnecting", self.host, self.cpu, ended)
+
+    async def _messages(self, call: Any) -> AsyncIterator[agent_pb2.ArbiterMessage]:
+        """The stream's messages. Until the CPU is live each wait is bounded by
+        ``start_timeout``: a start that hears nothing says so and starts again."""
+        stream = aiter(call)
+        while True:
+            live = self.state is AgentState.LIVE
+            try:
+                msg = await asyncio.wait_for(anext(stream), None if live else self.start_timeout)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                stage = "welcome" if self.state is AgentState.CONNECTING else "resync"
+                log.warning(
+                    "agent %s/%d: no %s from the arbiter within %g s; reconnecting",
+                    self.host,
+                    self.cpu,
+                    stage,
+                    self.start_timeout,
+                )
+                raise StreamLost(
+                    f"no {stage} within {self.start_timeout:g} s of {self.host}/{self.cpu}'s hello"
+                ) from None
+            yield msg
 
     async def _outgoing(self) -> AsyncIterator[agent_pb2.AgentMessage]:
         outbox = self._outbox

@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from hwbp.agent.link import AgentLink, Backend
+from hwbp.agent.link import START_TIMEOUT, AgentLink, Backend
 from hwbp.agent.sim import SimBackend
 from hwbp.agent.supervise import run_all
 from hwbp.arch import DEFAULT_FEATURES, HostFeatures
@@ -58,6 +58,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="seconds to wait before applying each reload (drills: a slow agent)",
     )
     p.add_argument(
+        "--start-timeout",
+        type=float,
+        default=START_TIMEOUT,
+        help="seconds a stream may stay silent before its CPU is live (then: reconnect)",
+    )
+    p.add_argument(
         "--refuse-addr",
         type=_int,
         default=None,
@@ -96,6 +102,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("give --cpu N, or --fleet to run --cpus simulated CPUs")
     if args.cpus < 1:
         p.error("--cpus must be at least 1")
+    if not args.start_timeout > 0:
+        p.error("--start-timeout must be a positive number of seconds")
     if args.cpu is not None and not 0 <= args.cpu < args.cpus:
         p.error(f"--cpu must be in 0..{args.cpus - 1}")
     return args
@@ -152,6 +160,7 @@ async def run(args: argparse.Namespace) -> int:
             make_backend(args.backend, cpu, args.refuse_addr, features),
             ack_delay=args.ack_delay,
             on_live=on_live,
+            start_timeout=args.start_timeout,
         )
         for i, cpu in enumerate(cpus)
     ]
