@@ -83,7 +83,9 @@ def build_parser() -> Parser:
     r.add_argument("--len", type=u32, help="1, 2, 4 or 8; required for w and rw (x: 8)")
     r.add_argument("--type", choices=("x", "w", "rw"), required=True)
     r.add_argument("--owner", default="")
-    r.add_argument("--kernel", action="store_true", help="a kernel address (system/cpu only)")
+    r.add_argument(
+        "--kernel", action="store_true", help="may watch a kernel address (exclude_kernel clear)"
+    )
     r.add_argument("--disabled", action="store_true", help="hold the slot, do not arm it")
 
     rel = cmds.add_parser("release", help="release a reservation")
