@@ -82,13 +82,13 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
                 raise NotAttached(
                     f"task {task} on host {host.name} is not attached", host=host.name, task=task
                 )
+            if session and not owner:
+                owner = self.sessions.get(session).owner or session
             if att is None:
                 att = host.attachments[task] = Attachment(session=session, owner="")
-            att.session, att.attached = session, True
-            att.owner = owner or session or "hwbpctl"
-            if session and not owner:
-                att.owner = self.sessions.get(session).owner or session
-            host.dirty_tasks.add(task)
+            else:
+                host.dirty_tasks.add(task)  # its kept state changes hands: write that
+            att.session, att.owner, att.attached = session, owner or "hwbpctl", True
             return att
         if att.session != session:
             raise NotOwner(
