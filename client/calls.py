@@ -169,6 +169,7 @@ TABLE: dict[tuple[str, str], Rpc] = {
         CLOSE_SESSION,
         ATTACH,
         DETACH,
+        FLUSH,
         POKE_USER,
         PEEK_USER,
         TRAPS,
