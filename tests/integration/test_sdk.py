@@ -182,11 +182,14 @@ async def test_a_tracer_sees_the_traps_of_its_task(client: Any) -> None:
         await client.context_switch(HOST, 1, None)
 
 
-async def test_a_tracer_outside_a_session_persists_until_detached(client: Any) -> None:
-    tracer = client.ptrace(HOST, 901)
+async def test_a_tracer_outside_a_session_persists_until_flushed(client: Any) -> None:
+    tracer = client.ptrace(HOST, 904)
     await tracer.poke(1, 0x7100)
     assert [r.ptrace_index for r in await client.list(HOST)] == [1]
-    assert await tracer.detach() == 1
+    assert await tracer.detach() == 0  # the kernel keeps a detached task's breakpoints
+    assert [r.ptrace_index for r in await client.list(HOST)] == [1]
+    await tracer.poke(6, 0)  # attached again
+    assert await tracer.flush() == 1
     assert await client.list(HOST) == []
 
 
