@@ -46,7 +46,14 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
         host = self.fleet.hosts.get(request.host)
         att = host.attachments.get(request.task) if host is not None else None
         owner = att.owner if att is not None else None
-        target = authz.Target(request.host, owner=owner, name=f"task {request.task}")
+        sid = getattr(request, "session_id", "")  # Traps names none
+        into = self.sessions.sessions.get(sid) if sid else None
+        target = authz.Target(
+            request.host,
+            owner=owner,
+            name=f"task {request.task}",
+            session_owner=into.owner if into is not None else None,
+        )
         return self.fleet.authz.check(context, request.request_id, action, target)
 
     def _lookup(self, request: Any) -> tuple[Host, int, str]:
@@ -85,14 +92,27 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
         check_open(self.fleet)
         who = self._guard(context, request, Action.PTRACE)
         host, task, session = self._lookup(request)
-        existing = host.attachments.get(task)
-        if existing is not None:
-            if existing.session == session:
-                return ptrace_pb2.AttachResponse(already_attached=True)
-            raise AlreadyAttached(
-                f"task {task} on host {host.name} is already traced", host=host.name, task=task
-            )
-        self._attachment(host, task, session, create=True, owner=who.name)
+        made: list[Attachment] = []
+
+        def apply() -> tuple[bool, range]:
+            """Decided in the pipeline, so a racing Attach cannot slip in between."""
+            existing = host.attachments.get(task)
+            if existing is not None:
+                if existing.session == session:
+                    return True, range(0)
+                raise AlreadyAttached(
+                    f"task {task} on host {host.name} is already traced", host=host.name, task=task
+                )
+            made.append(self._attachment(host, task, session, create=True, owner=who.name))
+            host.dirty_tasks.add(task)  # written with the change: an attach is durable
+            return False, range(0)  # no register changes until a poke
+
+        def undo() -> None:
+            if made and host.attachments.get(task) is made[0]:
+                del host.attachments[task]
+
+        if await host.change(request.request_id, apply, undo):
+            return ptrace_pb2.AttachResponse(already_attached=True)
         log.info(
             "request %s: attached task %d on %s (session %s)",
             request.request_id,
