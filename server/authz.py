@@ -115,7 +115,8 @@ def _deny(rule: str) -> Decision:
 
 def decide(who: Principal, action: Action, target: Target) -> Decision:
     """Allow or deny ``action`` on ``target`` for ``who``; pure, so tests need no server."""
-    if who.name and target.session_owner is not None and target.session_owner != who.name:
+    joining = target.session_owner is not None and action not in _READS
+    if who.name and joining and target.session_owner != who.name:
         # A session is one identity's lease: what is in it ends when *its* client stops.
         return _deny("only a session's owner may add to it")
     if who.role is Role.ADMIN:

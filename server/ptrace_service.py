@@ -41,12 +41,15 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
         self.fleet = fleet
         self.sessions = sessions
 
-    def _guard(self, context: Any, request: Any, action: Action) -> Principal:
-        """The permission hook, naming who holds the task's trace (if anyone) as its owner."""
+    def _guard(
+        self, context: Any, request: Any, action: Action, *, joining: bool = False
+    ) -> Principal:
+        """The permission hook, naming who holds the task's trace (if anyone) as its owner,
+        and (``joining``: an attach) who owns the session it would join."""
         host = self.fleet.hosts.get(request.host)
         att = host.attachments.get(request.task) if host is not None else None
         owner = att.owner if att is not None else None
-        sid = getattr(request, "session_id", "")  # Traps names none
+        sid = request.session_id if joining else ""
         into = self.sessions.sessions.get(sid) if sid else None
         target = authz.Target(
             request.host,
@@ -90,7 +93,7 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
     @rpc
     async def Attach(self, request: Any, context: Any) -> Any:
         check_open(self.fleet)
-        who = self._guard(context, request, Action.PTRACE)
+        who = self._guard(context, request, Action.PTRACE, joining=True)
         host, task, session = self._lookup(request)
         made: list[Attachment] = []
 

@@ -93,8 +93,9 @@ async def end_session(fleet: Fleet, table: SessionTable, sid: str, reason: str) 
 
     The session stops accepting keep-alives at once, but is forgotten (and its durable
     record deleted) only once every host released its breakpoints and that deletion is
-    written; if a host or the ledger could not, the reaper tries again a second later.
-    Ending a session that is already being ended joins that attempt.
+    written; if a host or the ledger could not, this raises why (what was released stays
+    released) and the reaper tries again a second later. Ending a session that is already
+    being ended joins that attempt.
     """
     return await asyncio.shield(_start_end(fleet, table, sid, reason))
 
@@ -107,8 +108,9 @@ def _start_end(fleet: Fleet, table: SessionTable, sid: str, reason: str) -> asyn
 
         def done(task: asyncio.Task[int]) -> None:
             table.ending.pop(sid, None)
-            if not task.cancelled() and task.exception() is not None:
-                log.error("session %s: ending it failed", sid, exc_info=task.exception())
+            err = None if task.cancelled() else task.exception()
+            if err is not None and not isinstance(err, HwbpError):  # a bug: say where
+                log.error("session %s: ending it failed", sid, exc_info=err)
 
         running.add_done_callback(done)
     return running
@@ -136,22 +138,22 @@ async def _release_all(fleet: Fleet, table: SessionTable, session: Session, reas
     results = await asyncio.gather(
         *(_release_on(host, sid, reason) for host in hosts), return_exceptions=True
     )
-    released, failed = 0, False
+    released, failure = 0, None
     for host, result in zip(hosts, results, strict=True):
         if isinstance(result, BaseException):
-            failed = True
+            failure = failure or result
             log.error("session %s: releasing on host %s failed: %s", sid, host.name, result)
         else:
             released += result
-    if not failed and table.on_end is not None:
+    if failure is None and table.on_end is not None:
         try:
             await table.on_end(sid)
         except Exception as err:
-            failed = True
+            failure = err
             log.error("session %s: its end could not be written: %s", sid, err)
-    if failed:
+    if failure is not None:  # tried again by the reaper; a closing caller is told why
         session.expires_at = table.clock() + RETRY_END
-        return released
+        raise failure
     table.remove(sid)
     log.info("session %s ended (%s): %d released", sid, reason, released)
     return released

@@ -219,5 +219,7 @@ def test_only_a_sessions_owner_adds_to_it_whatever_the_role() -> None:
         bobs = Target("h1", scope="task", session_owner="debugger:bob")
         assert rule(BOB, action, bobs).startswith("allow")
         assert rule(ALICE, action, bobs) == "deny: only a session's owner may add to it"
+    # Reading with someone's session named adds nothing to it.
+    assert rule(CAROL, Action.PTRACE_READ, alices) == "allow: viewer may read"
     # Without TLS nobody is identified: the owner a client named cannot be checked.
     assert decide(ANONYMOUS, Action.RESERVE, Target("h1", session_owner="gdb")).allowed
