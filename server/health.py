@@ -35,7 +35,7 @@ class Health:
         self.started = False
         self.draining = False
         self.ledger_problem = ""
-        self._refresh: asyncio.Task[None] | None = None
+        self._refreshing: set[asyncio.Task[None]] = set()
 
     @property
     def serving(self) -> bool:
@@ -53,7 +53,9 @@ class Health:
     def ledger(self, problem: str) -> None:
         """LedgerWriter listener (on the event loop): writes fail, or work again."""
         self.ledger_problem = problem
-        self._refresh = asyncio.get_running_loop().create_task(self.apply())
+        task = asyncio.get_running_loop().create_task(self.apply())
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
 
 
 async def supervise(name: str, step: Callable[[], Awaitable[None]]) -> None:
