@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from hwbp.errors import LedgerWriteFailed
 from hwbp.server.store.base import Batch, Store
+from hwbp.server.store.memory import MemoryStore
 
 log = logging.getLogger("hwbp.server")
 PROBE_FAILING = 1.0  # seconds between probes while writes fail
@@ -36,12 +37,20 @@ class LedgerWriter:
         self.listeners: list[Callable[[str], None]] = []  # told when ``problem`` changes
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
         self._posted: set[asyncio.Task[None]] = set()
+        # A store that never blocks (memory) is called in place: a thread hop per write
+        # would only cost time. Nothing is ever queued on the thread for it, so order holds.
+        self._inline = isinstance(store, MemoryStore)
+
+    async def _run(self, fn: Callable[..., None], *args: object) -> None:
+        if self._inline:
+            fn(*args)
+            return
+        await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def commit(self, batch: Batch) -> None:
         """Make ``batch`` durable; raise LedgerWriteFailed (nothing written) if it cannot be."""
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._pool, self.store.commit, batch)
+            await self._run(self.store.commit, batch)
         except LedgerWriteFailed as err:
             self.failures += 1
             self._set(err.message)
@@ -69,9 +78,8 @@ class LedgerWriter:
 
     async def probe(self) -> bool:
         """Whether the ledger takes writes now (and ``problem`` updated accordingly)."""
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._pool, self.store.probe)
+            await self._run(self.store.probe)
         except LedgerWriteFailed as err:
             self._set(err.message)
             return False
