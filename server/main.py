@@ -214,7 +214,7 @@ async def serve(
         else:
             port = server.add_secure_port(args.listen, server_credentials(tls))
             log.info("mutual TLS: peers need a certificate signed by %s", tls.ca)
-    except RuntimeError:  # grpcio >= 1.5x raises where older ones returned 0
+    except RuntimeError:  # recent grpcio raises where older versions returned 0
         port = 0
     if port == 0:
         print(
@@ -224,6 +224,7 @@ async def serve(
         return 2
     await server.start()
     address = f"{args.listen.rsplit(':', 1)[0]}:{port}"
+    await writer.probe()  # a ledger that cannot take writes is not SERVING from the start
     status.started = True
     await status.apply()
     print(f"hwbp-arbiter listening on {address}", flush=True)
