@@ -97,7 +97,7 @@ class Persistence:
                     "reservations that do not exist"
                 )
             traced.attachments[a.task] = Attachment(
-                a.session, a.owner, a.state, dict(a.reservations)
+                a.session, a.owner, a.state, dict(a.reservations), attached=a.attached
             )
         clock = self.sessions.clock()
         for s in snap.sessions:
@@ -169,6 +169,7 @@ class Persistence:
                         att.owner,
                         att.state,
                         tuple(sorted(att.reservations.items())),
+                        att.attached,
                     )
                 )
         host.dirty_tasks.clear()  # before the write: the next batch starts after it anyway

@@ -51,6 +51,7 @@ class AttachmentRecord:
     owner: str
     state: PtraceState
     reservations: tuple[tuple[int, str], ...]  # (ptrace index, reservation id)
+    attached: bool = True  # False: detached, its state kept until flushed (PTRACE_DETACH)
 
 
 @dataclass(frozen=True, slots=True)

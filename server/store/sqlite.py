@@ -35,7 +35,7 @@ from hwbp.server.store.base import (
 from hwbp.server.store.identity import FileWatch
 from hwbp.server.store.lock import LedgerLock
 
-SCHEMA_VERSION = 2  # 2: the id counter (meta next_id) and idempotency keys
+SCHEMA_VERSION = 2  # 2: the id counter (meta next_id), idempotency keys, detached tasks
 BUSY_TIMEOUT = 5.0  # seconds a write waits for another writer's lock (off the event loop)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS reservations (
     idempotency_key TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS attachments (
     host TEXT NOT NULL, task INTEGER NOT NULL, session TEXT NOT NULL, owner TEXT NOT NULL,
-    state TEXT NOT NULL, reservations TEXT NOT NULL, PRIMARY KEY (host, task));
+    state TEXT NOT NULL, reservations TEXT NOT NULL, attached INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (host, task));
 CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, owner TEXT NOT NULL, ttl REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (
     key TEXT PRIMARY KEY, host TEXT NOT NULL, fingerprint TEXT NOT NULL,
@@ -107,10 +108,12 @@ class SqliteStore:
 
     def _migrate_from_1(self) -> None:
         """Schema 1 had no id counter: continue after the highest id still in the ledger
-        (what schema 1 arbiters did); from now on the counter only grows."""
+        (what schema 1 arbiters did); from now on the counter only grows. Its attachments
+        were all attached."""
         ids = [rid for (rid,) in self.db.execute("SELECT id FROM reservations")]
         highest = max((id_order(r)[0] for r in ids if r[1:].isdigit()), default=0)
         self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute("ALTER TABLE attachments ADD COLUMN attached INTEGER NOT NULL DEFAULT 1")
         self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_id', ?)", (str(highest + 1),))
         self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
         self.db.execute("COMMIT")
@@ -151,9 +154,10 @@ class SqliteStore:
                 o,
                 _state(json.loads(st)),
                 tuple((int(i), str(r)) for i, r in json.loads(rs)),
+                bool(at),
             )
-            for h, t, s, o, st, rs in db.execute(
-                "SELECT host, task, session, owner, state, reservations FROM attachments"
+            for h, t, s, o, st, rs, at in db.execute(
+                "SELECT host, task, session, owner, state, reservations, attached FROM attachments"
             )
         )
         sessions = tuple(
@@ -241,7 +245,9 @@ class SqliteStore:
                 "DELETE FROM attachments WHERE host = ? AND task = ?", batch.deleted_attachments
             )
             db.executemany(
-                "INSERT OR REPLACE INTO attachments VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO attachments "
+                "(host, task, session, owner, state, reservations, attached) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         a.host,
@@ -250,6 +256,7 @@ class SqliteStore:
                         a.owner,
                         json.dumps(_state_json(a.state)),
                         json.dumps(list(a.reservations)),
+                        int(a.attached),
                     )
                     for a in batch.attachments
                 ],

@@ -133,3 +133,24 @@ def test_an_acknowledged_attach_survives_a_restart(arb: Arbiter, sig: int) -> No
         assert ptrace.Detach(detach, timeout=10).released == 0
         arb.restart(sig)
         assert _retry(lambda: attach(4242)) is False  # the detach was durable too
+
+
+@STOPS
+def test_a_detached_tasks_kept_registers_stay_detached_across_a_restart(
+    arb: Arbiter, sig: int
+) -> None:
+    """PTRACE_DETACH keeps DR0-DR7 (and their slots); the restart keeps them detached."""
+    with grpc.insecure_channel(arb.address) as ch:
+        ptrace = ptrace_pb2_grpc.PtraceStub(ch)
+        task = 4444
+        attach = p.AttachRequest(request_id="a1", host=HOST, task=task)
+        assert not ptrace.Attach(attach, timeout=10).already_attached
+        poke = p.PokeUserRequest(request_id="p", host=HOST, task=task, reg=0, value=0x7000)
+        ptrace.PokeUser(poke, timeout=10)
+        detach = p.DetachRequest(request_id="d", host=HOST, task=task)
+        assert ptrace.Detach(detach, timeout=10).kept == 1
+        arb.restart(sig)
+        again = p.AttachRequest(request_id="a2", host=HOST, task=task)
+        assert _retry(lambda: ptrace.Attach(again, timeout=10)).already_attached is False
+        peek = p.PeekUserRequest(request_id="peek", host=HOST, task=task, reg=0)
+        assert ptrace.PeekUser(peek, timeout=10).value == 0x7000

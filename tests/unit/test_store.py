@@ -13,7 +13,6 @@ from hwbp.errors import LedgerCorrupt, LedgerInUse, LedgerWriteFailed
 from hwbp.model import BpType, Breakpoint, Reservation, Scope, Target
 from hwbp.ptrace import PtraceState
 from hwbp.server.store import Batch, MemoryStore, SqliteStore, Store
-from hwbp.server.store import sqlite as sqlite_store
 from hwbp.server.store.base import (
     AttachmentRecord,
     HostRecord,
@@ -144,6 +143,20 @@ def test_sqlite_refuses_unreadable_rows(tmp_path: Path) -> None:
 
 # --- the id counter, idempotency keys, one arbiter per ledger, a damaged ledger ----------
 
+SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE hosts (name TEXT PRIMARY KEY, ncpus INTEGER NOT NULL, generation INTEGER NOT NULL);
+CREATE TABLE reservations (
+    id TEXT PRIMARY KEY, host TEXT NOT NULL, scope TEXT NOT NULL, cpu INTEGER, task INTEGER,
+    addr TEXT NOT NULL, len INTEGER NOT NULL, type TEXT NOT NULL, enabled INTEGER NOT NULL,
+    kernel INTEGER NOT NULL, owner TEXT NOT NULL, session TEXT, ptrace_index INTEGER,
+    idempotency_key TEXT NOT NULL DEFAULT '');
+CREATE TABLE attachments (
+    host TEXT NOT NULL, task INTEGER NOT NULL, session TEXT NOT NULL, owner TEXT NOT NULL,
+    state TEXT NOT NULL, reservations TEXT NOT NULL, PRIMARY KEY (host, task));
+CREATE TABLE sessions (id TEXT PRIMARY KEY, owner TEXT NOT NULL, ttl REAL NOT NULL);
+"""  # what schema 1 ledgers hold
+
 
 def key(name: str, expires: float, rid: str = "r1") -> KeyRecord:
     return KeyRecord(name, "h1", "fp-" + name, res(rid), 4, (0,), (1,), expires)
@@ -183,7 +196,7 @@ def test_a_schema_1_ledger_is_migrated_and_ids_continue_after_its_highest(
 ) -> None:
     path = str(tmp_path / "old.db")
     with sqlite3.connect(path) as db:
-        db.executescript(sqlite_store.SCHEMA)
+        db.executescript(SCHEMA_1)
         db.execute("INSERT INTO meta VALUES ('schema', '1')")
         for rid in ("r3", "r12"):
             db.execute(
@@ -191,12 +204,23 @@ def test_a_schema_1_ledger_is_migrated_and_ids_continue_after_its_highest(
                 "(?, 'h1', 'cpu', 0, NULL, '4096', 8, 'w', 1, 0, 'a', NULL, NULL, '')",
                 (rid,),
             )
+        state = '{"bps": [null, null, null, null], "dr7": "0", "virtual_dr6": "0"}'
+        db.execute("INSERT INTO attachments VALUES ('h1', 7, '', 'a', ?, '[]')", (state,))
     store = SqliteStore(path)
     try:
-        assert store.load().next_id == 13
+        snap = store.load()
+        assert snap.next_id == 13
+        assert [(a.task, a.attached) for a in snap.attachments] == [(7, True)]
         assert store.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("2",)
     finally:
         store.close()
+
+
+def test_a_detached_tasks_kept_state_stays_detached(stores: tuple[Store, Reopen]) -> None:
+    store, reopen = stores
+    kept = AttachmentRecord("h1", 9, "", "x", PtraceState(), ((0, "r1"),), attached=False)
+    store.commit(Batch(attachments=[kept]))
+    assert reopen().load().attachments == (kept,)
 
 
 @pytest.mark.parametrize("damage", ["delete", "truncate", "replace", "delete-wal", "lock"])
