@@ -11,6 +11,7 @@ from hwbp.arch import ADDR_MASK, TASK_SIZE_MAX, X86_64, ArchProfile
 from hwbp.errors import (
     AddressOverflow,
     InvalidLength,
+    InvalidScope,
     InvalidType,
     KernelAddressNotAllowed,
     MisalignedAddress,
@@ -31,6 +32,7 @@ def validate_breakpoint(bp: Breakpoint, *, scope: Scope, profile: ArchProfile = 
     _check_length(bp)
     _check_address(bp)
     _check_kernel(bp, scope)
+    _check_tracer(bp, scope)
 
 
 def is_kernel_address(addr: int, length: int) -> bool:
@@ -107,5 +109,15 @@ def _check_kernel(bp: Breakpoint, scope: Scope) -> None:
             f"(>= {TASK_SIZE_MAX:#x}) but the breakpoint does not ask for kernel",
             addr=f"{bp.addr:#x}",
             length=bp.length,
+            scope=scope.value,
+        )
+
+
+def _check_tracer(bp: Breakpoint, scope: Scope) -> None:
+    """Only a task has a tracer: a CPU-bound breakpoint must be armed by its agents."""
+    if bp.tracer_applied and not scope.is_task:
+        raise InvalidScope(
+            f"a tracer-applied breakpoint needs a task scope (task or task+cpu), "
+            f"not {scope.value}: only a task's tracer can arm it",
             scope=scope.value,
         )
