@@ -31,6 +31,7 @@ log = logging.getLogger("hwbp.gdbserver")
 
 SUPPORTED = (
     b"PacketSize=4000;QStartNoAckMode+;qXfer:features:read+;qXfer:auxv:read+;"
+    b"qXfer:siginfo:read+;"
     b"swbreak+;hwbreak+;vContSupported+"
 )
 MAX_READ = 0x1000  # bytes per m reply (hex doubles it; PacketSize is 0x4000)
@@ -164,6 +165,8 @@ class Commands:
             return xfer_slice(regs.TARGET_XML, p.rsplit(b":", 1)[1])
         if p.startswith(b"qXfer:auxv:read::"):
             return xfer_slice(self.inf.auxv(), p.rsplit(b":", 1)[1])
+        if p.startswith(b"qXfer:siginfo:read::"):
+            return xfer_slice(self.inf.siginfo(self._current()), p.rsplit(b":", 1)[1])
         if p == b"qfThreadInfo":
             tids = sorted(self.inf.threads)
             return b"m" + b",".join(b"%x" % t for t in tids) if tids else b"l"

@@ -128,8 +128,13 @@ class SigInfo:
     perf_data: int  # si_perf_data: perf_event_attr.sig_data of a TRAP_PERF
 
 
+def siginfo_raw(tid: int) -> bytes:
+    """The 128-byte siginfo_t of the signal ``tid`` is stopped for (gdb's $_siginfo)."""
+    return _get(PTRACE_GETSIGINFO, tid, 128)
+
+
 def siginfo(tid: int) -> SigInfo:
-    raw = _get(PTRACE_GETSIGINFO, tid, 128)
+    raw = siginfo_raw(tid)
     signo, _errno, code = (int.from_bytes(raw[i : i + 4], "little", signed=True) for i in (0, 4, 8))
     addr = int.from_bytes(raw[16:24], "little")
     perf_data = int.from_bytes(raw[24:32], "little")

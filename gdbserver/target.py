@@ -393,6 +393,10 @@ class Inferior:
         self._raw_write(addr, orig)
         return True
 
+    def siginfo(self, tid: int) -> bytes:
+        self._stopped(tid)
+        return pt.siginfo_raw(tid)
+
     def auxv(self) -> bytes:
         with open(f"/proc/{self.pid}/auxv", "rb") as f:
             return f.read()
