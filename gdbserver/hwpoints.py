@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from hwbp.agent import perf_sys as ps
-from hwbp.errors import HwbpError
+from hwbp.errors import HwbpError, ReservationNotFound
 from hwbp.gdbserver.watchplan import Chunk, ZType, plan, stop_reason
 from hwbp.model import BpType
 
@@ -256,7 +256,9 @@ class HwPoints:
         for reg in registers:
             try:
                 self._ledger.release(reg.reservation)
-            except HwbpError as e:  # the lease or a task exit may have released it already
+            except ReservationNotFound:
+                pass  # the process exited and its agents released it first
+            except HwbpError as e:  # the arbiter is unreachable: the lease will release it
                 self._log(f"release of {reg.reservation}: {e}")
 
     def _refused(self, why: str) -> Refused:

@@ -27,6 +27,7 @@ from hwbp.gdbserver.hwpoints import HwPoints
 from hwbp.gdbserver.rsp import Connection, Disconnected
 from hwbp.gdbserver.server import Server
 from hwbp.gdbserver.target import Inferior, Stop, TargetError
+from hwbp.gdbserver.watchplan import ZType
 
 log = logging.getLogger("hwbp.gdbserver")
 
@@ -84,8 +85,16 @@ def _monitor(bridge: ArbiterBridge, points: HwPoints) -> str:
     except HwbpError as e:
         text = f"hwbp: the arbiter cannot be asked: {e}\n"
     for rid, p in points.reservations().items():
-        state = "removed, released at the next resume" if p.parked else "inserted"
-        text += f"this gdbserver: {rid} is {p.ztype.name.lower()} {p.addr:#x} ({state})\n"
+        what = {ZType.HW_BREAK: "hardware breakpoint", ZType.ACCESS: "access watchpoint"}.get(
+            p.ztype, "watchpoint"
+        )
+        state = (
+            "removed by gdb while the program is stopped; released if it resumes without it"
+            if p.parked
+            else "inserted"
+        )
+        size = "" if p.ztype is ZType.HW_BREAK else f" ({p.kind} bytes)"
+        text += f"this gdbserver holds {rid}: {what} at {p.addr:#x}{size}, {state}\n"
     if points.last_refusal:
         text += f"last refusal: {points.last_refusal}\n"
     return text

@@ -85,6 +85,21 @@ def _comm_first(args: tuple[str, ...]) -> list[str]:
     return ["127.0.0.1:0", *args]
 
 
+def run_gdbserver_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """hwbp-gdbserver as a person runs it, for its refusals (no gdb ever connects)."""
+    env = dict(os.environ, PYTHONPATH=str(procs.ROOT))
+    env.pop("HWBP_ARBITER", None)
+    return subprocess.run(
+        [sys.executable, "-m", "hwbp.gdbserver", *args],
+        cwd=procs.ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=GDB_TIMEOUT,
+        check=False,
+    )
+
+
 def gdb_argv(program: Path, port: int, *commands: str) -> list[str]:
     assert GDB is not None
     argv = [GDB, "-nx", "-batch", str(program), "-ex", f"target remote 127.0.0.1:{port}"]

@@ -141,3 +141,22 @@ def test_ctrl_c_interrupts_the_running_program(
         g.kill_quietly(gdb.pid)
     assert "Program received signal SIGINT, Interrupt." in out, out
     assert "$1 = 100" in out and "exited normally" in out, out
+
+
+def test_bad_command_lines_and_unreachable_arbiters_get_one_clear_line(tmp_path: Path) -> None:
+    bad_args = g.run_gdbserver_cli("nocolon", "/bin/true")
+    assert bad_args.returncode == 2
+    assert "error: HOST:PORT 'nocolon' is not a host and a port number" in bad_args.stderr
+    missing = g.run_gdbserver_cli("127.0.0.1:0", str(tmp_path / "nothing"))
+    assert missing.returncode == 1
+    assert f"cannot run {tmp_path / 'nothing'}: No such file or directory" in missing.stderr
+    gone = g.run_gdbserver_cli("--attach", "127.0.0.1:0", "4194303")
+    assert gone.returncode == 1 and "no process 4194303" in gone.stderr
+    # Nothing listens on port 1: the launched program must not outlive the refusal.
+    down = g.run_gdbserver_cli("--arbiter", "127.0.0.1:1", "127.0.0.1:0", "sleep", "30")
+    assert down.returncode == 1
+    assert "cannot open a session on the arbiter: arbiter unavailable" in down.stderr
+    pid = int(re.findall(r"pid = (\d+)", down.stdout)[0])
+    assert g.process_state(pid) == ""
+    for run in (bad_args, missing, gone, down):
+        assert "Traceback" not in run.stderr
