@@ -153,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         how = Server(Connection(sock), commands, inf, points, wakeup).serve()
         sock.close()
     except Disconnected as e:
-        log.info("gdb went away (%s)", e)
+        if inf.exit is None:
+            log.info("gdb went away (%s)", e)
     except Terminated as e:
         log.info("%s: ending the session", e)
     finally:

@@ -7,6 +7,7 @@ ptrace or perf breakpoints, saying which.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from hwbp.agent import perf_sys as ps
 from tests.integration import gdbtools as g
 from tests.integration import procs
 
@@ -195,6 +197,46 @@ def test_a_spent_budget_refuses_the_insert_and_monitor_names_the_holder(
     # ...nor in the kernel: once alice's registers are free, the same watchpoint goes in.
     assert stops(out) == [("0", "10")], out
     assert "hardware breakpoint refused: no free debug register" in "".join(server.lines)
+
+
+def test_registers_held_outside_the_arbiter_refuse_the_insert_and_leave_nothing(
+    arbiter: str, host: str, tmp_path: Path, gdbservers: list[procs.Proc]
+) -> None:
+    """The arbiter admits (its ledger is empty) but the kernel says ENOSPC: the
+    reservation made for the insert is released again."""
+    exe = g.compile_c(tmp_path, "writes", WRITES, "-DNWRITES=2")
+    outside: list[int] = []
+    try:
+        for i in range(4):  # as perf or another debugger would, behind the arbiter's back
+            attr = ps.breakpoint_attr(
+                bp_type=ps.HW_BREAKPOINT_W,
+                addr=0x20000000 + 8 * i,
+                length=8,
+                disabled=True,
+                exclude_kernel=True,
+            )
+            try:
+                outside.append(ps.perf_event_open(attr, pid=-1, cpu=0))
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                break  # someone else already holds the rest: CPU 0 is full either way
+        _, port = serve(arbiter, gdbservers, str(exe))
+        out = g.run_gdb(
+            exe,
+            port,
+            "watch counter",
+            "continue",
+            "monitor hwbp",
+            f"shell {g.hwbpctl_shell(arbiter, '--json', 'ls', '--host', host)} > {tmp_path / 'ls'}",
+        )
+    finally:
+        for fd in outside:
+            os.close(fd)
+    assert "Could not insert hardware watchpoint 1." in out, out
+    assert re.search(r"last refusal: the kernel has no free debug register for thread \d+", out)
+    assert "something outside the arbiter holds them (ENOSPC)" in out
+    assert g.read_json(tmp_path / "ls") == []
 
 
 def test_a_killed_gdbserver_gets_its_slots_back_within_its_lease(

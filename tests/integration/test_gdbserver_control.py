@@ -48,6 +48,17 @@ int main(int argc, char **argv) {
 """
 
 
+READS = r"""
+volatile long counter = 5;
+int main(void) {
+    long a = counter;
+    counter = a + 1;
+    long b = counter;
+    return (int)(b - a - 1);
+}
+"""
+
+
 @pytest.fixture(scope="module")
 def host(arbiter: str) -> Iterator[str]:
     fleet = procs.start_fleet(arbiter, HOST, os.cpu_count() or 1)
@@ -106,6 +117,21 @@ def test_hbreak_registers_memory_and_signals(
     # r = 99 (our rax) + work(4) = 8 + 7; counter = 7 + 100 from the handler.
     assert "r=114 counter=107\n" in server.lines, server.lines
     assert g.ls(arbiter, host) == []
+
+
+def test_rwatch_is_emulated_by_gdb_with_an_access_watchpoint(
+    arbiter: str, host: str, tmp_path: Path, gdbservers: list[procs.Proc]
+) -> None:
+    exe = g.compile_c(tmp_path, "reads", READS)
+    server, port = g.start_gdbserver(arbiter, host, str(exe))
+    gdbservers.append(server)
+    out = g.run_gdb(exe, port, "rwatch counter", "continue", "continue", "continue")
+    # Two reads, each with the value read; the write between them is not a read.
+    assert re.findall(r"Hardware read watchpoint 1: counter\n\nValue = (\d+)", out) == [
+        "5",
+        "6",
+    ], out
+    assert "exited normally" in out
 
 
 def test_ctrl_c_interrupts_the_running_program(
