@@ -173,6 +173,8 @@ class HwPoints:
                 for tid in self._threads():
                     try:
                         reg.fds[tid] = open_event(tid, chunk, enabled=True)
+                    except ProcessLookupError:
+                        continue  # the thread is exiting; its exit is on its way to us
                     except OSError as e:
                         raise self._refused(_kernel_refusal(chunk, tid, e)) from None
                     reg.seen[tid] = 0
@@ -214,6 +216,8 @@ class HwPoints:
                 try:
                     reg.fds[tid] = open_event(tid, reg.chunk, enabled=not p.parked)
                     reg.seen[tid] = 0
+                except ProcessLookupError:
+                    return
                 except OSError as e:
                     self._log(f"warning: {_kernel_refusal(reg.chunk, tid, e)}")
 

@@ -281,6 +281,36 @@ def test_a_killed_gdbserver_gets_its_slots_back_within_its_lease(
         target.wait(timeout=10)
 
 
+def test_a_gdbserver_killed_while_the_program_is_stopped_leaves_it_running(
+    arbiter: str, host: str, tmp_path: Path, gdbservers: list[procs.Proc]
+) -> None:
+    """Stopped at a watchpoint, the program is in no SIGTRAP stop the kernel could deliver
+    when it detaches from a dead tracer: it runs on, unwatched."""
+    exe = g.compile_c(tmp_path, "sleeper", SLEEPER)
+    go, wrote, finish = tmp_path / "go", tmp_path / "wrote", tmp_path / "finish"
+    target = subprocess.Popen([str(exe), str(go), str(wrote), str(finish)])
+    try:
+        server, port = serve(arbiter, gdbservers, "--attach", str(target.pid))
+        out = g.run_gdb(
+            exe,
+            port,
+            "watch counter",
+            f"shell touch {go}",
+            "continue",
+            f"shell kill -9 {server.pid}",
+        )
+        assert stops(out) == [("0", "10")], out
+        deadline = time.monotonic() + 15
+        while not wrote.exists():
+            assert time.monotonic() < deadline, f"the program did not run on: {target.poll()}"
+            time.sleep(0.05)
+        finish.touch()
+        assert target.wait(timeout=15) == 0
+    finally:
+        g.kill_quietly(target.pid)
+        target.wait(timeout=10)
+
+
 def test_detach_leaves_the_process_running_and_releases(
     arbiter: str, host: str, tmp_path: Path, gdbservers: list[procs.Proc]
 ) -> None:
