@@ -6,6 +6,11 @@
   stream and returns when all N replied (P3's baseline: the IPI-with-wait, minus the
   arbiter).
 * ``agents``: the N stream ends for ``fanout``, spread 64 to a channel like the fleet.
+* ``relay``: the floor of this architecture (P1's baseline since round two): a unary
+  ``Relay`` forwards each request over one bidi stream to a bare "agent" process
+  (``relay-agent``), which sends it straight back, and answers when it returns. Two
+  loopback hops and no logic, as a reserve through the arbiter makes (client to
+  arbiter, arbiter to agent and back).
 """
 
 from __future__ import annotations
@@ -65,6 +70,44 @@ class Fanout:
         return len(futures).to_bytes(4, "little")
 
 
+class Relay:
+    """Server side of the relay baseline: one agent stream, a future per request."""
+
+    def __init__(self) -> None:
+        self.outbox: asyncio.Queue[bytes] | None = None
+        self.waiting: dict[int, asyncio.Future[bytes]] = {}
+        self.ids = 0
+
+    async def connect(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self.outbox = outbox
+
+        async def read() -> None:
+            async for reply in requests:
+                fut = self.waiting.pop(int.from_bytes(reply[:8], "little"), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(reply[8:])
+
+        reader = asyncio.create_task(read())
+        try:
+            yield b"welcome"
+            while True:
+                yield await outbox.get()
+        finally:
+            reader.cancel()
+            self.outbox = None
+
+    async def relay(self, payload: bytes, context: Any) -> bytes:
+        if self.outbox is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no relay agent connected")
+        assert self.outbox is not None
+        self.ids += 1
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.waiting[self.ids] = fut
+        self.outbox.put_nowait(self.ids.to_bytes(8, "little") + payload)
+        return await fut
+
+
 async def serve(kind: str, listen: str) -> None:
     server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 100_000)])
 
@@ -72,10 +115,13 @@ async def serve(kind: str, listen: str) -> None:
         return request
 
     fan = Fanout()
+    relay = Relay()
     handlers = {
         "Echo": grpc.unary_unary_rpc_method_handler(echo, _identity, _identity),
         "Broadcast": grpc.unary_unary_rpc_method_handler(fan.broadcast, _identity, _identity),
         "Connect": grpc.stream_stream_rpc_method_handler(fan.connect, _identity, _identity),
+        "Relay": grpc.unary_unary_rpc_method_handler(relay.relay, _identity, _identity),
+        "RelayConnect": grpc.stream_stream_rpc_method_handler(relay.connect, _identity, _identity),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     port = server.add_insecure_port(listen)
@@ -120,6 +166,35 @@ async def agents(target: str, n: int) -> None:
         await ch.close()
 
 
+async def relay_agent(target: str) -> None:
+    """The relay's bare agent: one stream, every message sent straight back."""
+    replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def outgoing() -> AsyncIterator[bytes]:
+        while True:
+            yield await replies.get()
+
+    async def run() -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            call = channel.stream_stream(
+                f"/{SERVICE}/RelayConnect",
+                request_serializer=_identity,
+                response_deserializer=_identity,
+            )(outgoing())
+            first = True
+            async for msg in call:
+                if first:
+                    first = False
+                    print("relay agent ready", flush=True)
+                    continue
+                replies.put_nowait(msg)
+
+    task = asyncio.create_task(run())
+    await _until_signal()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 async def _until_signal() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -130,13 +205,15 @@ async def _until_signal() -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m hwbp.bench.echo", description=__doc__)
-    p.add_argument("kind", choices=["server", "agents"])
+    p.add_argument("kind", choices=["server", "agents", "relay-agent"])
     p.add_argument("--listen", default="127.0.0.1:0")
     p.add_argument("--target", default="")
     p.add_argument("-n", type=int, default=1)
     args = p.parse_args(argv)
     if args.kind == "server":
         asyncio.run(serve(args.kind, args.listen))
+    elif args.kind == "relay-agent":
+        asyncio.run(relay_agent(args.target))
     else:
         asyncio.run(agents(args.target, args.n))
 

@@ -67,3 +67,14 @@ def start_echo_agents(target: str, n: int) -> procs.Child:
         timeout=120,
     )
     return child
+
+
+def start_relay_agent(target: str) -> procs.Child:
+    """The bare agent of the relay baseline, connected to an echo server's Relay."""
+    child, _ = procs.start(
+        ["-m", "hwbp.bench.echo", "relay-agent", "--target", target],
+        "relay agent",
+        wait_for="relay agent ready",
+        timeout=60,
+    )
+    return child

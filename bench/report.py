@@ -49,9 +49,12 @@ def rows(results: dict[str, Any]) -> list[Row]:
     for n, pt in p1.get("points", {}).items():
         out.append((
             "P1",
-            f"reserve+release round trips, {n} in flight (1-CPU fleet acking)",
-            f"{pt['arbiter_ops_per_s']:.0f} ops/s",
-            f"{pt['echo_ops_per_s']:.0f} ops/s (unary echo x2)",
+            f"reserve+release round trips, {n} in flight (1-CPU fleet acking); "
+            f"unary echo x2: {pt['echo_ops_per_s']:.0f} ops/s",
+            f"{pt['arbiter_ops_per_s']:.0f} ops/s (p50 {pt['arbiter_p50_ms']:.2f} ms, "
+            f"p99 {pt['arbiter_p99_ms']:.2f} ms)",
+            f"{pt['relay_ops_per_s']:.0f} ops/s relay x2 (p50 {pt['relay_p50_ms']:.2f} ms, "
+            f"p99 {pt['relay_p99_ms']:.2f} ms)",
             f"{pt['ratio']:.2f}x",
             f">= {pt['target']}x",
             _miss(pt["ratio"], pt["target"], True),

@@ -115,6 +115,11 @@ def build_parser() -> Parser:
     w = cmds.add_parser("watch", help="stream events (hits, reloads, NACKs, releases)")
     w.add_argument("--host")
     w.add_argument("--task", type=pid, metavar="PID")
+    w.add_argument(
+        "--announce",
+        action="store_true",
+        help="first print a 'subscribed' event, once every later event will be shown",
+    )
     _add_stop_args(w)
 
     sim = cmds.add_parser("sim", help="drive simulated CPUs").add_subparsers(

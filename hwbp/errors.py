@@ -168,6 +168,8 @@ class NoFreeSlot(HwbpError):
         self.host = host
         self.cpu = cpu
         self.slot_class = slot_class
+        self.used = used
+        self.slots = slots
         self.holders = tuple(holders)
 
 

@@ -8,6 +8,7 @@ services can all end an attachment without importing one another.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -51,6 +52,7 @@ class LedgerRegistrar:
             owner=self.att.owner,
             session=self.att.session or None,
             ptrace_index=index,
+            reserved_at=time.time(),
         )
         self.host.ledger.reserve(res)
         self.att.reservations[index] = res.id

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -106,6 +107,7 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
                 bp=bp,
                 owner=owner,
                 session=session or None,
+                reserved_at=time.time(),
             )
             host.ledger.reserve(res)
             return res, host.ledger.affected_cpus(target)
@@ -289,6 +291,8 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
             identity=who.name,
         )
         try:
+            if request.announce_subscribed:  # subscribed: every later event reaches us
+                yield types_pb2.Event(kind=types_pb2.EVENT_KIND_SUBSCRIBED, host=request.host)
             while True:
                 yield await sub.get()
         finally:

@@ -57,8 +57,13 @@ class Hits:
     def __init__(self, api: Api, **filters: object) -> None:
         self.items: list[t.Event] = []
         self.stream = api.arb.Watch(
-            a.WatchRequest(host=HOST, kinds=[t.EVENT_KIND_HIT], **filters), timeout=60
-        )  # type: ignore[arg-type]
+            a.WatchRequest(
+                host=HOST, kinds=[t.EVENT_KIND_HIT], announce_subscribed=True, **filters
+            ),  # type: ignore[arg-type]
+            timeout=60,
+        )
+        # Subscribed: every hit from now on reaches this stream.
+        assert next(self.stream).kind == t.EVENT_KIND_SUBSCRIBED
         self.thread = threading.Thread(target=self._pump, daemon=True)
         self.thread.start()
 
@@ -95,7 +100,6 @@ def test_watchpoint_on_a_real_process_counts_every_write(
     assert all("kernel accepted" in c.detail and res.id in c.detail for c in cpus)
     hits = Hits(api, task=target.pid)
     try:
-        time.sleep(0.2)
         assert target.ask("w 50") == "done"
         got = hits.settle(50)
     finally:
@@ -115,7 +119,6 @@ def test_exec_breakpoint_fires_on_each_call(
     res = api.reserve(real_host, scope="task", task=target.pid, addr=target.getpid, type="x")
     hits = Hits(api, task=target.pid)
     try:
-        time.sleep(0.2)
         assert target.ask("x 20") == "done"
         got = hits.settle(20)
     finally:

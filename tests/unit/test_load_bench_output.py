@@ -28,7 +28,12 @@ def test_table_says_by_how_much_a_target_was_missed() -> None:
             "points": {
                 "1": {
                     "arbiter_ops_per_s": 400.0,
-                    "echo_ops_per_s": 800.0,
+                    "arbiter_p50_ms": 2.5,
+                    "arbiter_p99_ms": 4.0,
+                    "relay_ops_per_s": 800.0,
+                    "relay_p50_ms": 1.25,
+                    "relay_p99_ms": 2.0,
+                    "echo_ops_per_s": 1600.0,
                     "ratio": 0.5,
                     "target": 0.8,
                 },
@@ -42,4 +47,5 @@ def test_table_says_by_how_much_a_target_was_missed() -> None:
     }
     got = {r[0]: r for r in rows(results)}
     assert got["P1"][-1] == "no: 38% short"
+    assert "relay" in got["P1"][3] and "p99 2.00 ms" in got["P1"][3]
     assert got["P3"][-1] == "yes"

@@ -46,6 +46,7 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_CONTEXT_SWITCH: _ClassVar[EventKind]
     EVENT_KIND_AGENT_FENCED: _ClassVar[EventKind]
     EVENT_KIND_RESYNC_REFUSED: _ClassVar[EventKind]
+    EVENT_KIND_SUBSCRIBED: _ClassVar[EventKind]
 BREAKPOINT_TYPE_UNSPECIFIED: BreakpointType
 BREAKPOINT_TYPE_EXEC: BreakpointType
 BREAKPOINT_TYPE_WRITE: BreakpointType
@@ -74,6 +75,7 @@ EVENT_KIND_TASK_EXITED: EventKind
 EVENT_KIND_CONTEXT_SWITCH: EventKind
 EVENT_KIND_AGENT_FENCED: EventKind
 EVENT_KIND_RESYNC_REFUSED: EventKind
+EVENT_KIND_SUBSCRIBED: EventKind
 
 class Target(_message.Message):
     __slots__ = ("host", "scope", "cpu", "task")
