@@ -22,6 +22,7 @@ register in between.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 from collections.abc import Callable, Iterable
@@ -71,8 +72,8 @@ def open_event(tid: int, chunk: Chunk, *, enabled: bool, sig_data: int = 0) -> i
 
 def probe() -> str | None:
     """None when this kernel arms stopping breakpoints for us, else why not."""
-    var = (ps.ctypes.c_char * 8)()
-    chunk = Chunk(ps.ctypes.addressof(var), 8, BpType.WRITE)
+    var = (ctypes.c_char * 8)()
+    chunk = Chunk(ctypes.addressof(var), 8, BpType.WRITE)
     try:
         os.close(open_event(0, chunk, enabled=False))
     except OSError as e:

@@ -1,4 +1,4 @@
-"""Raw ptrace(2), waitpid and tgkill through ctypes: x86-64 Linux only.
+"""Raw ptrace(2) and waitpid through ctypes: x86-64 Linux only.
 
 No policy here; failures are ``OSError`` with the kernel's errno. Every call must come
 from the thread that attached (ptrace's tracer is a thread, not a process), which is
@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 
 PTRACE_CONT = 7
-PTRACE_KILL = 8
 PTRACE_SINGLESTEP = 9
 PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
@@ -42,14 +41,10 @@ TRAP_HWBKPT = 4
 TRAP_PERF = 6
 SI_KERNEL = 0x80
 
-_SYS_TGKILL = 234
-
 _libc = ctypes.CDLL(None, use_errno=True)
 _ptrace = _libc.ptrace
 _ptrace.restype = ctypes.c_long
 _ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
 
 
 def _check(rc: int) -> int:
@@ -139,11 +134,6 @@ def siginfo(tid: int) -> SigInfo:
     addr = int.from_bytes(raw[16:24], "little")
     perf_data = int.from_bytes(raw[24:32], "little")
     return SigInfo(signo, code, addr, perf_data)
-
-
-def tgkill(tgid: int, tid: int, sig: int) -> None:
-    ctypes.set_errno(0)
-    _check(int(_syscall(ctypes.c_long(_SYS_TGKILL), tgid, tid, sig)))
 
 
 def waitpid(tid: int, options: int) -> tuple[int, int]:

@@ -15,8 +15,7 @@ from enum import IntEnum
 
 from hwbp.dr7 import HBP_NUM
 from hwbp.model import BpType
-
-EXEC_LENGTH = 8  # sizeof(long): the only length perf and the ledger take for execute
+from hwbp.validate import EXEC_LENGTH  # sizeof(long): the only length for execute
 
 
 class ZType(IntEnum):
