@@ -30,6 +30,7 @@ from hwbp.agent.failures import (
     describe,
     wait,
 )
+from hwbp.arch import DEFAULT_FEATURES
 from hwbp.errors import HwbpError, KernelRefused
 from hwbp.model import AccessType, Assignment
 from hwbp.registers import HitRecord, RegisterImage
@@ -43,6 +44,12 @@ log = logging.getLogger("hwbp.agent")
 # backoff. One that ended sooner counts as a failure, so an arbiter that ends our stream
 # right after every resync is not answered with a reconnect spin.
 STABLE_AFTER = 5.0
+# A stream that says nothing for this long before the CPU is live (no welcome, or no
+# resync after it) is given up and opened again. A long-lived stream has no deadline of
+# its own, and a fresh agent once waited on such a silent stream forever, idle, with an
+# empty log (about 2 in 2,000 starts under heavy load). The arbiter answers a hello at
+# once; this leaves room for a loaded one.
+START_TIMEOUT = 30.0
 
 
 class Backend(Protocol):
@@ -96,6 +103,7 @@ class AgentLink:
         *,
         ack_delay: float = 0.0,
         on_live: Callable[[AgentLink], None] | None = None,
+        start_timeout: float = START_TIMEOUT,
     ) -> None:
         self.stub = agent_pb2_grpc.AgentLinkStub(channel)
         self.host, self.cpu, self.ncpus = host, cpu, ncpus
@@ -104,6 +112,7 @@ class AgentLink:
         self.applied_generation = 0
         self.ack_delay = ack_delay  # test hook: a slow agent acknowledges late
         self.on_live = on_live
+        self.start_timeout = start_timeout  # seconds each wait may take before it is live
         self.connects = 0
         self.live_since: float | None = None  # monotonic time the current session went live
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # tests record it
@@ -180,12 +189,13 @@ class AgentLink:
             image=convert.image_to(self.backend.image()),
             slots=4,
             installed=[convert.assignment_to(a) for a in _installed(self.backend)],  # type: ignore[misc]
+            features=convert.features_to(getattr(self.backend, "features", DEFAULT_FEATURES)),
         )
         self._outbox.put_nowait(agent_pb2.AgentMessage(hello=hello))
         call = self.stub.Connect(self._outgoing())
         watcher = asyncio.create_task(self._watch_backend(), name=f"backend {self.cpu}")
         try:
-            async for msg in call:
+            async for msg in self._messages(call):
                 await self._handle(msg)
         except grpc.RpcError as err:
             if self.state is not AgentState.LIVE or classify(err) is not Failure.BROKEN:
@@ -207,6 +217,30 @@ class AgentLink:
         if lived < STABLE_AFTER:
             raise StreamLost(f"stream ended {lived:.1f} s after going live ({ended})")
         log.info("agent %s/%d: stream ended (%s); reconnecting", self.host, self.cpu, ended)
+
+    async def _messages(self, call: Any) -> AsyncIterator[agent_pb2.ArbiterMessage]:
+        """The stream's messages. Until the CPU is live each wait is bounded by
+        ``start_timeout``: a start that hears nothing says so and starts again."""
+        stream = aiter(call)
+        while True:
+            live = self.state is AgentState.LIVE
+            try:
+                msg = await asyncio.wait_for(anext(stream), None if live else self.start_timeout)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                stage = "welcome" if self.state is AgentState.CONNECTING else "resync"
+                log.warning(
+                    "agent %s/%d: no %s from the arbiter within %g s; reconnecting",
+                    self.host,
+                    self.cpu,
+                    stage,
+                    self.start_timeout,
+                )
+                raise StreamLost(
+                    f"no {stage} within {self.start_timeout:g} s of {self.host}/{self.cpu}'s hello"
+                ) from None
+            yield msg
 
     async def _outgoing(self) -> AsyncIterator[agent_pb2.AgentMessage]:
         outbox = self._outbox
@@ -283,6 +317,7 @@ class AgentLink:
 
     def _hit_pb(self, hit: HitRecord) -> types_pb2.Hit:
         msg = convert.hit_to(self.host, self.cpu, hit, ptrace_index=None, seq=0)
+        msg.exception = hit.exception  # which hits one debug exception made
         current = self.backend.image().current_task
         if not msg.HasField("task") and current is not None:
             msg.task = current  # a CPU-bound breakpoint: name the task that made the access

@@ -296,5 +296,5 @@ class AsyncClient:
         return AsyncSession(self, info.session_id, info.ttl_seconds or ttl, info.owner or owner)
 
     def ptrace(self, host: str, task: int) -> AsyncTracer:
-        """A tracer outside any session: pokes persist until ``detach()`` (as hwbpctl does)."""
+        """A tracer outside any session: pokes persist until ``flush()``."""
         return AsyncTracer(self, host, task, session_id="")

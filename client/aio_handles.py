@@ -253,7 +253,8 @@ class AsyncTracer:
         return int(resp.value)
 
     async def detach(self, *, request_id: str | None = None) -> int:
-        """Drop the task's ptrace breakpoints; returns how many were released."""
+        """PTRACE_DETACH: the task keeps its breakpoints, DR6 and DR7 (and their slots)
+        until ``flush()``, its exit, or the end of this session; returns 0 (released)."""
         req = ptrace_pb2.DetachRequest(
             request_id=request_id or wire.new_id(),
             session_id=self.session_id,
@@ -261,6 +262,19 @@ class AsyncTracer:
             task=self.task,
         )
         resp = await self._client._call(calls.DETACH, req)
+        return 0 if resp is None else int(resp.released)
+
+    async def flush(self, *, request_id: str | None = None) -> int:
+        """flush_ptrace_hw_breakpoint(), as the task's exit or exec would: its ptrace
+        breakpoints are released, DR6 and DR7 cleared, and it is no longer traced.
+        Returns how many were released."""
+        req = ptrace_pb2.FlushRequest(
+            request_id=request_id or wire.new_id(),
+            session_id=self.session_id,
+            host=self.host,
+            task=self.task,
+        )
+        resp = await self._client._call(calls.FLUSH, req)
         return 0 if resp is None else int(resp.released)
 
     def traps(self, *, timeout: float | None = None) -> AsyncIterator[TrapInfo]:

@@ -110,6 +110,14 @@ DETACH = Rpc(
     gone=NotAttached,
     why="a repeat that finds the task detached means the first attempt detached it",
 )
+FLUSH = Rpc(
+    "Ptrace",
+    "Flush",
+    Deadline.MUTATE,
+    retry=True,
+    gone=NotAttached,
+    why="a repeat that finds nothing left to flush means the first attempt flushed it",
+)
 POKE_USER = Rpc(
     "Ptrace",
     "PokeUser",
@@ -161,6 +169,7 @@ TABLE: dict[tuple[str, str], Rpc] = {
         CLOSE_SESSION,
         ATTACH,
         DETACH,
+        FLUSH,
         POKE_USER,
         PEEK_USER,
         TRAPS,

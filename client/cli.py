@@ -220,7 +220,13 @@ def _ptrace_poke(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
 
 def _ptrace_detach(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
     n = c.ptrace(a.host, a.task).detach()
-    return _show(a, out, {"released": n}, f"detached task {a.task}: {n} released")
+    text = f"detached task {a.task}: its debug registers stay until `ptrace flush` or its exit"
+    return _show(a, out, {"released": n}, text)
+
+
+def _ptrace_flush(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
+    n = c.ptrace(a.host, a.task).flush()
+    return _show(a, out, {"released": n}, f"flushed task {a.task}: {n} released")
 
 
 def _ptrace_watch(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
@@ -242,5 +248,6 @@ _HANDLERS: dict[str, Handler] = {
     "ptrace_peek": _ptrace_peek,
     "ptrace_poke": _ptrace_poke,
     "ptrace_detach": _ptrace_detach,
+    "ptrace_flush": _ptrace_flush,
     "ptrace_watch": _ptrace_watch,
 }

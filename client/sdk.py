@@ -295,5 +295,5 @@ class Client:
         return Session(self, info.session_id, info.ttl_seconds or ttl, info.owner or owner)
 
     def ptrace(self, host: str, task: int) -> Tracer:
-        """A tracer outside any session: pokes persist until ``detach()`` (as hwbpctl does)."""
+        """A tracer outside any session: pokes persist until ``flush()``."""
         return Tracer(self, host, task, session_id="")

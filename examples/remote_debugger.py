@@ -14,6 +14,7 @@ with Client("127.0.0.1:50051") as client, client.session(ttl=10, owner="gdb-remo
         client.context_switch("web1", 0, 4242)  # the task runs on cpu 0 ...
         hit = client.access("web1", 0, 0x601042, 2, "w")  # ... and writes the watched word
         print(f"hit: {hit.hit}; the task's DR6 now reads {tracer.peek(6):#x}")
+        tracer.flush()  # what the task's exit would do; a detach (leaving `with`) keeps them
     try:
         for i in range(5):
             s.reserve("web1", cpu=1, addr=0x700000 + 8 * i, len=8, type="w")

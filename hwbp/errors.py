@@ -124,6 +124,14 @@ class UnsupportedSlotClass(InvalidArgument):
     errno = _errno.EOPNOTSUPP
 
 
+class RangeUnsupported(InvalidArgument):
+    """An aligned power-of-two length above 8 without AMD's breakpoint extension
+    (X86_FEATURE_BPEXT): the kernel's EOPNOTSUPP."""
+
+    reason = "RANGE_UNSUPPORTED"
+    errno = _errno.EOPNOTSUPP
+
+
 # --- ptrace I/O errors (EIO) ----------------------------------------------------------
 
 
@@ -238,6 +246,14 @@ class NotAttached(NotFound):
 class FailedPrecondition(HwbpError):
     reason = "FAILED_PRECONDITION"
     error_class = ErrorClass.FAILED_PRECONDITION
+
+
+class KernelAddressUnprivileged(FailedPrecondition):
+    """A kernel address (exclude_kernel clear) on a host whose agent lacks CAP_SYS_ADMIN:
+    the kernel's EPERM."""
+
+    reason = "KERNEL_ADDRESS_UNPRIVILEGED"
+    errno = _errno.EPERM
 
 
 class AlreadyAttached(FailedPrecondition):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from hwbp.arch import X86_64, ArchProfile
+from hwbp.arch import UNREPORTED_FEATURES, X86_64, ArchProfile, HostFeatures
 from hwbp.errors import Draining, HostNotFound, HostShapeConflict, ReservationNotFound
 from hwbp.keys import KeyTable
 from hwbp.model import Reservation
@@ -55,14 +55,16 @@ class Fleet:
                 host=name,
             ) from None
 
-    def ensure_host(self, name: str, ncpus: int) -> Host:
-        """A hello names the host's CPU count, so CPUs without an agent are known offline."""
+    def ensure_host(self, name: str, ncpus: int, features: HostFeatures | None = None) -> Host:
+        """A hello names the host's CPU count, so CPUs without an agent are known offline,
+        and what it offers (``features``). A host restored from the ledger has none
+        reported yet, and none is held against a request until an agent says hello."""
         host = self.hosts.get(name)
         if host is None:
             host = Host(
                 name,
                 ncpus,
-                self.profile,
+                self.profile.with_features(features or UNREPORTED_FEATURES),
                 ack_timeout=self.ack_timeout,
                 bus=self.bus,
                 keys=self.keys,
@@ -80,6 +82,9 @@ class Fleet:
                 known=host.ncpus,
                 said=ncpus,
             )
+        elif features is not None and features != host.profile.features:
+            log.info("host %s offers %s (was %s)", name, features, host.profile.features)
+            host.profile = host.ledger.profile = host.profile.with_features(features)
         return host
 
     async def _write(self, host: Host, ins: Persist) -> None:
@@ -112,40 +117,84 @@ class Fleet:
     # --- hits --------------------------------------------------------------------
 
     def publish_hit(self, host: Host, cpu: int, hit: types_pb2.Hit) -> types_pb2.Hit:
-        """Name the reservation behind a hit, publish it, and feed ptrace's DR6."""
+        """A hit that was a debug exception of its own."""
+        return self.publish_hits(host, cpu, [hit])[0]
+
+    def publish_hits(
+        self, host: Host, cpu: int, hits: Sequence[types_pb2.Hit]
+    ) -> list[types_pb2.Hit]:
+        """Name the reservations behind one debug exception's hits (one access may hit
+        several breakpoints), publish them, and feed ptrace's DR6.
+
+        exc_debug_user() resets a traced task's virtual DR6 once per exception, then
+        ptrace_triggered() ORs in the bit of each ptrace index that fired: the indexes of
+        one exception land in DR6 together (DR0 and DR1: 0xffff0ff3), never one by one.
+        """
+        named = [self._named(host, cpu, hit) for hit in hits]
+        fired: dict[int, list[int]] = {}
+        for out, traced in named:
+            if traced is not None:
+                fired.setdefault(traced, []).append(out.ptrace_index)
+        for task, indexes in fired.items():
+            self._dr6(host, task, indexes)
+        for out, traced in named:
+            if traced is not None:
+                self._trap(host, traced, out)
+            ev = types_pb2.Event(
+                kind=types_pb2.EVENT_KIND_HIT,
+                host=host.name,
+                cpu=cpu,
+                generation=host.generation,
+                seq=out.seq,
+            )
+            if out.HasField("task"):
+                ev.task = out.task
+            ev.hit.CopyFrom(out)
+            self.bus.publish(ev)
+        return [out for out, _ in named]
+
+    def _named(self, host: Host, cpu: int, hit: types_pb2.Hit) -> tuple[types_pb2.Hit, int | None]:
+        """The hit as published, and the traced task whose ptrace breakpoint it was."""
         out = types_pb2.Hit()
         out.CopyFrom(hit)
         out.host, out.cpu, out.seq = host.name, cpu, self.bus.next_seq()
         res = host.ledger.get(hit.reservation_id) if hit.reservation_id in host.ledger else None
         out.ptrace_index = -1
-        if res is not None:
-            out.addr = res.bp.addr
-            if res.ptrace_index is not None and res.target.task is not None:
-                out.ptrace_index = res.ptrace_index
-                self._trap(host, res.target.task, res.ptrace_index, out)
-        ev = types_pb2.Event(
-            kind=types_pb2.EVENT_KIND_HIT,
-            host=host.name,
-            cpu=cpu,
-            generation=host.generation,
-            seq=out.seq,
-        )
-        if out.HasField("task"):
-            ev.task = out.task
-        ev.hit.CopyFrom(out)
-        self.bus.publish(ev)
-        return out
+        if res is None:
+            return out, None
+        out.addr = res.bp.addr
+        if res.ptrace_index is None or res.target.task is None:
+            return out, None
+        out.ptrace_index = res.ptrace_index
+        return out, res.target.task
 
-    def _trap(self, host: Host, task: int, index: int, hit: types_pb2.Hit) -> None:
+    def _dr6(self, host: Host, task: int, indexes: list[int]) -> None:
+        """One exception's ptrace indexes into the task's virtual DR6. A hit drained after
+        a reload disabled its breakpoint cannot have fired under the task's current DR7:
+        it is published, but DR6 is left alone."""
         att = host.attachments.get(task)
         if att is None:
             return
-        att.state = on_hit(att.state, index)
+        live = [i for i in indexes if (bp := att.state.bps[i]) is not None and bp.enabled]
+        if live:
+            att.state = on_hit(att.state, *live)
+        if len(live) < len(indexes):
+            log.info(
+                "host %s task %d: hit on ptrace breakpoint(s) %s disabled since; DR6 unchanged",
+                host.name,
+                task,
+                sorted(set(indexes) - set(live)),
+            )
+
+    def _trap(self, host: Host, task: int, hit: types_pb2.Hit) -> None:
+        att = host.attachments.get(task)
+        if att is None:
+            return
         self.bus.publish(
             ptrace_pb2.Trap(
                 host=host.name,
                 task=task,
-                ptrace_index=index,
+                ptrace_index=hit.ptrace_index,
                 addr=hit.addr,
                 cpu=hit.cpu,
                 dr6=peek(att.state, 6),
@@ -153,6 +202,22 @@ class Fleet:
                 seq=hit.seq,
             )
         )
+
+
+def by_exception(hits: Sequence[types_pb2.Hit]) -> list[list[types_pb2.Hit]]:
+    """An agent's report split into debug exceptions: hits with the same nonzero
+    ``exception`` id are one, in report order; a hit without one is its own."""
+    groups: list[list[types_pb2.Hit]] = []
+    current: dict[int, list[types_pb2.Hit]] = {}
+    for hit in hits:
+        if not hit.exception:
+            groups.append([hit])
+        elif hit.exception in current:
+            current[hit.exception].append(hit)
+        else:
+            current[hit.exception] = [hit]
+            groups.append(current[hit.exception])
+    return groups
 
 
 def check_open(fleet: Fleet) -> None:

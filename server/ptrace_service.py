@@ -1,8 +1,11 @@
 """The Ptrace service: PTRACE_POKEUSER / PEEKUSER on u_debugreg, per (host, task).
 
-The register semantics are the core's (hwbp.ptrace); here each attached task's ptrace
+The register semantics are the core's (hwbp.ptrace); here each traced task's ptrace
 breakpoints become task-scoped reservations in the host's ledger, so they compete for
-slots exactly like every other breakpoint and are broadcast to the agents.
+slots exactly like every other breakpoint and are broadcast to the agents. As in the
+kernel, a detach keeps them; a flush (or the task's exit) drops them, and so does the
+end of the session that traced the task last (the service's own rule: a client that
+dies must not leak debug registers).
 """
 
 from __future__ import annotations
@@ -36,6 +39,17 @@ class _Deferred:
         self.error = error
 
 
+_Tracer = tuple[str, str, bool]  # an attachment's session, owner and attached
+
+
+def _who(att: Attachment) -> _Tracer:
+    return att.session, att.owner, att.attached
+
+
+def _restore(att: Attachment, before: _Tracer) -> None:
+    att.session, att.owner, att.attached = before
+
+
 class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
     def __init__(self, fleet: Fleet, sessions: SessionTable) -> None:
         self.fleet = fleet
@@ -60,16 +74,21 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
     def _attachment(
         self, host: Host, task: int, session: str, *, create: bool, owner: str = ""
     ) -> Attachment:
+        """The task's attachment, traced by ``session``; with ``create``, attach it (a
+        task detached earlier is re-attached with its registers as they were)."""
         att = host.attachments.get(task)
-        if att is None:
+        if att is None or not att.attached:
             if not create:
                 raise NotAttached(
                     f"task {task} on host {host.name} is not attached", host=host.name, task=task
                 )
-            att = Attachment(session=session, owner=owner or session or "hwbpctl")
             if session and not owner:
-                att.owner = self.sessions.get(session).owner or session
-            host.attachments[task] = att
+                owner = self.sessions.get(session).owner or session
+            if att is None:
+                att = host.attachments[task] = Attachment(session=session, owner="")
+            else:
+                host.dirty_tasks.add(task)  # its kept state changes hands: write that
+            att.session, att.owner, att.attached = session, owner or "hwbpctl", True
             return att
         if att.session != session:
             raise NotOwner(
@@ -86,13 +105,22 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
         who = self._guard(context, request, Action.PTRACE)
         host, task, session = self._lookup(request)
         existing = host.attachments.get(task)
-        if existing is not None:
+        if existing is not None and existing.attached:
             if existing.session == session:
                 return ptrace_pb2.AttachResponse(already_attached=True)
             raise AlreadyAttached(
                 f"task {task} on host {host.name} is already traced", host=host.name, task=task
             )
-        self._attachment(host, task, session, create=True, owner=who.name)
+        if existing is None:
+            self._attachment(host, task, session, create=True, owner=who.name)
+        else:  # detached, state kept: its new tracer's session now covers it (persisted)
+            before = _who(existing)
+
+            def apply() -> tuple[None, tuple[int, ...]]:
+                self._attachment(host, task, session, create=True, owner=who.name)
+                return None, ()
+
+            await host.change(request.request_id, apply, lambda: _restore(existing, before))
         log.info(
             "request %s: attached task %d on %s (session %s)",
             request.request_id,
@@ -104,27 +132,66 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
 
     @rpc
     async def Detach(self, request: Any, context: Any) -> Any:
+        """PTRACE_DETACH keeps the task's breakpoints, DR6 and DR7 (and their slots): the
+        kernel flushes them only at exit and exec. Nothing is released here."""
         check_open(self.fleet)
         self._guard(context, request, Action.PTRACE)
         host, task, session = self._lookup(request)
-        self._attachment(host, task, session, create=False)
-        saved = host.attachments[task]
+        att = self._attachment(host, task, session, create=False)
+
+        def apply() -> tuple[int, tuple[int, ...]]:
+            att.attached = False
+            host.dirty_tasks.add(task)
+            if not att.reservations and att.state == ptrace.PtraceState():
+                del host.attachments[task]  # nothing to keep
+            return len(att.reservations), ()
+
+        def undo() -> None:
+            att.attached = True
+            host.attachments[task] = att
+
+        kept = await host.change(request.request_id, apply, undo)
+        log.info(
+            "request %s: detached task %d on %s, %d ptrace breakpoints kept",
+            request.request_id,
+            task,
+            host.name,
+            kept,
+        )
+        return ptrace_pb2.DetachResponse(released=0, kept=kept)
+
+    @rpc
+    async def Flush(self, request: Any, context: Any) -> Any:
+        """flush_ptrace_hw_breakpoint(), as the task's exit or exec would: all four ptrace
+        breakpoints go, DR6 and DR7 are cleared, and the task is no longer traced."""
+        check_open(self.fleet)
+        self._guard(context, request, Action.PTRACE)
+        host, task, session = self._lookup(request)
+        att = host.attachments.get(task)
+        if att is None:
+            raise NotAttached(
+                f"task {task} on host {host.name} has no ptrace state to flush",
+                host=host.name,
+                task=task,
+            )
+        if att.attached and att.session != session:
+            self._attachment(host, task, session, create=False)  # names the tracer
 
         def apply() -> tuple[int, range]:
             return flush_attachment(host, task), range(host.ncpus)
 
         def undo() -> None:
-            host.attachments[task] = saved
+            host.attachments[task] = att
 
         released = await host.change(request.request_id, apply, undo)
         log.info(
-            "request %s: detached task %d on %s, %d released",
+            "request %s: flushed task %d on %s, %d released",
             request.request_id,
             task,
             host.name,
             released,
         )
-        return ptrace_pb2.DetachResponse(released=released)
+        return ptrace_pb2.FlushResponse(released=released)
 
     @rpc
     async def PokeUser(self, request: Any, context: Any) -> Any:
@@ -132,6 +199,8 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
         who = self._guard(context, request, Action.PTRACE)
         host, task, session = self._lookup(request)
         fresh = task not in host.attachments
+        known = host.attachments.get(task)
+        before = _who(known) if known is not None else None
         att = self._attachment(host, task, session, create=not session, owner=who.name)
         saved_state, saved_res = att.state, dict(att.reservations)
         registrar = LedgerRegistrar(self.fleet.new_id, host, task, att)
@@ -140,6 +209,8 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
             att.state, att.reservations = saved_state, dict(saved_res)
             if fresh:
                 host.attachments.pop(task, None)
+            elif before is not None:
+                _restore(att, before)  # a re-attach by this poke is undone too
 
         def apply() -> tuple[Any, range]:
             host.dirty_tasks.add(task)

@@ -140,7 +140,7 @@ class SimulationServicer(simulation_pb2_grpc.SimulationServicer):
                 addr=request.addr, len=request.len, type=convert.ACCESS_PB[kind]
             ),
         )
-        hits = [self.fleet.publish_hit(host, request.cpu, h) for h in result.hits]
+        hits = self.fleet.publish_hits(host, request.cpu, result.hits)  # one access: one #DB
         dr6 = hits[-1].dr6 if hits else result.image.dr6
         return simulation_pb2.MemoryAccessResponse(hit=bool(hits), hits=hits, dr6=dr6)
 

@@ -253,15 +253,23 @@ def test_watch_stops_after_timeout_and_on_ctrl_c(addr: str) -> None:
     assert watch.lines == ["subscribed: watching every host\n"]
 
 
-def test_ptrace_pokes_persist_until_detach(addr: str) -> None:
+def test_ptrace_pokes_persist_until_flushed(addr: str) -> None:
+    """PTRACE_DETACH keeps the task's breakpoints (the kernel's flush_ptrace_hw_breakpoint
+    runs only at exit and exec): `ptrace detach` keeps them, `ptrace flush` drops them."""
     task = f"--host {HOST} --task 777"
     ok(run(addr, f"ptrace poke {task} --reg 0 --value 0x6000"))
     ok(run(addr, f"ptrace poke {task} --reg 7 --value 0x1"))  # L0: enable DR0
     assert ok(run(addr, f"ptrace peek {task} --reg 0")).json() == {"value": 0x6000}
     assert ok(run(addr, f"ptrace peek {task} --reg 0", as_json=False)).out.strip() == "0x6000"
     assert any(r["task"] == 777 for r in ok(run(addr, "ls")).json())
-    ok(run(addr, f"ptrace detach {task}"))
+    assert "stay until" in ok(run(addr, f"ptrace detach {task}", as_json=False)).out
+    assert any(r["task"] == 777 for r in ok(run(addr, "ls")).json())
+    assert run(addr, f"ptrace peek {task} --reg 0").code == 6  # not traced any more
+    ok(run(addr, f"ptrace poke {task} --reg 1 --value 0x7000"))  # attaches again ...
+    assert ok(run(addr, f"ptrace peek {task} --reg 0")).json() == {"value": 0x6000}  # ... as was
+    assert ok(run(addr, f"ptrace flush {task}")).json() == {"released": 2}
     assert not any(r["task"] == 777 for r in ok(run(addr, "ls")).json())
+    assert run(addr, f"ptrace flush {task}").code == 6  # nothing left to flush
 
 
 def test_changes_say_where_they_are_applied_and_nothing_is_pending_on_a_live_fleet(

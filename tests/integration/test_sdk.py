@@ -182,11 +182,14 @@ async def test_a_tracer_sees_the_traps_of_its_task(client: Any) -> None:
         await client.context_switch(HOST, 1, None)
 
 
-async def test_a_tracer_outside_a_session_persists_until_detached(client: Any) -> None:
-    tracer = client.ptrace(HOST, 901)
+async def test_a_tracer_outside_a_session_persists_until_flushed(client: Any) -> None:
+    tracer = client.ptrace(HOST, 904)
     await tracer.poke(1, 0x7100)
     assert [r.ptrace_index for r in await client.list(HOST)] == [1]
-    assert await tracer.detach() == 1
+    assert await tracer.detach() == 0  # the kernel keeps a detached task's breakpoints
+    assert [r.ptrace_index for r in await client.list(HOST)] == [1]
+    await tracer.poke(6, 0)  # attached again
+    assert await tracer.flush() == 1
     assert await client.list(HOST) == []
 
 
@@ -217,3 +220,37 @@ async def test_list_and_inventory_follow_pages(client: Any) -> None:
     held = {(await client.reserve(HOST, task=700 + i, addr=0xB000, type="x")).id for i in range(5)}
     assert {r.id for r in await client.list(HOST, page_size=2)} == held
     assert [(c.host, c.cpu) for c in await client.inventory(page_size=1)] == [(HOST, 0), (HOST, 1)]
+
+
+async def test_tracer_detach_keeps_and_flush_releases(client: Any) -> None:
+    """PTRACE_DETACH keeps the task's breakpoints; flush_ptrace_hw_breakpoint() (what
+    exit and exec do, here on demand) releases them."""
+    tracer = client.ptrace(HOST, 901)
+    await tracer.poke(0, 0x7100)
+    await tracer.poke(7, 0x1)
+    assert await tracer.detach() == 0
+    assert [r.task for r in await client.list(HOST)] == [901]
+    with pytest.raises(core.NotAttached):
+        await tracer.peek(0)
+    await tracer.poke(6, 0)  # a poke outside a session attaches again, registers as they were
+    assert (await tracer.peek(0), await tracer.peek(7)) == (0x7100, 0x1)
+    assert await tracer.flush() == 1
+    assert await client.list(HOST) == []
+    with pytest.raises(core.NotAttached):  # nothing left to flush
+        await tracer.flush()
+
+
+async def test_a_sessions_end_releases_what_a_detached_task_kept(client: Any) -> None:
+    async with await client.session(ttl=5.0) as s:
+        tracer = await s.attach(HOST, 902)
+        await tracer.poke(0, 0x7200)
+        assert await tracer.detach() == 0
+        assert [r.task for r in await client.list(HOST)] == [902]
+        tracer = await s.attach(HOST, 902)  # attached again: the registers as they were
+        assert await tracer.peek(0) == 0x7200
+        assert await tracer.flush() == 1
+        assert await client.list(HOST) == []
+        tracer = await s.attach(HOST, 903)
+        await tracer.poke(1, 0x7300)
+        await tracer.detach()
+    assert await client.list(HOST) == []  # the session's end released what it left behind
