@@ -1,8 +1,8 @@
 """hwbp-gdbserver: stock gdb as a remote client, its hardware watchpoints arbitrated.
 
 gdb speaks the Remote Serial Protocol to us (``packets``, ``rsp``, ``commands``,
-``server``); we debug a real process through ptrace (``target``, ``ptrace_sys``,
-``regs``, ``signals``). Every hardware breakpoint or watchpoint gdb inserts is first a
+``server``); we debug a real process through ptrace (``target``, ``memory``,
+``ptrace_sys``, ``regs``, ``signals``). Every hardware breakpoint or watchpoint gdb inserts is first a
 reservation in the arbiter's ledger (``bridge``), then armed (``hwpoints``,
 ``watchplan``).
 

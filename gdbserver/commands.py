@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from hwbp.gdbserver import regs, signals
 from hwbp.gdbserver.hwpoints import HwPoints, Refused
+from hwbp.gdbserver.memory import TargetError
 from hwbp.gdbserver.packets import (
     OK,
     UNSUPPORTED,
@@ -24,7 +25,7 @@ from hwbp.gdbserver.packets import (
     unhexlify,
     xfer_slice,
 )
-from hwbp.gdbserver.target import Action, Inferior, Stop, TargetError
+from hwbp.gdbserver.target import Action, Inferior, Stop
 from hwbp.gdbserver.watchplan import Unsupported, ZType
 
 log = logging.getLogger("hwbp.gdbserver")
@@ -268,7 +269,7 @@ class Commands:
 
     def _read_memory(self, p: bytes) -> bytes:
         addr, length = parse_addr_len(p[1:])
-        return hexlify(self.inf.read_memory(addr, min(length, MAX_READ)))
+        return hexlify(self.inf.mem.read(addr, min(length, MAX_READ)))
 
     def _write_memory(self, p: bytes) -> bytes:
         where, sep, data = p[1:].partition(b":")
@@ -276,7 +277,7 @@ class Commands:
         raw = unhexlify(data)
         if not sep or len(raw) != length:
             raise ValueError(f"M carries {len(raw)} bytes, announced {length}")
-        self.inf.write_memory(addr, raw)
+        self.inf.mem.write(addr, raw)
         return OK
 
     def _write_binary(self, p: bytes) -> bytes:
@@ -285,7 +286,7 @@ class Commands:
         if not sep or len(raw) != length:
             raise ValueError(f"X carries {len(raw)} bytes, announced {length}")
         if length:
-            self.inf.write_memory(addr, raw)
+            self.inf.mem.write(addr, raw)
         return OK
 
     # --- breakpoints and watchpoints -------------------------------------------------
@@ -300,7 +301,7 @@ class Commands:
     def _insert(self, p: bytes) -> bytes:
         ztype, addr, kind = self._point(p)
         if ztype is ZType.SOFTWARE:
-            self.inf.insert_sw(addr)
+            self.inf.mem.insert_sw(addr)
             return OK
         try:
             self.points.insert(ztype, addr, kind)
@@ -311,7 +312,7 @@ class Commands:
     def _remove(self, p: bytes) -> bytes:
         ztype, addr, kind = self._point(p)
         if ztype is ZType.SOFTWARE:
-            return OK if self.inf.remove_sw(addr) else error(2)
+            return OK if self.inf.mem.remove_sw(addr) else error(2)
         if ztype is ZType.READ:
             return UNSUPPORTED
         return OK if self.points.remove(ztype, addr, kind) else error(2)

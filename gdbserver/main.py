@@ -24,9 +24,10 @@ from hwbp.gdbserver import hwpoints
 from hwbp.gdbserver.bridge import ArbiterBridge
 from hwbp.gdbserver.commands import Commands
 from hwbp.gdbserver.hwpoints import HwPoints
+from hwbp.gdbserver.memory import TargetError
 from hwbp.gdbserver.rsp import Connection, Disconnected
 from hwbp.gdbserver.server import Server
-from hwbp.gdbserver.target import Inferior, Stop, TargetError
+from hwbp.gdbserver.target import Inferior, Stop
 from hwbp.gdbserver.watchplan import ZType
 
 log = logging.getLogger("hwbp.gdbserver")

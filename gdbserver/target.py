@@ -21,14 +21,9 @@ from dataclasses import dataclass, field
 
 from hwbp.gdbserver import ptrace_sys as pt
 from hwbp.gdbserver import regs
+from hwbp.gdbserver.memory import Memory, TargetError
 
-INT3 = b"\xcc"
 _GROUP_STOPS = (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
-_MAX_ADDR = (1 << 63) - 1  # /proc/PID/mem takes an off_t
-
-
-class TargetError(Exception):
-    """The inferior could not be started, attached or accessed; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +63,8 @@ class Inferior:
     on_new_thread: Callable[[int], None] = lambda tid: None
     on_thread_gone: Callable[[int], None] = lambda tid: None
     threads: dict[int, Thread] = field(default_factory=dict)
-    sw: dict[int, bytes] = field(default_factory=dict)  # int3 address -> original byte
     exit: Stop | None = None
-    _mem: int = -1
+    memory: Memory | None = None  # None until the exec stop (or the attach) is reached
     _early: dict[int, int] = field(default_factory=dict)  # status of a thread not yet known
     _order: list[int] = field(default_factory=list)  # tids with a pending stop, oldest first
     _resuming: bool = False  # between a resume and the stop that ends it
@@ -116,7 +110,7 @@ class Inferior:
             raise TargetError(f"{argv[0]} did not stop after exec (wait status {status:#x})")
         inf = cls(pid, attached=False)
         inf.threads[pid] = Thread(pid)
-        inf._open_memory()
+        inf.memory = Memory(inf.pid)
         return inf
 
     @classmethod
@@ -141,11 +135,19 @@ class Inferior:
         if pid not in inf.threads:
             raise TargetError(f"process {pid} exited before it could be attached")
         inf._stop_all()
-        inf._open_memory()
+        inf.memory = Memory(inf.pid)
         return inf
 
-    def _open_memory(self) -> None:
-        self._mem = os.open(f"/proc/{self.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+    @property
+    def sw(self) -> dict[int, bytes]:
+        """Our int3s: address -> the byte each hides."""
+        return self.mem.sw
+
+    @property
+    def mem(self) -> Memory:
+        if self.memory is None:
+            raise TargetError(f"process {self.pid} has no memory open")
+        return self.memory
 
     # --- resuming and waiting -------------------------------------------------------
 
@@ -339,59 +341,7 @@ class Inferior:
             raise TargetError(f"thread {tid} is not a stopped thread of process {self.pid}")
         return t
 
-    # --- memory and software breakpoints --------------------------------------------
-
-    def _raw_read(self, addr: int, length: int) -> bytes:
-        if addr > _MAX_ADDR:
-            raise TargetError(f"cannot read memory at {addr:#x}")
-        try:
-            data = os.pread(self._mem, length, addr)
-        except OSError as e:
-            raise TargetError(f"cannot read memory at {addr:#x}: {e.strerror}") from None
-        if not data and length:
-            raise TargetError(f"cannot read memory at {addr:#x}")
-        return data
-
-    def _raw_write(self, addr: int, data: bytes) -> None:
-        if addr > _MAX_ADDR:
-            raise TargetError(f"cannot write memory at {addr:#x}")
-        try:
-            done = os.pwrite(self._mem, data, addr)
-        except OSError as e:
-            raise TargetError(f"cannot write memory at {addr:#x}: {e.strerror}") from None
-        if done != len(data):
-            raise TargetError(f"wrote {done} of {len(data)} bytes at {addr:#x}")
-
-    def read_memory(self, addr: int, length: int) -> bytes:
-        """Memory as the program wrote it: our int3s are shown as the bytes they hide."""
-        data = bytearray(self._raw_read(addr, length))
-        for a, orig in self.sw.items():
-            if addr <= a < addr + len(data):
-                data[a - addr] = orig[0]
-        return bytes(data)
-
-    def write_memory(self, addr: int, data: bytes) -> None:
-        """Write, keeping our int3s in place (their hidden byte takes the new value)."""
-        out = bytearray(data)
-        for a in self.sw:
-            if addr <= a < addr + len(out):
-                self.sw[a] = bytes((out[a - addr],))
-                out[a - addr] = INT3[0]
-        self._raw_write(addr, bytes(out))
-
-    def insert_sw(self, addr: int) -> None:
-        if addr in self.sw:
-            return
-        orig = self._raw_read(addr, 1)
-        self._raw_write(addr, INT3)
-        self.sw[addr] = orig
-
-    def remove_sw(self, addr: int) -> bool:
-        orig = self.sw.pop(addr, None)
-        if orig is None:
-            return False
-        self._raw_write(addr, orig)
-        return True
+    # --- other views of the process -----------------------------------------------
 
     def siginfo(self, tid: int) -> bytes:
         self._stopped(tid)
@@ -429,7 +379,7 @@ class Inferior:
         if self.exit is None:
             for addr in list(self.sw):
                 with contextlib.suppress(TargetError):
-                    self.remove_sw(addr)
+                    self.mem.remove_sw(addr)
             for t in list(self.threads.values()):
                 if t.running:
                     continue
@@ -455,9 +405,8 @@ class Inferior:
                 return
 
     def close(self) -> None:
-        if self._mem >= 0:
-            os.close(self._mem)
-            self._mem = -1
+        if self.memory is not None:
+            self.memory.close()
 
     def tids(self) -> Iterable[int]:
         return list(self.threads)
