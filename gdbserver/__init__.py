@@ -2,9 +2,9 @@
 
 gdb speaks the Remote Serial Protocol to us (``packets``, ``rsp``, ``commands``,
 ``server``); we debug a real process through ptrace (``target``, ``memory``,
-``ptrace_sys``, ``regs``, ``signals``). Every hardware breakpoint or watchpoint gdb inserts is first a
-reservation in the arbiter's ledger (``bridge``), then armed (``hwpoints``,
-``watchplan``).
+``ptrace_sys``, ``regs``, ``signals``). Every hardware breakpoint or watchpoint gdb
+inserts is first a reservation in the arbiter's ledger (``bridge``), then armed
+(``hwpoints``, ``watchplan``).
 
 Design: each register is reserved as a *tracer-applied* task reservation (the agents
 account it and never arm it) and armed by the gdbserver itself with one
