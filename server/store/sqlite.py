@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS reservations (
     id TEXT PRIMARY KEY, host TEXT NOT NULL, scope TEXT NOT NULL, cpu INTEGER, task INTEGER,
     addr TEXT NOT NULL, len INTEGER NOT NULL, type TEXT NOT NULL, enabled INTEGER NOT NULL,
     kernel INTEGER NOT NULL, owner TEXT NOT NULL, session TEXT, ptrace_index INTEGER,
-    idempotency_key TEXT NOT NULL DEFAULT '');
+    idempotency_key TEXT NOT NULL DEFAULT '', tracer_applied INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS attachments (
     host TEXT NOT NULL, task INTEGER NOT NULL, session TEXT NOT NULL, owner TEXT NOT NULL,
     state TEXT NOT NULL, reservations TEXT NOT NULL, attached INTEGER NOT NULL DEFAULT 1,
@@ -80,6 +80,7 @@ class SqliteStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
             self.db.executescript(SCHEMA)
+            _add_missing_columns(self.db)
             row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -142,7 +143,7 @@ class SqliteStore:
             _reservation(row)
             for row in db.execute(
                 "SELECT id, host, scope, cpu, task, addr, len, type, enabled, kernel, owner, "
-                "session, ptrace_index, idempotency_key FROM reservations"
+                "session, ptrace_index, idempotency_key, tracer_applied FROM reservations"
             )
         ]
         res.sort(key=lambda r: id_order(r.reservation.id))
@@ -238,7 +239,7 @@ class SqliteStore:
             )
             db.executemany(
                 "INSERT OR REPLACE INTO reservations VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [_row(r) for r in batch.reservations],
             )
             db.executemany(
@@ -321,6 +322,13 @@ def _what(err: sqlite3.Error) -> str:
     return f"{name}: {err}" if name else str(err)
 
 
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Columns added after schema 1 was written: a ledger from before gets them, defaulted."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(reservations)")}
+    if "tracer_applied" not in have:
+        db.execute("ALTER TABLE reservations ADD COLUMN tracer_applied INTEGER NOT NULL DEFAULT 0")
+
+
 def _row(rec: ReservationRecord) -> tuple[object, ...]:
     r = rec.reservation
     return (
@@ -338,13 +346,15 @@ def _row(rec: ReservationRecord) -> tuple[object, ...]:
         r.session,
         r.ptrace_index,
         rec.idempotency_key,
+        int(r.bp.tracer_applied),
     )
 
 
 def _reservation(row: tuple[object, ...]) -> ReservationRecord:
     (rid, host, scope, cpu, task, addr, length, typ, enabled, kernel, owner, session, pidx, key) = (
-        row
+        row[:14]
     )
+    tracer = bool(row[14])
     res = Reservation(
         id=str(rid),
         host=str(host),
@@ -353,7 +363,9 @@ def _reservation(row: tuple[object, ...]) -> ReservationRecord:
             cpu=None if cpu is None else int(str(cpu)),
             task=None if task is None else int(str(task)),
         ),
-        bp=Breakpoint(int(str(addr)), int(str(length)), BpType(typ), bool(enabled), bool(kernel)),
+        bp=Breakpoint(
+            int(str(addr)), int(str(length)), BpType(typ), bool(enabled), bool(kernel), tracer
+        ),
         owner=str(owner),
         session=None if session is None else str(session),
         ptrace_index=None if pidx is None else int(str(pidx)),
