@@ -114,7 +114,6 @@ class SqliteStore:
         ids = [rid for (rid,) in self.db.execute("SELECT id FROM reservations")]
         highest = max((id_order(r)[0] for r in ids if r[1:].isdigit()), default=0)
         self.db.execute("BEGIN IMMEDIATE")
-        self.db.execute("ALTER TABLE attachments ADD COLUMN attached INTEGER NOT NULL DEFAULT 1")
         self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_id', ?)", (str(highest + 1),))
         self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
         self.db.execute("COMMIT")
@@ -322,11 +321,21 @@ def _what(err: sqlite3.Error) -> str:
     return f"{name}: {err}" if name else str(err)
 
 
+# Columns added after schema 1 was written: (table, column, its definition with the
+# default an older ledger's rows take). A schema 1 ledger's attachments were all attached.
+ADDED_COLUMNS = (
+    ("reservations", "tracer_applied", "INTEGER NOT NULL DEFAULT 0"),
+    ("attachments", "attached", "INTEGER NOT NULL DEFAULT 1"),
+)
+
+
 def _add_missing_columns(db: sqlite3.Connection) -> None:
-    """Columns added after schema 1 was written: a ledger from before gets them, defaulted."""
-    have = {row[1] for row in db.execute("PRAGMA table_info(reservations)")}
-    if "tracer_applied" not in have:
-        db.execute("ALTER TABLE reservations ADD COLUMN tracer_applied INTEGER NOT NULL DEFAULT 0")
+    """A ledger from before a column was added gets it, defaulted (whichever tables the
+    older ledger had: one that lacked a table gets it whole from SCHEMA)."""
+    for table, column, definition in ADDED_COLUMNS:
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
 def _row(rec: ReservationRecord) -> tuple[object, ...]:
