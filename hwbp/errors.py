@@ -275,6 +275,12 @@ class LedgerCorrupt(FailedPrecondition):
     reason = "LEDGER_CORRUPT"
 
 
+class LedgerInUse(FailedPrecondition):
+    """Another arbiter holds the ledger (its lock file names the pid); one ledger, one arbiter."""
+
+    reason = "LEDGER_IN_USE"
+
+
 class LedgerWriteFailed(HwbpError):
     """The durable ledger refused a write; the change was rolled back."""
 

@@ -31,7 +31,7 @@ class Attachment:
     owner: str
     state: PtraceState = field(default_factory=PtraceState)
     reservations: dict[int, str] = field(default_factory=dict)
-    attached: bool = True  # False after PTRACE_DETACH; not persisted (restored attached)
+    attached: bool = True  # False after PTRACE_DETACH (persisted with the attachment)
 
 
 class TracedHost(Protocol):

@@ -1,11 +1,15 @@
-"""Every host the arbiter knows, reservation ids, hits, and the idempotency cache."""
+"""Every host the arbiter knows, reservation ids, hits, and the idempotency keys.
+
+Reservation ids are r1, r2, ... from one counter that only grows: each committed batch
+writes it to the ledger (``next_id``), so after a restart ids continue where they
+stopped and a released id is never issued again. Idempotency keys live in one
+``KeyTable`` that every host's pipeline consults; committed ones are durable too.
+"""
 
 from __future__ import annotations
 
-import itertools
 import logging
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from hwbp.arch import UNREPORTED_FEATURES, X86_64, ArchProfile, HostFeatures
 from hwbp.errors import Draining, HostNotFound, HostShapeConflict, ReservationNotFound
@@ -19,7 +23,6 @@ from hwbp.server.hosts import Host
 from hwbp.v1 import ptrace_pb2, types_pb2
 
 log = logging.getLogger("hwbp.server")
-IDEMPOTENCY_KEEP = 100_000  # reserve results remembered for retried requests
 
 
 class Fleet:
@@ -28,22 +31,22 @@ class Fleet:
         self.ack_timeout = ack_timeout
         self.bus = EventBus()
         self.hosts: dict[str, Host] = {}
-        self._ids = itertools.count(1)
-        self.idempotency: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self.next_id = 1  # the next reservation is r<next_id>; never goes back
         self.draining = False
         self.paranoid = False
-        self.pending_keys: dict[str, str] = {}  # reservation id -> idempotency key to persist
         self.on_host_created: Callable[[Host], None] | None = None
-        self.on_commit: Callable[[Host, set[str]], None] | None = None
+        self.on_commit: Callable[[Host, Persist], Awaitable[None]] | None = None
         self.keys: KeyTable[Outcome, object] = KeyTable()  # idempotency keys, fleet-wide
         self.authz = Authz()  # every servicer's permission hook; allows all until configured
 
     def reseed_ids(self, start: int) -> None:
-        """After a restore: new ids continue after the highest one in the ledger."""
-        self._ids = itertools.count(start)
+        """After a restore: ids continue from the ledger's counter."""
+        self.next_id = max(self.next_id, start)
 
     def new_id(self) -> str:
-        return f"r{next(self._ids)}"
+        rid = f"r{self.next_id}"
+        self.next_id += 1
+        return rid
 
     def host(self, name: str) -> Host:
         try:
@@ -89,30 +92,13 @@ class Fleet:
 
     async def _write(self, host: Host, ins: Persist) -> None:
         if self.on_commit is not None:
-            self.on_commit(host, set(ins.touched))
+            await self.on_commit(host, ins)
 
     def locate(self, res_id: str) -> tuple[Host, Reservation]:
         for host in self.hosts.values():
             if res_id in host.ledger:
                 return host, host.ledger.get(res_id)
         raise ReservationNotFound(f"reservation {res_id!r} does not exist", reservation=res_id)
-
-    def remember(self, key: str, host: str, res_id: str) -> None:
-        if not key:
-            return
-        self.idempotency[key] = (host, res_id)
-        while len(self.idempotency) > IDEMPOTENCY_KEEP:
-            self.idempotency.popitem(last=False)
-
-    def recall(self, key: str) -> Reservation | None:
-        """The reservation a retried reserve already made, if it still exists."""
-        found = self.idempotency.get(key) if key else None
-        if found is None:
-            return None
-        host = self.hosts.get(found[0])
-        if host is None or found[1] not in host.ledger:
-            return None
-        return host.ledger.get(found[1])
 
     # --- hits --------------------------------------------------------------------
 

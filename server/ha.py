@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from typing import Any
-
-from grpc_health.v1 import health_pb2
 
 from hwbp.leadership import Leadership
 from hwbp.server.gate import Gate, GateInterceptor
+from hwbp.server.health import Health
 from hwbp.server.leader import HaMetrics, Leader
 from hwbp.server.metrics import Metrics
 from hwbp.server.persist import Persistence
@@ -80,25 +78,16 @@ class Replication:
         self._task: asyncio.Task[None] | None = None
 
     async def start(
-        self,
-        address: str,
-        persistence: Persistence,
-        health_servicer: Any,
-        services: list[str],
-        metrics: Metrics,
+        self, address: str, persistence: Persistence, status: Health, metrics: Metrics
     ) -> None:
+        """Campaign from now on; the services' health follows this replica's role."""
         advertise = self.args.advertise or address
         self.gate.advertise = advertise
-        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        status.leading = False
 
         async def serving(on: bool) -> None:
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if on
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            for name in services:
-                await health_servicer.set(name, status)
+            status.leading = on
+            await status.apply()
 
         machine = Leadership(advertise, ttl=self.args.leader_ttl)
         self.leader = Leader(

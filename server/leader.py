@@ -267,10 +267,14 @@ class Leader:
     async def _take_over(self, revision: int) -> None:
         started = time.monotonic()
         self._forget(LeadershipLost("a new term started", revision=revision))
+        # A barrier: the writer thread takes batches in order, so once this probe ran,
+        # every batch of an earlier term has been tried (and refused: not fenced then).
+        # Only then may the new fence let writes through.
+        await self.persistence.writer.probe()
         self.store.fence(revision)
         created, self.fleet.on_host_created = self.fleet.on_host_created, None
         try:  # hosts restored from etcd are not written back, one txn each
-            restored = self.persistence.restore()
+            restored = self.persistence.restore(asyncio.get_running_loop().time())
         except HwbpError as err:
             log.error("taking over failed: %s", err)
             self.store.unfence(f"taking over failed: {err}")
@@ -281,13 +285,15 @@ class Leader:
             self.fleet.on_host_created = created
         log.info(
             "took over at revision %d in %.3f s: %d hosts, %d reservations, %d ptrace "
-            "attachments, %d sessions restored from etcd",
+            "attachments, %d sessions, %d idempotency keys restored from etcd; next id r%d",
             revision,
             time.monotonic() - started,
             restored.hosts,
             restored.reservations,
             restored.attachments,
             restored.sessions,
+            restored.keys,
+            self.fleet.next_id,
         )
         self.feed(Restored(revision, time.monotonic()))
 
@@ -325,10 +331,8 @@ class Leader:
             host.abandon(err)
         fleet.hosts.clear()
         fleet.keys = KeyTable()
-        fleet.idempotency.clear()
-        fleet.pending_keys.clear()
-        fleet.reseed_ids(1)
-        self.sessions.sessions.clear()
+        fleet.next_id = 1  # the next term reads the counter from etcd
+        self.sessions.sessions.clear()  # a session being ended fails on its abandoned hosts
 
     def _count_error(self) -> None:
         if self.metrics is not None:

@@ -55,12 +55,22 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
         self.fleet = fleet
         self.sessions = sessions
 
-    def _guard(self, context: Any, request: Any, action: Action) -> Principal:
-        """The permission hook, naming who holds the task's trace (if anyone) as its owner."""
+    def _guard(
+        self, context: Any, request: Any, action: Action, *, joining: bool = False
+    ) -> Principal:
+        """The permission hook, naming who holds the task's trace (if anyone) as its owner,
+        and (``joining``: an attach) who owns the session it would join."""
         host = self.fleet.hosts.get(request.host)
         att = host.attachments.get(request.task) if host is not None else None
         owner = att.owner if att is not None else None
-        target = authz.Target(request.host, owner=owner, name=f"task {request.task}")
+        sid = request.session_id if joining else ""
+        into = self.sessions.sessions.get(sid) if sid else None
+        target = authz.Target(
+            request.host,
+            owner=owner,
+            name=f"task {request.task}",
+            session_owner=into.owner if into is not None else None,
+        )
         return self.fleet.authz.check(context, request.request_id, action, target)
 
     def _lookup(self, request: Any) -> tuple[Host, int, str]:
@@ -102,25 +112,37 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
     @rpc
     async def Attach(self, request: Any, context: Any) -> Any:
         check_open(self.fleet)
-        who = self._guard(context, request, Action.PTRACE)
+        who = self._guard(context, request, Action.PTRACE, joining=True)
         host, task, session = self._lookup(request)
-        existing = host.attachments.get(task)
-        if existing is not None and existing.attached:
-            if existing.session == session:
-                return ptrace_pb2.AttachResponse(already_attached=True)
-            raise AlreadyAttached(
-                f"task {task} on host {host.name} is already traced", host=host.name, task=task
-            )
-        if existing is None:
-            self._attachment(host, task, session, create=True, owner=who.name)
-        else:  # detached, state kept: its new tracer's session now covers it (persisted)
-            before = _who(existing)
+        made: list[Attachment] = []  # a new attachment, to drop on rollback
+        retraced: list[tuple[Attachment, _Tracer]] = []  # a kept one re-attached, as it was
 
-            def apply() -> tuple[None, tuple[int, ...]]:
-                self._attachment(host, task, session, create=True, owner=who.name)
-                return None, ()
+        def apply() -> tuple[bool, tuple[int, ...]]:
+            """Decided in the pipeline, so a racing Attach cannot slip in between, and
+            written with the change: an acknowledged attach survives a restart."""
+            existing = host.attachments.get(task)
+            if existing is not None and existing.attached:
+                if existing.session == session:
+                    return True, ()
+                raise AlreadyAttached(
+                    f"task {task} on host {host.name} is already traced", host=host.name, task=task
+                )
+            if existing is not None:  # detached, state kept: its new tracer now covers it
+                retraced.append((existing, _who(existing)))
+            att = self._attachment(host, task, session, create=True, owner=who.name)
+            if existing is None:
+                made.append(att)
+            host.dirty_tasks.add(task)
+            return False, ()  # no register changes until a poke
 
-            await host.change(request.request_id, apply, lambda: _restore(existing, before))
+        def undo() -> None:
+            if made and host.attachments.get(task) is made[0]:
+                del host.attachments[task]
+            for att, before in retraced:
+                _restore(att, before)
+
+        if await host.change(request.request_id, apply, undo):
+            return ptrace_pb2.AttachResponse(already_attached=True)
         log.info(
             "request %s: attached task %d on %s (session %s)",
             request.request_id,

@@ -89,7 +89,9 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
         rid_req = request.request_id
         if not request.HasField("target") or not request.HasField("spec"):
             raise InvalidArgument("target and spec are required", field="target/spec")
-        who = self.fleet.authz.check(context, rid_req, Action.RESERVE, reserve_target(request))
+        into = self.sessions.sessions.get(request.session_id) if request.session_id else None
+        wanted = reserve_target(request, into.owner if into is not None else None)
+        who = self.fleet.authz.check(context, rid_req, Action.RESERVE, wanted)
         host = self.fleet.host(convert.name(request.target.host, "target.host"))
         target = convert.target_from(request.target)
         bp = convert.bp_from(request.spec)

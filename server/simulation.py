@@ -1,4 +1,9 @@
-"""The Simulation service: context switches and memory accesses on an agent's CPU, task exit."""
+"""The Simulation service: context switches and memory accesses on an agent's CPU, task exit.
+
+A task exit releases everything the task holds, whoever holds it, so it is not a
+simulation right: only the host's agent (reporting a fact about its own host) or an
+admin (a drill) may say a task exited.
+"""
 
 from __future__ import annotations
 
@@ -146,7 +151,8 @@ class SimulationServicer(simulation_pb2_grpc.SimulationServicer):
 
     @rpc
     async def ExitTask(self, request: Any, context: Any) -> Any:
-        self.fleet.authz.check(context, request.request_id, Action.SIMULATE, Target(request.host))
+        target = Target(request.host, name=f"task {request.task}")
+        self.fleet.authz.check(context, request.request_id, Action.TASK_EXIT, target)
         check_open(self.fleet)
         host = self.fleet.host(convert.name(request.host, "host"))
         released = await exit_task(self.fleet, host, convert.task(request.task), request.request_id)

@@ -8,13 +8,17 @@ are percent-encoded, values are JSON (UTF-8) unless said otherwise:
                                   to its lease; its create revision is the fencing token
     P/members/HOST:PORT           a replica, attached to its lease: {"address", "pid"}
     P/ids                         the id counter: the next reservation number (plain text)
-    P/hosts/NAME                  {"ncpus", "generation"}: generations never go back
-    P/reservations/ID             the reservation and its idempotency key
+    P/hosts/NAME                  {"name", "ncpus", "generation"}
+    P/reservations/ID             the reservation (target, breakpoint, owner, session...)
     P/attachments/HOST/TASK       a ptrace attachment: session, owner, state, registers
-    P/sessions/ID                 {"owner", "ttl"}
+    P/sessions/ID                 {"id", "owner", "ttl"}
+    P/keys/KEY                    an idempotency key (scoped to its caller) and the answer
+                                  a retried reserve gets, with its wall-clock expiry
+    P/keyexp/EXPIRES/KEY          (empty) the keys by expiry, so expired ones are found
+                                  with one range read
 
 A commit is one etcd transaction: every put and delete of the batch, plus the id
-counter when the batch made a new reservation. While the store is *fenced* (a leader
+counter when it grew (it never goes back). While the store is *fenced* (a leader
 holds ``P/leader`` created at revision R), the transaction also compares the leader
 key's create revision with R: a replica whose key expired (it was paused, or cut off)
 can never commit, whatever it believes. A write whose outcome is unknown (etcd did not
@@ -41,6 +45,7 @@ from hwbp.server.store.base import (
     AttachmentRecord,
     Batch,
     HostRecord,
+    KeyRecord,
     ReservationRecord,
     SessionRecord,
     Snapshot,
@@ -64,8 +69,9 @@ class EtcdStore:
         self.refused = ""  # why writes are refused until the next fence
         self.on_lost: Callable[[int, str], None] | None = None  # (revision, why)
         self.on_txn: Callable[[float, str], None] | None = None  # (seconds, result)
-        self._next_id = 1
+        self._next_id = 1  # what P/ids holds
         self._check_schema()
+        self._next_id = self._read_next_id()
 
     # --- keys --------------------------------------------------------------------
 
@@ -101,6 +107,17 @@ class EtcdStore:
                 f"ledger in etcd {self.config.describe()} is unreadable: {err}"
             ) from None
 
+    def probe(self) -> None:
+        """Whether etcd answers (a linearizable read). A follower's store refuses writes
+        by design; that is not a problem of the ledger, so it is not checked here."""
+        try:
+            self.io.call(self.io.client.get(self.key("schema")))
+        except Exception as err:
+            raise LedgerWriteFailed(
+                f"etcd {self.config.describe()} is unreachable: {_explain(err)}",
+                store=self.config.describe(),
+            ) from None
+
     def commit(self, batch: Batch) -> None:
         """Apply ``batch`` in one transaction; returns once etcd committed it."""
         if not batch:
@@ -108,9 +125,10 @@ class EtcdStore:
         fence = self.fence_revision
         if self.refused:
             raise LeadershipLost(f"not written: {self.refused}", revision=fence or 0)
-        ops, next_id = self._ops(batch)
         start = time.perf_counter()
         try:
+            expired = self._expired(batch)
+            ops, next_id = self._ops(batch, expired)
             ok = self.io.call(self._txn(ops, fence))
         except Exception as err:
             self._observe(start, "error")
@@ -149,6 +167,33 @@ class EtcdStore:
         got = await self.io.client.get_prefix(self.prefix.encode() + b"/")
         return [(kv.key, kv.value) for kv in got]
 
+    def _read_next_id(self) -> int:
+        got = self.io.call(self.io.client.get(self.key("ids")))
+        return 1 if got is None else int(got.value)
+
+    def _expired(self, batch: Batch) -> list[tuple[bytes, bytes]]:
+        """(index key, record key) of key records that expire before the batch's
+        ``keys_expired_before`` (one range read of the index, then each record, since
+        a key written again since has a newer expiry and stays)."""
+        before = batch.keys_expired_before
+        if before is None:
+            return []
+
+        async def find() -> list[tuple[bytes, bytes]]:
+            client = self.io.client
+            start = self.key("keyexp") + b"/"
+            end = self.key("keyexp", _stamp(before))
+            out = []
+            for kv in await client.get_range(start, end):
+                quoted = kv.key[len(start) :].split(b"/", 1)[1]
+                record = self.prefix.encode() + b"/keys/" + quoted
+                got = await client.get(record)
+                stale = got is None or float(json.loads(got.value)["expires"]) < before
+                out.append((kv.key, record if stale else b""))
+            return out
+
+        return self.io.call(find())
+
     async def _txn(self, ops: list[Any], fence: int | None) -> bool:
         client = self.io.client
         compare = []
@@ -184,14 +229,22 @@ class EtcdStore:
 
     # --- encoding ----------------------------------------------------------------
 
-    def _ops(self, batch: Batch) -> tuple[list[Any], int]:
+    def _ops(self, batch: Batch, expired: list[tuple[bytes, bytes]]) -> tuple[list[Any], int]:
         t = aetcd.Transactions()
         ops: list[Any] = []
+        rewritten = {self.key("keys", k.key) for k in batch.keys}
+        for index, record in expired:
+            ops.append(t.delete(index))
+            if record and record not in rewritten:
+                ops.append(t.delete(record))
+        for k in batch.keys:
+            ops.append(t.put(self.key("keys", k.key), _dump(_key(k))))
+            ops.append(t.put(self.key("keyexp", _stamp(k.expires), k.key), b""))
         for h in batch.hosts:
             ops.append(t.put(self.key("hosts", h.name), _dump(_host(h))))
         for rid in batch.deleted_reservations:
             ops.append(t.delete(self.key("reservations", rid)))
-        next_id = self._next_id
+        next_id = max(self._next_id, batch.next_id)
         for rec in batch.reservations:
             rid = rec.reservation.id
             ops.append(t.put(self.key("reservations", rid), _dump(_reservation(rec))))
@@ -213,7 +266,7 @@ class EtcdStore:
 
     def _decode(self, rows: list[tuple[bytes, bytes]]) -> Snapshot:
         base = len(self.prefix) + 1
-        hosts, res, atts, sessions = [], [], [], []
+        hosts, res, atts, sessions, keys = [], [], [], [], []
         next_id = 1
         for raw_key, value in rows:
             kind = raw_key.decode()[base:].split("/", 1)[0]
@@ -227,14 +280,23 @@ class EtcdStore:
             elif kind == "sessions":
                 d = json.loads(value)
                 sessions.append(SessionRecord(str(d["id"]), str(d["owner"]), float(d["ttl"])))
+            elif kind == "keys":
+                keys.append(_key_from(json.loads(value)))
             elif kind == "ids":
                 next_id = int(value)
         res.sort(key=lambda r: id_order(r.reservation.id))
         numbered = [id_order(r.reservation.id)[0] for r in res if r.reservation.id[1:].isdigit()]
-        self._next_id = max(next_id, max(numbered, default=0) + 1)
+        self._next_id = next_id
+        next_id = max(next_id, max(numbered, default=0) + 1)
         hosts.sort(key=lambda h: h.name)
+        keys.sort(key=lambda k: k.expires)
         return Snapshot(
-            tuple(hosts), tuple(res), tuple(atts), tuple(sessions), next_id=self._next_id
+            tuple(hosts),
+            tuple(res),
+            tuple(atts),
+            tuple(sessions),
+            keys=tuple(keys),
+            next_id=next_id,
         )
 
     # --- helpers -----------------------------------------------------------------
@@ -278,6 +340,7 @@ def _reservation(rec: ReservationRecord) -> dict[str, Any]:
         "type": r.bp.type.value,
         "enabled": r.bp.enabled,
         "kernel": r.bp.kernel,
+        "tracer_applied": r.bp.tracer_applied,
         "owner": r.owner,
         "session": r.session,
         "ptrace_index": r.ptrace_index,
@@ -286,6 +349,10 @@ def _reservation(rec: ReservationRecord) -> dict[str, Any]:
 
 
 def _reservation_from(d: dict[str, Any]) -> ReservationRecord:
+    return ReservationRecord(_res_from(d), str(d.get("key", "")))
+
+
+def _res_from(d: dict[str, Any]) -> Reservation:
     cpu, task, pidx = d["cpu"], d["task"], d["ptrace_index"]
     res = Reservation(
         id=str(d["id"]),
@@ -296,13 +363,18 @@ def _reservation_from(d: dict[str, Any]) -> ReservationRecord:
             task=None if task is None else int(task),
         ),
         bp=Breakpoint(
-            int(d["addr"]), int(d["len"]), BpType(d["type"]), bool(d["enabled"]), bool(d["kernel"])
+            int(d["addr"]),
+            int(d["len"]),
+            BpType(d["type"]),
+            bool(d["enabled"]),
+            bool(d["kernel"]),
+            bool(d.get("tracer_applied", False)),
         ),
         owner=str(d["owner"]),
         session=None if d["session"] is None else str(d["session"]),
         ptrace_index=None if pidx is None else int(pidx),
     )
-    return ReservationRecord(res, str(d["key"]))
+    return res
 
 
 def _attachment(a: AttachmentRecord) -> dict[str, Any]:
@@ -317,6 +389,7 @@ def _attachment(a: AttachmentRecord) -> dict[str, Any]:
         "dr7": a.state.dr7,
         "virtual_dr6": a.state.virtual_dr6,
         "reservations": [list(pair) for pair in a.reservations],
+        "attached": a.attached,
     }
 
 
@@ -328,5 +401,42 @@ def _attachment_from(d: dict[str, Any]) -> AttachmentRecord:
     state = PtraceState(bps=bps, dr7=int(d["dr7"]), virtual_dr6=int(d["virtual_dr6"]))
     pairs = tuple((int(i), str(r)) for i, r in d["reservations"])
     return AttachmentRecord(
-        str(d["host"]), int(d["task"]), str(d["session"]), str(d["owner"]), state, pairs
+        str(d["host"]),
+        int(d["task"]),
+        str(d["session"]),
+        str(d["owner"]),
+        state,
+        pairs,
+        bool(d.get("attached", True)),
+    )
+
+
+def _stamp(expires: float) -> str:
+    """An expiry that sorts as text: zero-padded milliseconds since the epoch."""
+    return f"{max(0, round(expires * 1000)):016d}"
+
+
+def _key(k: KeyRecord) -> dict[str, Any]:
+    return {
+        "key": k.key,
+        "host": k.host,
+        "fingerprint": k.fingerprint,
+        "reservation": _reservation(ReservationRecord(k.reservation)),
+        "generation": k.generation,
+        "applied": list(k.applied),
+        "pending": list(k.pending),
+        "expires": k.expires,
+    }
+
+
+def _key_from(d: dict[str, Any]) -> KeyRecord:
+    return KeyRecord(
+        str(d["key"]),
+        str(d["host"]),
+        str(d["fingerprint"]),
+        _res_from(d["reservation"]),
+        int(d["generation"]),
+        tuple(int(c) for c in d["applied"]),
+        tuple(int(c) for c in d["pending"]),
+        float(d["expires"]),
     )

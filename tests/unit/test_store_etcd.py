@@ -200,3 +200,17 @@ def test_tls_to_etcd_with_a_client_certificate(etcd_tls: tuple[Etcd, dict[str, P
     for bad in (parse_url(server.url, "/tls"), parse_url(server.url, "/tls", ca=str(f["ca"]))):
         with pytest.raises(LedgerCorrupt, match="unreachable"):
             EtcdStore(bad)
+
+
+def test_a_key_written_again_later_outlives_its_old_expiry(store: EtcdStore) -> None:
+    from hwbp.server.store.base import KeyRecord
+
+    def key(expires: float) -> KeyRecord:
+        return KeyRecord("bob\0k", "h1", "fp", res("r1").reservation, 3, (0,), (), expires)
+
+    store.commit(Batch(keys=[key(100.0)]))
+    store.commit(Batch(keys=[key(500.0)]))  # the old index entry (100) is still there
+    store.commit(Batch(keys_expired_before=200.0))
+    assert [k.expires for k in store.load().keys] == [500.0]
+    store.commit(Batch(keys_expired_before=600.0))
+    assert store.load().keys == ()
