@@ -384,3 +384,26 @@ def test_a_session_survives_a_failover_with_its_reservations(group: Group) -> No
             assert held.id not in {r.id for r in client.list("hs")}
     finally:
         agents.stop()
+
+
+def test_a_reserve_retried_after_a_failover_is_answered_once(group: Group) -> None:
+    """The first attempt committed on the leader, which died before the caller heard:
+    the retry on the new leader, with the same idempotency key, gets the same
+    reservation and takes no second slot."""
+    first = group.leader()
+    agents = procs.start_fleet(group.endpoints, "hx", 1)
+    try:
+        with grpc.insecure_channel(group.addresses[first]) as ch:
+            made = Api(ch).reserve_response("hx", scope="cpu", cpu=0, addr=0x6000, key="k-1")
+        killed = group.arbiters[first]
+        assert killed is not None
+        killed.kill()
+        second = group.leader(timeout=TTL + 10, exclude=first)
+        with grpc.insecure_channel(group.addresses[second]) as ch:
+            api = Api(ch)
+            again = api.reserve_response("hx", scope="cpu", cpu=0, addr=0x6000, key="k-1")
+            assert again.reservation.id == made.reservation.id
+            assert api.ids("hx") == {made.reservation.id}
+            assert api.inventory("hx")[0].used == 1
+    finally:
+        agents.stop()
