@@ -108,6 +108,9 @@ class AgentLink:
         self.live_since: float | None = None  # monotonic time the current session went live
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # tests record it
         self._outbox: asyncio.Queue[agent_pb2.AgentMessage | None] = asyncio.Queue()
+        # What the arbiter assigned as of applied_generation: the base a delta is applied
+        # on, for a backend that only takes whole sets (it diffs them itself).
+        self._held: dict[str, Assignment] = {}
 
     def move(self, new: AgentState) -> None:
         if new is not self.state and new not in _MOVES[self.state]:
@@ -180,6 +183,7 @@ class AgentLink:
             image=convert.image_to(self.backend.image()),
             slots=4,
             installed=[convert.assignment_to(a) for a in _installed(self.backend)],  # type: ignore[misc]
+            deltas=True,
         )
         self._outbox.put_nowait(agent_pb2.AgentMessage(hello=hello))
         call = self.stub.Connect(self._outgoing())
@@ -231,15 +235,37 @@ class AgentLink:
     async def _reload(self, reload: agent_pb2.Reload) -> None:
         if self.ack_delay:
             await asyncio.sleep(self.ack_delay)
+        delta = reload.HasField("base_generation")
+        if delta and reload.base_generation != self.applied_generation:
+            self.send(
+                _nack(
+                    reload,
+                    f"this agent holds generation {self.applied_generation}, not the delta's "
+                    f"base {reload.base_generation}",
+                    0,
+                    needs_full=True,
+                )
+            )
+            return
         try:
             assignments = [convert.assignment_from(a) for a in reload.assignments]
-            image = self.backend.apply(assignments)
+            if delta:
+                removed = list(reload.removed)
+                image = self._apply_delta(assignments, removed)
+            else:
+                image = self.backend.apply(assignments)
         except KernelRefused as err:
             self.send(_nack(reload, str(err), err.kernel_errno))
             return
         except Exception as err:
             self.send(_nack(reload, str(err), 0))
             return
+        if delta:
+            for rid in removed:
+                self._held.pop(rid, None)
+            self._held.update((a.reservation_id, a) for a in assignments)
+        else:
+            self._held = {a.reservation_id: a for a in assignments}
         for a in assignments:
             if a.task is not None:
                 self.backend.watch_task(a.task)
@@ -259,6 +285,21 @@ class AgentLink:
             log.info("agent %s/%d live at generation %d", self.host, self.cpu, reload.generation)
             if self.on_live is not None:
                 self.on_live(self)
+
+    def _apply_delta(self, upserts: list[Assignment], removed: list[str]) -> RegisterImage:
+        """Apply a delta on what is held, all or nothing (the backend's own when it has one)."""
+        named = {a.reservation_id for a in upserts}
+        if len(named) < len(upserts) or not named.isdisjoint(removed):
+            raise ValueError("a delta names a reservation twice")
+        apply_delta = getattr(self.backend, "apply_delta", None)
+        if apply_delta is not None:
+            image: RegisterImage = apply_delta(upserts, removed)
+            return image
+        merged = dict(self._held)
+        for rid in removed:
+            merged.pop(rid, None)
+        merged.update((a.reservation_id, a) for a in upserts)
+        return self.backend.apply(list(merged.values()))
 
     def _control(self, ctl: agent_pb2.Control) -> agent_pb2.ControlResult:
         out = agent_pb2.ControlResult(control_id=ctl.control_id)
@@ -347,11 +388,18 @@ def _call(backend: Backend, method: str, *args: Any) -> Any:
     return fn(*args)
 
 
-def _nack(reload: agent_pb2.Reload, reason: str, kernel_errno: int) -> agent_pb2.AgentMessage:
+def _nack(
+    reload: agent_pb2.Reload, reason: str, kernel_errno: int, *, needs_full: bool = False
+) -> agent_pb2.AgentMessage:
     if kernel_errno:
         name = errno_mod.errorcode.get(kernel_errno, str(kernel_errno))
         reason = reason if name in reason else f"{reason} ({name})"
     reason = convert.bounded(reason, "reason")
     return agent_pb2.AgentMessage(
-        nack=agent_pb2.Nack(generation=reload.generation, reason=reason, errno=kernel_errno)
+        nack=agent_pb2.Nack(
+            generation=reload.generation,
+            reason=reason,
+            errno=kernel_errno,
+            needs_full=needs_full,
+        )
     )

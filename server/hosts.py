@@ -177,7 +177,7 @@ class Host:
             old.close("replaced by a new connection")
         self.channels[channel.cpu] = channel
         self.backends[channel.cpu] = channel.backend
-        self._feed(AgentConnected(channel.cpu, channel.link, _now()))
+        self._feed(AgentConnected(channel.cpu, channel.link, _now(), deltas=channel.deltas))
 
     def disconnect(self, channel: AgentChannel, reason: str) -> bool:
         """The stream ended; returns whether it was the CPU's current one."""
@@ -200,6 +200,7 @@ class Host:
                     _now(),
                     result.reason,
                     result.errno,
+                    needs_full=result.needs_full,
                 )
             )
 
@@ -258,7 +259,7 @@ class Host:
         current = channel.image.current_task if channel and channel.image else None
         regs.switch(current)
         if cpu not in self.pipeline.pending_cpus():
-            return regs.load(self.ledger.for_cpu(cpu))
+            return regs.load(self.ledger.installable(cpu, current))
         return regs.load([Assignment(r.id, r.target.task, r.bp) for r in self.holders(cpu)])
 
     def publish(
@@ -321,7 +322,9 @@ class Host:
             if channel is None or channel.link != ins.link or not channel.open:
                 return  # it is gone; the pipeline hears AgentGone from its stream
             try:
-                channel.send_reload(ins.generation, ins.request_id, ins.assignments)
+                channel.send_reload(
+                    ins.generation, ins.request_id, ins.assignments, ins.base, ins.removed
+                )
             except StreamStuck as err:
                 self.fence(channel, str(err))
         elif isinstance(ins, Resolve):
