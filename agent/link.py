@@ -39,6 +39,10 @@ from hwbp.wire import convert
 __all__ = ["AgentLink", "AgentState", "Backend", "LinkRefused", "StreamLost"]
 
 log = logging.getLogger("hwbp.agent")
+# While the arbiter is away, a link waits this long for its channel to connect before it
+# tries (and fails) a call: the channel retries on its own, so a thousand links of a fleet
+# do not spin while the arbiter restarts (they would starve it on a small machine).
+READY_WAIT = 10.0
 # A session that stayed live this long was a real one: the next connect starts a fresh
 # backoff. One that ended sooner counts as a failure, so an arbiter that ends our stream
 # right after every resync is not answered with a reconnect spin.
@@ -97,6 +101,7 @@ class AgentLink:
         ack_delay: float = 0.0,
         on_live: Callable[[AgentLink], None] | None = None,
     ) -> None:
+        self.channel = channel
         self.stub = agent_pb2_grpc.AgentLinkStub(channel)
         self.host, self.cpu, self.ncpus = host, cpu, ncpus
         self.backend = backend
@@ -171,6 +176,10 @@ class AgentLink:
             log.error("%s: %s; reconnecting in %.1f s", where, describe(exc), seconds, exc_info=exc)
 
     async def _session(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            # Resumes as soon as the channel is up; after READY_WAIT the call is tried
+            # anyway, so a channel that cannot connect (TLS refused) is reported.
+            await asyncio.wait_for(self.channel.channel_ready(), READY_WAIT)
         self.connects += 1
         self.live_since = None
         self._outbox = asyncio.Queue()

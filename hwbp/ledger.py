@@ -22,7 +22,7 @@ from hwbp.errors import (
     ReservationNotFound,
     UnsupportedSlotClass,
 )
-from hwbp.model import Assignment, BpType, Breakpoint, Reservation, SlotClass, Target
+from hwbp.model import Assignment, BpType, Breakpoint, Reservation, Scope, SlotClass, Target
 from hwbp.validate import validate_breakpoint
 
 
@@ -232,6 +232,17 @@ class HostLedger:
         counters = self._counters[self._profile.classes[0] if cls is None else cls]
         return counters.used(cpu)
 
+    def count(self, scope: Scope) -> int:
+        """Reservations of ``scope``, from the indexes: O(cpus), not O(reservations)."""
+        if scope is Scope.SYSTEM:
+            return len(self._system)
+        if scope is Scope.TASK:
+            return len(self._everywhere) - len(self._system)
+        cpu_scoped = sum(len(b) for b in self._bound_on)
+        if scope is Scope.CPU:
+            return cpu_scoped
+        return sum(len(d) for d in self._on_cpu) - cpu_scoped
+
     def by_task(self, task: int) -> list[Reservation]:
         return [e.res for e in _in_order(self._by_task.get(task, {}).values())]
 
@@ -344,6 +355,7 @@ class HostLedger:
             problems.append("per-cpu index differs from the reservations")
         if bound_on != [set(d) for d in self._bound_on] or system != set(self._system):
             problems.append("cpu-bound index differs from the reservations")
+
         if tasks != {k: set(v) for k, v in self._by_task.items()}:
             problems.append("per-task index differs from the reservations")
         if sessions != {k: set(v) for k, v in self._by_session.items()}:

@@ -113,7 +113,7 @@ class AgentChannel:
         reload = msg.reload
         reload.generation = generation
         reload.request_id = request_id
-        reload.assignments.extend([convert.assignment_to(a) for a in assignments])
+        convert.assignments_into(reload.assignments, assignments)
         if base is not None:
             reload.base_generation = base
             reload.removed.extend(removed)

@@ -323,3 +323,24 @@ async def test_a_backend_without_deltas_is_given_the_whole_resulting_set(
     await link._reload(_reload(2, _wp("r3", 0x3000), base=1, removed=["r1"]))
     assert backend.sets == [{"r1", "r2"}, {"r2", "r3"}]
     assert [m.ack.generation for m in sent(link)] == [1, 2]
+
+
+async def test_a_link_waits_for_its_channel_instead_of_spinning(
+    channel: grpc.aio.Channel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the arbiter restarts, a fleet's thousand links once retried in a loop and
+    starved it of CPU: each now waits for the channel (which retries on its own) and
+    only tries a call, to report why it cannot connect, once in a while."""
+    from hwbp.agent import link as link_mod
+
+    monkeypatch.setattr(link_mod, "READY_WAIT", 0.3)
+    link = AgentLink(channel, "h1", 0, 1, SimBackend(0))
+    waits: list[float] = []
+
+    async def no_backoff(seconds: float) -> None:  # only the readiness wait holds it back
+        waits.append(seconds)
+
+    link.sleep = no_backoff
+    asyncio.get_running_loop().call_later(1.0, link.stop)
+    await asyncio.wait_for(link.run(), 10)
+    assert 2 <= link.connects <= 5 and len(waits) == link.connects
