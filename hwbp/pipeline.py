@@ -380,6 +380,7 @@ class HostPipeline:
                 cpu.state = Link.FENCED if event.fenced else Link.OFFLINE
                 cpu.reason = event.reason
                 _unlink(cpu)
+                self._settled(event.cpu)
         elif isinstance(event, Answered):
             self._answered(event)
         elif isinstance(event, Tick):
@@ -445,6 +446,7 @@ class HostPipeline:
         stale, cpu.stale = cpu.stale, False
         if ev.ok:
             cpu.acked = ev.generation
+            self._settled(ev.cpu)
             cpu.full = False
             cpu.dirty = cpu.fresh  # what changed after that reload was sent
             cpu.fresh = set(cpu.fresh)
@@ -506,12 +508,7 @@ class HostPipeline:
             batch = self._batch
             if batch.persisting:
                 return
-            batch.waiting = {
-                c
-                for c in batch.waiting
-                if self.cpus[c].state in WAITED and self.cpus[c].acked < batch.generation
-            }
-            if batch.waiting:
+            if batch.waiting:  # kept exact as agents answer or go (see _settled)
                 return
             keys = []
             for ticket, result, cpus in batch.admitted:
@@ -640,7 +637,18 @@ class HostPipeline:
         cpu = self.cpus[index]
         cpu.state, cpu.reason = Link.FENCED, reason
         _unlink(cpu)
+        self._settled(index)
         self._out.append(Fence(index, cpu.link, reason))
+
+    def _settled(self, index: int) -> None:
+        """The batch stops waiting for a CPU that acknowledged it or is no longer waited
+        for (each answer costs O(1), not a pass over every CPU the batch waits for)."""
+        batch = self._batch
+        if batch is None or batch.persisting or index not in batch.waiting:
+            return
+        cpu = self.cpus[index]
+        if cpu.state not in WAITED or cpu.acked >= batch.generation:
+            batch.waiting.discard(index)
 
     def _fail(self, ticket: _Ticket, error: HwbpError) -> None:
         if ticket.change.key:
@@ -684,6 +692,15 @@ class HostPipeline:
             live += [t for t, _, _ in batch.admitted]
             if not batch.waiting <= batch.affected:
                 problems.append("the batch waits for cpus it does not touch")
+            owed = {
+                c
+                for c in batch.affected
+                if self.cpus[c].state in WAITED and self.cpus[c].acked < batch.generation
+            }
+            if not batch.persisting and batch.waiting != owed:
+                problems.append(
+                    f"the batch waits for cpus {sorted(batch.waiting)}, not {sorted(owed)}"
+                )
             if batch.generation > self.generation:
                 problems.append("the batch is ahead of the host's generation")
         if len({id(t) for t in live}) != len(live):

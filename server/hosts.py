@@ -143,7 +143,9 @@ class Host:
             Submitted(waiter, Change(request_id, apply, undo, key, fingerprint), loop.time())
         )
         try:
-            return await asyncio.shield(future)
+            # Not shielded: only this call awaits the future, and the pipeline answers a
+            # waiter only if its future is still pending (one hop fewer per call).
+            return await future
         except asyncio.CancelledError:
             if self._futures.pop(waiter, None) is not None:
                 self._requests.pop(waiter, None)

@@ -98,3 +98,24 @@ def test_assignments_built_in_place_encode_as_converted_ones() -> None:
     converted = agent_pb2.Reload(assignments=[convert.assignment_to(a) for a in items])
     assert built.SerializeToString() == converted.SerializeToString()
     assert [convert.assignment_from(m) for m in built.assignments] == items
+
+
+def test_a_reservation_filled_in_place_encodes_as_a_converted_one() -> None:
+    import dataclasses
+
+    from hwbp.model import BpType, Breakpoint, Reservation, Scope, Target
+
+    values: dict[str, object] = {"addr": 0x7FFC1000, "length": 2, "type": BpType.WRITE}
+    for f in dataclasses.fields(Breakpoint):
+        if f.name not in values:
+            assert isinstance(f.default, bool), f"new field {f.name}: extend this test"
+            values[f.name] = not f.default
+    bp = Breakpoint(**values)  # type: ignore[arg-type]
+    for target, session, index in (
+        (Target(Scope.TASK_CPU, cpu=3, task=77), "s1", 2),
+        (Target(Scope.SYSTEM), None, None),
+    ):
+        res = Reservation("r9", "h1", target, bp, owner="bob", session=session, ptrace_index=index)
+        built = pb.Reservation()
+        convert.reservation_into(built, res, 12)
+        assert built.SerializeToString() == convert.reservation_to(res, 12).SerializeToString()
