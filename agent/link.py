@@ -297,13 +297,13 @@ class AgentLink:
 
     def _apply_delta(self, upserts: list[Assignment], removed: list[str]) -> RegisterImage:
         """Apply a delta on what is held, all or nothing (the backend's own when it has one)."""
+        apply_delta = getattr(self.backend, "apply_delta", None)
+        if apply_delta is not None:  # it refuses a delta that names a reservation twice
+            image: RegisterImage = apply_delta(upserts, removed)
+            return image
         named = {a.reservation_id for a in upserts}
         if len(named) < len(upserts) or not named.isdisjoint(removed):
             raise ValueError("a delta names a reservation twice")
-        apply_delta = getattr(self.backend, "apply_delta", None)
-        if apply_delta is not None:
-            image: RegisterImage = apply_delta(upserts, removed)
-            return image
         merged = dict(self._held)
         for rid in removed:
             merged.pop(rid, None)

@@ -29,12 +29,22 @@ from hwbp.validate import validate_breakpoint
 class _Entry:
     """A live reservation with its admission number and the slot class it is counted in."""
 
-    __slots__ = ("cls", "res", "seq")
+    __slots__ = ("_sent", "cls", "res", "seq")
 
     def __init__(self, res: Reservation, seq: int, cls: SlotClass) -> None:
         self.res = res
         self.seq = seq
         self.cls = cls
+        self._sent: Assignment | None = None
+
+    @property
+    def assignment(self) -> Assignment:
+        """What agents are sent for it: made once, shared by every CPU it applies to."""
+        sent = self._sent
+        if sent is None or sent.bp is not self.res.bp:  # a modify replaced the breakpoint
+            res = self.res
+            sent = self._sent = Assignment(res.id, res.target.task, res.bp)
+        return sent
 
 
 def _seq(entry: _Entry) -> int:
@@ -489,8 +499,7 @@ def _applies(entry: _Entry, cpu: int) -> bool:
 
 
 def _assignment(entry: _Entry) -> Assignment:
-    res = entry.res
-    return Assignment(res.id, res.target.task, res.bp)
+    return entry.assignment
 
 
 def _discard(index: dict[_K, dict[str, _Entry]], key: _K, res_id: str) -> None:

@@ -159,10 +159,18 @@ class RegisterFile:
                 )
             changes[a.reservation_id] = a
         task = self._current
-        trial = {key: dict(self._homes.get(key, {})) for key in {None, task}}
-        for rid, new in changes.items():
-            _move(trial, rid, self._all.get(rid), new)
-        self._commit(self._place(_wanted(trial, task), task), task)  # raises: nothing changed
+        placed = (None, task)  # the homes placement reads: CPU-bound, the running task's
+        if any(
+            (old := self._all.get(rid)) is not None
+            and old.task in placed
+            or new is not None
+            and new.task in placed
+            for rid, new in changes.items()
+        ):
+            trial = {key: dict(self._homes.get(key, {})) for key in placed}
+            for rid, new in changes.items():
+                _move(trial, rid, self._all.get(rid), new)
+            self._commit(self._place(_wanted(trial, task), task), task)  # raises: no change
         for rid, new in changes.items():
             _move(self._homes, rid, self._all.get(rid), new, create=True)
             if new is None:
