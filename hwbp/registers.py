@@ -161,10 +161,7 @@ class RegisterFile:
         task = self._current
         placed = (None, task)  # the homes placement reads: CPU-bound, the running task's
         if any(
-            (old := self._all.get(rid)) is not None
-            and old.task in placed
-            or new is not None
-            and new.task in placed
+            _touches(self._all.get(rid), placed) or _touches(new, placed)
             for rid, new in changes.items()
         ):
             trial = {key: dict(self._homes.get(key, {})) for key in placed}
@@ -315,6 +312,10 @@ def _wanted(homes: dict[int | None, dict[str, Assignment]], task: int | None) ->
     if task is None:
         return cpu_bound
     return cpu_bound + [a for a in homes.get(task, {}).values() if a.bp.enabled]
+
+
+def _touches(a: Assignment | None, homes: tuple[int | None, ...]) -> bool:
+    return a is not None and a.task in homes
 
 
 def _move(
