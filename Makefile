@@ -8,7 +8,7 @@ CERTS ?= var/certs
 # The pure core: the modules of hwbp/ itself (its subpackages are the shells).
 CORE := $(wildcard hwbp/*.py)
 
-.PHONY: venv test lint types protocheck pytest proto run certs bench clean
+.PHONY: venv test lint types protocheck pytest proto sdk run certs bench clean
 
 venv: $(STAMP)
 
@@ -28,14 +28,20 @@ types: venv
 	$(BIN)/mypy --strict $(CORE)
 	$(BIN)/mypy -p hwbp.server -p hwbp.agent -p hwbp.client -p hwbp.bench -p hwbp.load -p hwbp.wire
 
+# Generated code (protos, and the sync SDK from its asyncio source) matches its source.
 protocheck: venv
 	$(BIN)/python scripts/protos.py --check
+	$(BIN)/python scripts/sync_sdk.py --check
 
 pytest: venv
 	$(BIN)/python -m pytest -q
 
 proto: venv
 	$(BIN)/python scripts/protos.py
+
+# After editing client/aio.py or client/aio_handles.py: regenerate client/sdk.py, handles.py.
+sdk: venv
+	$(BIN)/python scripts/sync_sdk.py
 
 run: venv
 	$(BIN)/python scripts/run_local.py --listen $(LISTEN) $(if $(wildcard $(CERTS)/ca.pem),--tls-dir $(CERTS))

@@ -30,6 +30,7 @@ from hwbp.agent.failures import (
     describe,
     wait,
 )
+from hwbp.arch import DEFAULT_FEATURES
 from hwbp.errors import HwbpError, KernelRefused
 from hwbp.model import AccessType, Assignment
 from hwbp.registers import HitRecord, RegisterImage
@@ -47,6 +48,12 @@ READY_WAIT = 10.0
 # backoff. One that ended sooner counts as a failure, so an arbiter that ends our stream
 # right after every resync is not answered with a reconnect spin.
 STABLE_AFTER = 5.0
+# A stream that says nothing for this long before the CPU is live (no welcome, or no
+# resync after it) is given up and opened again. A long-lived stream has no deadline of
+# its own, and a fresh agent once waited on such a silent stream forever, idle, with an
+# empty log (about 2 in 2,000 starts under heavy load). The arbiter answers a hello at
+# once; this leaves room for a loaded one.
+START_TIMEOUT = 30.0
 
 
 class Backend(Protocol):
@@ -100,6 +107,7 @@ class AgentLink:
         *,
         ack_delay: float = 0.0,
         on_live: Callable[[AgentLink], None] | None = None,
+        start_timeout: float = START_TIMEOUT,
     ) -> None:
         self.channel = channel
         self.stub = agent_pb2_grpc.AgentLinkStub(channel)
@@ -109,6 +117,7 @@ class AgentLink:
         self.applied_generation = 0
         self.ack_delay = ack_delay  # test hook: a slow agent acknowledges late
         self.on_live = on_live
+        self.start_timeout = start_timeout  # seconds each wait may take before it is live
         self.connects = 0
         self.live_since: float | None = None  # monotonic time the current session went live
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # tests record it
@@ -116,6 +125,7 @@ class AgentLink:
         # What the arbiter assigned as of applied_generation: the base a delta is applied
         # on, for a backend that only takes whole sets (it diffs them itself).
         self._held: dict[str, Assignment] = {}
+        self._unreachable = False  # the last attempt failed to reach the arbiter
 
     def move(self, new: AgentState) -> None:
         if new is not self.state and new not in _MOVES[self.state]:
@@ -160,6 +170,8 @@ class AgentLink:
             return
         seconds = state.next_action.sleep if state.next_action is not None else 0.0
         kind = classify(exc)
+        # The arbiter could not be reached: the next attempt waits for the channel.
+        self._unreachable = kind is Failure.BROKEN and isinstance(exc, grpc.RpcError)
         where = f"agent {self.host}/{self.cpu}"
         if kind is Failure.BROKEN:
             log.info(
@@ -176,10 +188,12 @@ class AgentLink:
             log.error("%s: %s; reconnecting in %.1f s", where, describe(exc), seconds, exc_info=exc)
 
     async def _session(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            # Resumes as soon as the channel is up; after READY_WAIT the call is tried
-            # anyway, so a channel that cannot connect (TLS refused) is reported.
-            await asyncio.wait_for(self.channel.channel_ready(), READY_WAIT)
+        if self._unreachable:
+            self._unreachable = False
+            with contextlib.suppress(TimeoutError):
+                # Resumes as soon as the channel is up; after READY_WAIT the call is
+                # tried anyway, so a channel that cannot connect (TLS refused) is reported.
+                await asyncio.wait_for(self.channel.channel_ready(), READY_WAIT)
         self.connects += 1
         self.live_since = None
         self._outbox = asyncio.Queue()
@@ -192,13 +206,14 @@ class AgentLink:
             image=convert.image_to(self.backend.image()),
             slots=4,
             installed=[convert.assignment_to(a) for a in _installed(self.backend)],  # type: ignore[misc]
+            features=convert.features_to(getattr(self.backend, "features", DEFAULT_FEATURES)),
             deltas=True,
         )
         self._outbox.put_nowait(agent_pb2.AgentMessage(hello=hello))
         call = self.stub.Connect(self._outgoing())
         watcher = asyncio.create_task(self._watch_backend(), name=f"backend {self.cpu}")
         try:
-            async for msg in call:
+            async for msg in self._messages(call):
                 await self._handle(msg)
         except grpc.RpcError as err:
             if self.state is not AgentState.LIVE or classify(err) is not Failure.BROKEN:
@@ -220,6 +235,30 @@ class AgentLink:
         if lived < STABLE_AFTER:
             raise StreamLost(f"stream ended {lived:.1f} s after going live ({ended})")
         log.info("agent %s/%d: stream ended (%s); reconnecting", self.host, self.cpu, ended)
+
+    async def _messages(self, call: Any) -> AsyncIterator[agent_pb2.ArbiterMessage]:
+        """The stream's messages. Until the CPU is live each wait is bounded by
+        ``start_timeout``: a start that hears nothing says so and starts again."""
+        stream = aiter(call)
+        while True:
+            live = self.state is AgentState.LIVE
+            try:
+                msg = await asyncio.wait_for(anext(stream), None if live else self.start_timeout)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                stage = "welcome" if self.state is AgentState.CONNECTING else "resync"
+                log.warning(
+                    "agent %s/%d: no %s from the arbiter within %g s; reconnecting",
+                    self.host,
+                    self.cpu,
+                    stage,
+                    self.start_timeout,
+                )
+                raise StreamLost(
+                    f"no {stage} within {self.start_timeout:g} s of {self.host}/{self.cpu}'s hello"
+                ) from None
+            yield msg
 
     async def _outgoing(self) -> AsyncIterator[agent_pb2.AgentMessage]:
         outbox = self._outbox
@@ -333,6 +372,7 @@ class AgentLink:
 
     def _hit_pb(self, hit: HitRecord) -> types_pb2.Hit:
         msg = convert.hit_to(self.host, self.cpu, hit, ptrace_index=None, seq=0)
+        msg.exception = hit.exception  # which hits one debug exception made
         current = self.backend.image().current_task
         if not msg.HasField("task") and current is not None:
             msg.task = current  # a CPU-bound breakpoint: name the task that made the access

@@ -10,9 +10,10 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from hwbp.agent.link import AgentLink, Backend
+from hwbp.agent.link import START_TIMEOUT, AgentLink, Backend
 from hwbp.agent.sim import SimBackend
 from hwbp.agent.supervise import run_all
+from hwbp.arch import DEFAULT_FEATURES, HostFeatures
 from hwbp.wire import tls
 
 log = logging.getLogger("hwbp.agent")
@@ -57,10 +58,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="seconds to wait before applying each reload (drills: a slow agent)",
     )
     p.add_argument(
+        "--start-timeout",
+        type=float,
+        default=START_TIMEOUT,
+        help="seconds a stream may stay silent before its CPU is live (then: reconnect)",
+    )
+    p.add_argument(
         "--refuse-addr",
         type=_int,
         default=None,
         help="sim backend refuses reloads programming this address (drills: NACK)",
+    )
+    sim = p.add_argument_group(
+        "the simulated host (sim backend; the perf backend reports the real one's)"
+    )
+    sim.add_argument(
+        "--bpext", action="store_true", help="its CPU has AMD's breakpoint extension (ranges)"
+    )
+    sim.add_argument(
+        "--no-kprobes",
+        dest="kprobes",
+        action="store_false",
+        help="its kernel has no kprobes: execute breakpoints in kernel space are refused",
+    )
+    sim.add_argument(
+        "--unprivileged",
+        dest="privileged",
+        action="store_false",
+        help="the agent lacks CAP_SYS_ADMIN: kernel addresses are refused (EPERM)",
     )
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--tls-cert", help=f"certificate named agent:HOST (${tls.ENV_CERT})")
@@ -77,15 +102,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("give --cpu N, or --fleet to run --cpus simulated CPUs")
     if args.cpus < 1:
         p.error("--cpus must be at least 1")
+    if not args.start_timeout > 0:
+        p.error("--start-timeout must be a positive number of seconds")
     if args.cpu is not None and not 0 <= args.cpu < args.cpus:
         p.error(f"--cpu must be in 0..{args.cpus - 1}")
     return args
 
 
-def make_backend(kind: str, cpu: int, refuse_addr: int | None) -> Backend:
-    """sim, perf, or auto: perf where a probe shows breakpoints are permitted."""
+def make_backend(
+    kind: str, cpu: int, refuse_addr: int | None, features: HostFeatures = DEFAULT_FEATURES
+) -> Backend:
+    """sim, perf, or auto: perf where a probe shows breakpoints are permitted.
+
+    ``features`` is what a simulated host offers; a perf backend reports this machine's.
+    """
     if kind == "sim":
-        return SimBackend(cpu, refuse_addr=refuse_addr)
+        return SimBackend(cpu, refuse_addr=refuse_addr, features=features)
     from hwbp.agent import perf
 
     reason = perf.probe()
@@ -95,7 +127,7 @@ def make_backend(kind: str, cpu: int, refuse_addr: int | None) -> Backend:
     if kind == "perf":
         raise SystemExit(f"hwbp-agent: the perf backend is not usable here: {reason}")
     log.info("cpu %d: %s; using the sim backend", cpu, reason)
-    return SimBackend(cpu, refuse_addr=refuse_addr)
+    return SimBackend(cpu, refuse_addr=refuse_addr, features=features)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -110,6 +142,7 @@ async def run(args: argparse.Namespace) -> int:
         for _ in range(0, len(cpus), STREAMS_PER_CHANNEL)
     ]
     live: set[int] = set()
+    features = HostFeatures(bpext=args.bpext, kprobes=args.kprobes, privileged=args.privileged)
 
     def on_live(link: AgentLink) -> None:
         # Once, when every CPU has been live (however many tries its first took).
@@ -124,9 +157,10 @@ async def run(args: argparse.Namespace) -> int:
             args.host,
             cpu,
             args.cpus,
-            make_backend(args.backend, cpu, args.refuse_addr),
+            make_backend(args.backend, cpu, args.refuse_addr, features),
             ack_delay=args.ack_delay,
             on_live=on_live,
+            start_timeout=args.start_timeout,
         )
         for i, cpu in enumerate(cpus)
     ]

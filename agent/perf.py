@@ -92,16 +92,35 @@ def _dr7(slots: Sequence[Breakpoint | None]) -> int:
     """DR7 for the enabled breakpoints, via the shared encoder.
 
     Exec breakpoints are shown at the generic length; a shape x86 cannot express (a
-    read-only or range breakpoint another architecture accepted) leaves its slot empty.
+    read-only breakpoint, or a length no x86 CPU has) leaves its slot empty.
     """
     shown: list[Breakpoint | None] = []
     for bp in slots:
         if bp is not None and bp.type is BpType.EXEC:
             bp = replace(bp, length=dr7.EXEC_LENGTH)
-        elif bp is not None and (bp.type is BpType.READ or bp.length not in (1, 2, 4, 8)):
-            bp = None
+        elif bp is not None and (bp.type is BpType.READ or bp.length & (bp.length - 1)):
+            bp = None  # (a range, an aligned power of two, is LEN 00 with its mask)
         shown.append(bp)
     return dr7.encode(shown)
+
+
+class _Drained(NamedTuple):
+    """A sample read from an event's ring, with the breakpoint it belonged to then."""
+
+    assignment: Assignment
+    register: int  # the DRi it is laid out in
+    sample: ps.Sample
+
+
+def _one_exception(group: list[_Drained], d: _Drained) -> bool:
+    """Is ``d`` (the next sample in time) part of the same #DB as ``group``? The kernel
+    passes one pt_regs to each perf_bp_event() of an exception, so its samples share the
+    thread, ip and user registers; and each breakpoint fires at most once in it."""
+    first = group[0].sample
+    s = d.sample
+    return (s.tid, s.ip, s.regs) == (first.tid, first.ip, first.regs) and all(
+        g.assignment.reservation_id != d.assignment.reservation_id for g in group
+    )
 
 
 @dataclass(eq=False)
@@ -143,15 +162,18 @@ class PerfBackend:
     name = "perf"
     polls = True  # the kernel reports hits and exits on fds the agent watches
 
-    def __init__(self, cpu: int, ring_pages: int = 16) -> None:
+    # 32 pages (128 KiB) hold ~680 samples of ~190 bytes (with the trap's registers).
+    def __init__(self, cpu: int, ring_pages: int = 32) -> None:
         self.cpu = cpu
+        self.features = ps.host_features()  # what this machine's CPU and kernel offer
         self._ring_pages = ring_pages
         self._events: dict[str, _Event] = {}
         self._index: dict[str, int] = {}
         self._image = self._layout([])
         self._pidfds: dict[int, int] = {}
         self._exited: list[int] = []
-        self._pending: list[Hit] = []  # drained from events before a reload changed them
+        self._pending: list[_Drained] = []  # drained before a reload changed their events
+        self._exceptions = 0  # debug exceptions seen so far (numbers the hits of each)
 
     # --- breakpoints -------------------------------------------------------------------
 
@@ -338,30 +360,55 @@ class PerfBackend:
     # --- hits and counters -------------------------------------------------------------
 
     def poll_hits(self) -> list[Hit]:
-        """Drain every ring buffer: one Hit per sample, i.e. per access the CPU trapped."""
-        hits, self._pending = self._pending, []
+        """Drain every ring buffer: one Hit per sample, i.e. per breakpoint that fired.
+
+        The samples of one debug exception (one access that hit several breakpoints)
+        share an ``exception`` number and carry DR6 with all their bits, as
+        hw_breakpoint_handler() saw it. They are told apart by the registers at the trap
+        (``_one_exception``); the agent runs on the CPU its events watch, so it never
+        reads half of an exception.
+        """
+        drained, self._pending = self._pending, []
         for ev in self._events.values():
-            hits += self._drain(ev)
+            drained += self._drain(ev)
+        drained.sort(key=lambda d: d.sample.time)
+        hits: list[Hit] = []
+        group: list[_Drained] = []
+        for d in [*drained, None]:
+            if d is not None and group and _one_exception(group, d):
+                group.append(d)
+                continue
+            if group:
+                hits += self._exception(group)
+            group = [] if d is None else [d]
         return hits
 
-    def _drain(self, ev: _Event) -> list[Hit]:
-        a = ev.assignment
-        index = self._index.get(a.reservation_id, 0)
+    def _exception(self, group: list[_Drained]) -> list[Hit]:
+        self._exceptions += 1
+        dr6 = dr7.DR6_RESERVED
+        for d in group:
+            dr6 |= 1 << d.register
         return [
             Hit(
                 HitRecord(
-                    reservation_id=a.reservation_id,
-                    index=index,
-                    bp=a.bp,
-                    task=a.task,
-                    dr6=dr7.DR6_RESERVED | (1 << index),
-                    access_addr=s.addr,
-                    ip=s.ip,
+                    reservation_id=d.assignment.reservation_id,
+                    index=d.register,
+                    bp=d.assignment.bp,
+                    task=d.assignment.task,
+                    dr6=dr6,
+                    access_addr=d.sample.addr,
+                    ip=d.sample.ip,
+                    exception=self._exceptions,
                 ),
-                s.tid,
+                d.sample.tid,
             )
-            for s in ev.ring.drain()
+            for d in group
         ]
+
+    def _drain(self, ev: _Event) -> list[_Drained]:
+        a = ev.assignment
+        index = self._index.get(a.reservation_id, 0)
+        return [_Drained(a, index, s) for s in ev.ring.drain()]
 
     def counts(self) -> dict[str, int]:
         """Reservation id -> hits counted by the kernel (kept across reopen of the same id)."""

@@ -1,18 +1,24 @@
 """Raw Linux perf_event_open(2) layer for hardware breakpoints, through ctypes.
 
 Only what the breakpoint backend needs: the attr struct, the syscall, the ioctls, the
-counter read, the sample ring buffer and pidfds. No policy lives here; errors surface
-as ``OSError`` with the kernel's errno so the backend can word the refusal.
+counter read, the sample ring buffer and pidfds, and what this host offers (CPU flags,
+kprobes, capabilities). No policy lives here; errors surface as ``OSError`` with the
+kernel's errno so the backend can word the refusal.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
+import gzip
 import mmap
 import os
 import platform
+import re
 import struct
 from dataclasses import dataclass
+
+from hwbp.arch import HostFeatures
 
 # Syscall numbers differ per architecture; pidfd_open is the same on both (new table).
 _PERF_EVENT_OPEN_NR = {"x86_64": 298, "aarch64": 241}
@@ -28,9 +34,24 @@ HW_BREAKPOINT_X = 4
 # sample_type bits
 PERF_SAMPLE_IP = 1 << 0
 PERF_SAMPLE_TID = 1 << 1
+PERF_SAMPLE_TIME = 1 << 2
 PERF_SAMPLE_ADDR = 1 << 3
 PERF_SAMPLE_CPU = 1 << 7
-SAMPLE_TYPE = PERF_SAMPLE_IP | PERF_SAMPLE_TID | PERF_SAMPLE_ADDR | PERF_SAMPLE_CPU
+PERF_SAMPLE_REGS_USER = 1 << 12
+# The user registers at the trap tell one debug exception from the next: every
+# perf_bp_event() of one #DB gets the same pt_regs. x86-64's general registers and ip
+# (perf_regs.h: AX..DI, BP, SP, IP, R8..R15; flags and segments say nothing more).
+REGS_USER_MASK = {"x86_64": sum(1 << r for r in (*range(9), *range(16, 24)))}.get(
+    platform.machine(), 0
+)
+SAMPLE_TYPE = (
+    PERF_SAMPLE_IP
+    | PERF_SAMPLE_TID
+    | PERF_SAMPLE_TIME
+    | PERF_SAMPLE_ADDR
+    | PERF_SAMPLE_CPU
+    | (PERF_SAMPLE_REGS_USER if REGS_USER_MASK else 0)
+)
 
 # attr flag bits (the u64 bitfield after read_format)
 FLAG_DISABLED = 1 << 0
@@ -96,6 +117,7 @@ def breakpoint_attr(
     attr.size = ctypes.sizeof(PerfEventAttr)
     attr.sample_period = 1
     attr.sample_type = SAMPLE_TYPE
+    attr.sample_regs_user = REGS_USER_MASK
     attr.flags = (FLAG_DISABLED if disabled else 0) | (FLAG_EXCLUDE_KERNEL if exclude_kernel else 0)
     attr.wakeup_events = 1
     attr.bp_type = bp_type
@@ -158,19 +180,91 @@ def pidfd_open(pid: int) -> int:
     return os.pidfd_open(pid)
 
 
+# --- what this host offers (hwbp.arch.HostFeatures) -------------------------------------
+
+CAP_SYS_ADMIN = 21
+
+
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The flags of the first CPU in /proc/cpuinfo's text (x86: "flags", arm64: "Features")."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def has_capability(status: str, cap: int) -> bool:
+    """Is ``cap`` in the effective set of /proc/self/status's text (its CapEff line)?"""
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split(":", 1)[1], 16) >> cap & 1)
+    return False
+
+
+def kprobes_configured(config: str | None, kallsyms: str | None) -> bool | None:
+    """CONFIG_KPROBES, from the kernel's config text, else from whether its symbol table
+    has register_kprobe; None when neither could be read."""
+    if config is not None:
+        return "\nCONFIG_KPROBES=y" in "\n" + config
+    if kallsyms is not None:
+        return re.search(r"^\S+ [Tt] register_kprobe$", kallsyms, re.MULTILINE) is not None
+    return None
+
+
+def _read(path: str, *, gz: bool = False) -> str | None:
+    try:
+        if gz:
+            with gzip.open(path, "rt") as f:
+                return f.read()
+        with open(path) as f:
+            return f.read()
+    except (OSError, EOFError, UnicodeDecodeError):
+        return None
+
+
+@functools.cache
+def host_features() -> HostFeatures:
+    """This machine's: bpext from /proc/cpuinfo, kprobes from the kernel's config (or its
+    symbols), privilege from this process's capabilities. Unknown kprobes count as present
+    (the kernel still refuses what it cannot do)."""
+    config = _read("/proc/config.gz", gz=True) or _read(f"/boot/config-{os.uname().release}")
+    kprobes = kprobes_configured(config, None if config else _read("/proc/kallsyms"))
+    return HostFeatures(
+        bpext="bpext" in cpu_flags(_read("/proc/cpuinfo") or ""),
+        kprobes=True if kprobes is None else kprobes,
+        privileged=has_capability(_read("/proc/self/status") or "", CAP_SYS_ADMIN),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One PERF_RECORD_SAMPLE in the order the kernel writes IP, TID, ADDR, CPU."""
+    """One PERF_RECORD_SAMPLE in the order the kernel writes IP, TID, TIME, ADDR, CPU,
+    REGS_USER."""
 
     ip: int
     pid: int
     tid: int
     addr: int
     cpu: int
+    time: int = 0  # perf_clock() nanoseconds: orders samples across events
+    regs: tuple[int, ...] = ()  # the user registers at the trap (empty: none sampled)
 
 
-_SAMPLE = struct.Struct("<QIIQII")  # ip, pid, tid, addr, cpu, res
+_SAMPLE = struct.Struct("<QIIQQII")  # ip, pid, tid, time, addr, cpu, res
+_REGS = struct.Struct(f"<{bin(REGS_USER_MASK).count('1')}Q")
 _HEADER = struct.Struct("<IHH")  # type, misc, size
+
+
+def _regs(body: bytes, at: int) -> tuple[int, ...]:
+    """PERF_SAMPLE_REGS_USER: an ABI word, then the registers unless the ABI is NONE
+    (a kernel thread has no user registers)."""
+    if not REGS_USER_MASK or len(body) < at + 8:
+        return ()
+    (abi,) = struct.unpack_from("<Q", body, at)
+    if not abi or len(body) < at + 8 + _REGS.size:
+        return ()
+    return tuple(_REGS.unpack_from(body, at + 8))
 
 
 class RingBuffer:
@@ -208,8 +302,9 @@ class RingBuffer:
                 break  # corrupt header: drop the rest rather than spin
             body = self._copy(base, size, tail + _HEADER.size, rsize - _HEADER.size)
             if rtype == PERF_RECORD_SAMPLE and len(body) >= _SAMPLE.size:
-                ip, pid, tid, addr, cpu, _res = _SAMPLE.unpack_from(body)
-                out.append(Sample(ip=ip, pid=pid, tid=tid, addr=addr, cpu=cpu))
+                ip, pid, tid, time, addr, cpu, _res = _SAMPLE.unpack_from(body)
+                regs = _regs(body, _SAMPLE.size)
+                out.append(Sample(ip, pid, tid, addr, cpu, time, regs))
             elif rtype == PERF_RECORD_LOST and len(body) >= 16:
                 self.lost += int(struct.unpack_from("<QQ", body)[1])
             tail += rsize

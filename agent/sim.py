@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from hwbp.arch import DEFAULT_FEATURES, HostFeatures
 from hwbp.model import AccessType, Assignment
 from hwbp.registers import HitRecord, RegisterFile, RegisterImage
 
@@ -14,9 +15,16 @@ class SimBackend:
     name = "sim"
     polls = False  # hits come back in the answer to an access
 
-    def __init__(self, cpu: int, *, refuse_addr: int | None = None) -> None:
+    def __init__(
+        self,
+        cpu: int,
+        *,
+        refuse_addr: int | None = None,
+        features: HostFeatures = DEFAULT_FEATURES,
+    ) -> None:
         self.cpu = cpu
         self.regs = RegisterFile()
+        self.features = features  # what the simulated host's CPU and kernel offer
         # Fault injection for tests and drills: refuse any reload that programs this address,
         # as a kernel that refused perf_event_open would.
         self.refuse_addr = refuse_addr

@@ -1,10 +1,21 @@
-"""The asyncio SDK: the same surface as ``client.sdk`` on ``grpc.aio``.
+"""The SDK's client, written once: ``AsyncClient`` here, ``Client`` generated from it.
 
     async with AsyncClient() as c, await c.session(ttl=10) as s:
         r = await s.reserve("h1", cpu=0, addr=0x1000, len=4, type="w")
         async for ev in c.watch("h1", timeout=5): ...
 
-Requests and values come from ``client.wire``, so both clients send the same bytes.
+    with Client() as c, c.session(ttl=10) as s:
+        with s.reserve("h1", cpu=0, addr=0x1000, len=4, type="w") as r: ...
+
+Why one async source and a generated sync twin (as httpcore does with unasync), rather
+than a synchronous facade over the async client: the sync client stays plainly
+synchronous (a blocking gRPC channel, no event loop or thread behind each client), so it
+works inside programs that run their own loop, after fork, and under Ctrl-C; both
+surfaces keep real signatures a type checker reads; and a method is written once, here
+or in ``aio_handles.py``, then ``make sdk`` regenerates ``sdk.py`` and ``handles.py``
+(``make test`` fails when they drift). What a call may do (its deadline, whether a
+repeat is safe) is not written here at all but in one table, ``client.calls``; what
+differs between the two flavours is ``client.concurrency``.
 """
 
 from __future__ import annotations
@@ -15,22 +26,15 @@ from typing import Any, TypeVar
 
 import grpc
 
-from hwbp.client import paging, wire
+from hwbp.client import calls, paging, wire
 from hwbp.client.aio_handles import AsyncReservationHandle, AsyncSession, AsyncTracer
+from hwbp.client.concurrency import async_attempts
 from hwbp.client.errors import from_rpc_error
-from hwbp.client.retry import MUTATE_TIMEOUT, NO_RETRY, READ_TIMEOUT, SESSION_TIMEOUT, RetryPolicy
+from hwbp.client.retry import Deadlines, RetryPolicy
 from hwbp.client.values import AccessResult, Change, CpuInfo, EventInfo, EventKind, ReservationInfo
-from hwbp.errors import HwbpError, ReservationNotFound
 from hwbp.model import AccessType, BpType
 from hwbp.registers import RegisterImage
-from hwbp.v1 import (
-    arbiter_pb2_grpc,
-    ptrace_pb2_grpc,
-    session_pb2,
-    session_pb2_grpc,
-    simulation_pb2,
-    simulation_pb2_grpc,
-)
+from hwbp.v1 import session_pb2, simulation_pb2
 from hwbp.wire.tls import TlsConfig, aio_channel
 
 T = TypeVar("T")
@@ -38,7 +42,7 @@ M = TypeVar("M")
 
 
 class AsyncClient:
-    """An asyncio connection to one arbiter; ``async with`` closes the channel."""
+    """A connection to one arbiter. Cheap to create; close it (or use it with ``with``)."""
 
     def __init__(
         self,
@@ -46,18 +50,20 @@ class AsyncClient:
         *,
         retry: RetryPolicy | None = None,
         tls: TlsConfig | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
-        """``tls``: client certificate, key and CA; default $HWBP_TLS_*, else plaintext."""
+        """``tls``: client certificate, key and CA; default $HWBP_TLS_*, else plaintext.
+        ``deadlines``: seconds per kind of call (``retry.Deadlines``' defaults)."""
         self.endpoint = wire.endpoint_or_default(endpoint)
         self.retry = retry or RetryPolicy()
+        self.deadlines = deadlines or Deadlines()
         self.tls = tls if tls is not None else TlsConfig.resolve()
+        self.closed = False
         self._channel = aio_channel(self.endpoint, self.tls)
-        self._arbiter = arbiter_pb2_grpc.ArbiterStub(self._channel)
-        self._sessions = session_pb2_grpc.SessionsStub(self._channel)
-        self._ptrace = ptrace_pb2_grpc.PtraceStub(self._channel)
-        self._sim = simulation_pb2_grpc.SimulationStub(self._channel)
+        self._stubs = calls.stubs(self._channel)
 
     async def close(self) -> None:
+        self.closed = True
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncClient:
@@ -66,39 +72,42 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _call(
-        self,
-        method: Callable[..., Any],
-        request: Any,
-        *,
-        timeout: float,
-        retry: bool,
-        gone: type[HwbpError] | None = None,
-    ) -> Any:
-        """As ``Client._call``: deadline, transient retries, ``gone`` means done already."""
+    # --- plumbing: every call goes through one of these two ---------------------------
+
+    async def _call(self, rpc: calls.Rpc, request: Any) -> Any:
+        """One unary call under ``rpc``'s rules: its deadline, transient failures retried
+        when it is safe to, and None when a repeat finds ``rpc.gone`` (done already)."""
+        method = getattr(self._stubs[rpc.service], rpc.method)
+        timeout = calls.timeout(rpc, self.deadlines)
         attempts = 0
-        async for attempt in (self.retry if retry else NO_RETRY).aio():
+        async for attempt in async_attempts(self.retry, rpc.retry):
             with attempt:
                 attempts += 1
                 try:
                     return await method(request, timeout=timeout)
                 except grpc.RpcError as e:
                     err = from_rpc_error(e)
-                    if gone is not None and attempts > 1 and isinstance(err, gone):
+                    if rpc.gone is not None and attempts > 1 and isinstance(err, rpc.gone):
                         return None
                     raise err from None
         raise AssertionError("tenacity re-raises the last failure")
 
+    def _open(self, rpc: calls.Rpc, request: Any, timeout: float | None = None) -> Any:
+        """Start a streaming call (its answers are read with ``_stream``)."""
+        return getattr(self._stubs[rpc.service], rpc.method)(request, timeout=timeout)
+
     async def _stream(
         self, call: Any, convert: Callable[[M], T], timeout: float | None
     ) -> AsyncIterator[T]:
+        """Iterate a server stream; a deadline the caller asked for ends it quietly."""
         try:
             async for msg in call:
                 yield convert(msg)
         except grpc.RpcError as e:
-            if timeout is not None and from_rpc_error(e).code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            err = from_rpc_error(e)
+            if timeout is not None and err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 return
-            raise from_rpc_error(e) from None
+            raise err from None
         finally:
             call.cancel()
 
@@ -121,6 +130,7 @@ class AsyncClient:
         idempotency_key: str | None = None,
         session_id: str = "",
     ) -> AsyncReservationHandle:
+        """Reserve a debug register; with no session it persists until released."""
         req = wire.reserve_request(
             host,
             system=system,
@@ -136,8 +146,7 @@ class AsyncClient:
             request_id=request_id,
             idempotency_key=idempotency_key,
         )
-        # Safe to retry: the idempotency key makes a repeat return the first result.
-        resp = await self._call(self._arbiter.Reserve, req, timeout=MUTATE_TIMEOUT, retry=True)
+        resp = await self._call(calls.RESERVE, req)
         return AsyncReservationHandle(self, wire.change(resp))
 
     async def release(
@@ -148,13 +157,15 @@ class AsyncClient:
         request_id: str | None = None,
         expect_owner: str = "",
     ) -> Change | None:
-        """As ``Client.release``: None when a retry found it already gone."""
+        """Release; None when a retry found it already gone (our first attempt did it).
+
+        ``expect_owner``: refused unless the reservation belongs to that owner, so a
+        stale id that now names someone else's reservation is never released.
+        """
         req = wire.release_request(
             id, session_id=session_id, request_id=request_id, expect_owner=expect_owner
         )
-        resp = await self._call(
-            self._arbiter.Release, req, timeout=MUTATE_TIMEOUT, retry=True, gone=ReservationNotFound
-        )
+        resp = await self._call(calls.RELEASE, req)
         return None if resp is None else wire.change(resp)
 
     async def modify(
@@ -169,6 +180,7 @@ class AsyncClient:
         request_id: str | None = None,
         expect_owner: str = "",
     ) -> Change:
+        """Change a reservation in place; on failure it stays as it was."""
         req = wire.modify_request(
             id,
             addr=addr,
@@ -179,8 +191,7 @@ class AsyncClient:
             request_id=request_id,
             expect_owner=expect_owner,
         )
-        resp = await self._call(self._arbiter.Modify, req, timeout=MUTATE_TIMEOUT, retry=False)
-        return wire.change(resp)
+        return wire.change(await self._call(calls.MODIFY, req))
 
     async def list(
         self,
@@ -190,13 +201,15 @@ class AsyncClient:
         request_id: str | None = None,
         page_size: int = paging.LIST_PAGE_SIZE,
     ) -> builtins.list[ReservationInfo]:
+        """Every reservation (of ``host``, of the session), however many pages it takes
+        (``page_size`` per call; the arbiter may cap it)."""
         rid = request_id or wire.new_id()
 
         async def page(token: str) -> paging.Page[ReservationInfo]:
             req = wire.list_request(
                 host, session_id=session_id, page_token=token, request_id=rid, page_size=page_size
             )
-            resp = await self._call(self._arbiter.List, req, timeout=READ_TIMEOUT, retry=True)
+            resp = await self._call(calls.LIST, req)
             return [wire.reservation(r) for r in resp.reservations], resp.next_page_token
 
         return await paging.collect_aio(page, key=lambda r: r.id)
@@ -208,13 +221,14 @@ class AsyncClient:
         request_id: str | None = None,
         page_size: int = paging.INVENTORY_PAGE_SIZE,
     ) -> builtins.list[CpuInfo]:
+        """Every CPU (of ``host``), however many pages it takes."""
         rid = request_id or wire.new_id()
 
         async def page(token: str) -> paging.Page[CpuInfo]:
             req = wire.inventory_request(
                 host, page_token=token, request_id=rid, page_size=page_size
             )
-            resp = await self._call(self._arbiter.Inventory, req, timeout=READ_TIMEOUT, retry=True)
+            resp = await self._call(calls.INVENTORY, req)
             return [wire.cpu_inventory(c) for c in resp.cpus], resp.next_page_token
 
         return await paging.collect_aio(page, key=lambda c: (c.host, c.cpu))
@@ -227,20 +241,28 @@ class AsyncClient:
         *,
         timeout: float | None = None,
         request_id: str | None = None,
+        announce_subscribed: bool = False,
     ) -> AsyncIterator[EventInfo]:
-        """``async for`` over events; ``timeout`` ends the stream quietly."""
-        req = wire.watch_request(host, task, kinds, request_id)
-        return self._stream(self._arbiter.Watch(req, timeout=timeout), wire.event, timeout)
+        """Events as they happen; ``timeout`` ends the stream quietly after that many
+        seconds (none by default: a watch lasts as long as its reader).
+
+        ``announce_subscribed``: the first event is ``EventKind.SUBSCRIBED``, sent once
+        every later event reaches this watch; wait for it before doing what you want
+        to see (an arbiter too old to know the flag sends no such event).
+        """
+        req = wire.watch_request(host, task, kinds, request_id, announce_subscribed)
+        return self._stream(self._open(calls.WATCH, req, timeout), wire.event, timeout)
 
     # --- simulation -------------------------------------------------------------------
 
     async def context_switch(
         self, host: str, cpu: int, task: int | None, *, request_id: str | None = None
     ) -> RegisterImage:
+        """Make ``task`` current on a simulated CPU (None: idle); returns its registers."""
         req = simulation_pb2.ContextSwitchRequest(
             request_id=request_id or wire.new_id(), host=host, cpu=cpu, task=task
         )
-        resp = await self._call(self._sim.ContextSwitch, req, timeout=MUTATE_TIMEOUT, retry=False)
+        resp = await self._call(calls.CONTEXT_SWITCH, req)
         return wire.register_image(resp.image)
 
     async def access(
@@ -253,27 +275,26 @@ class AsyncClient:
         *,
         request_id: str | None = None,
     ) -> AccessResult:
+        """A memory access by the CPU's current task (a hit is an event: never repeated)."""
         req = wire.access_request(host, cpu, addr, len, type, request_id)
-        resp = await self._call(self._sim.MemoryAccess, req, timeout=MUTATE_TIMEOUT, retry=False)
-        return wire.access_result(resp)
+        return wire.access_result(await self._call(calls.MEMORY_ACCESS, req))
 
     async def exit_task(self, host: str, task: int, *, request_id: str | None = None) -> int:
+        """The task exited: its breakpoints and ptrace state go. Returns how many."""
         req = simulation_pb2.ExitTaskRequest(
             request_id=request_id or wire.new_id(), host=host, task=task
         )
-        resp = await self._call(self._sim.ExitTask, req, timeout=MUTATE_TIMEOUT, retry=False)
+        resp = await self._call(calls.EXIT_TASK, req)
         return int(resp.released)
 
     # --- sessions and ptrace ----------------------------------------------------------
 
     async def session(self, ttl: float = 10.0, owner: str = "") -> AsyncSession:
-        """Open a leased session: ``async with await client.session() as s``."""
+        """Open a leased session; use it as a context manager so it closes."""
         req = session_pb2.OpenSessionRequest(request_id=wire.new_id(), ttl_seconds=ttl, owner=owner)
-        info = await self._call(
-            self._sessions.OpenSession, req, timeout=SESSION_TIMEOUT, retry=False
-        )
+        info = await self._call(calls.OPEN_SESSION, req)
         return AsyncSession(self, info.session_id, info.ttl_seconds or ttl, info.owner or owner)
 
     def ptrace(self, host: str, task: int) -> AsyncTracer:
-        """A tracer outside any session: pokes persist until ``detach()``."""
+        """A tracer outside any session: pokes persist until ``flush()``."""
         return AsyncTracer(self, host, task, session_id="")

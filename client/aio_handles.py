@@ -1,21 +1,23 @@
-"""What an ``AsyncClient`` hands out: reservation handles, leased sessions, tracers.
+"""What a client hands out: reservation handles, leased sessions, tracers.
 
-The asyncio twins of ``client.handles``; the keep-alive is a task instead of a thread.
+Written once, for ``AsyncClient``; ``client/handles.py`` is generated from this file for
+the synchronous ``Client`` (see ``client/aio.py`` for why). Calls go through the client's
+``_call`` and ``_open``, so deadlines, retries and error decoding stay in one place.
 """
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import contextlib
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from hwbp.client import wire
+from hwbp.client import calls, wire
+from hwbp.client.concurrency import AsyncEvent, AsyncLock, AsyncWorker, log
 from hwbp.client.errors import from_rpc_error
-from hwbp.client.retry import MUTATE_TIMEOUT, READ_TIMEOUT, SESSION_TIMEOUT
 from hwbp.client.values import Change, ReservationFields, ReservationInfo, TrapInfo
 from hwbp.errors import HwbpError, NotAttached, ReservationNotFound, SessionNotFound
 from hwbp.model import BpType
@@ -24,10 +26,15 @@ from hwbp.v1 import ptrace_pb2, session_pb2
 if TYPE_CHECKING:
     from hwbp.client.aio import AsyncClient
 
+JOIN_TIMEOUT = 5.0  # seconds a closing session waits for its keep-alive worker
+
 
 class AsyncReservationHandle(ReservationFields):
-    """A reservation you hold; ``async with`` releases it. ``change`` as on the sync
-    handle: the last answer, with the CPUs it is pending on."""
+    """A reservation you hold: fields, ``release()``, ``modify()``; ``with`` releases it.
+
+    ``change`` is what the last reserve, modify or release answered, including the CPUs
+    it is still pending on (``pending_cpus``: their agent is offline or fenced).
+    """
 
     def __init__(self, client: AsyncClient, change: Change) -> None:
         self._client = client
@@ -81,45 +88,58 @@ class AsyncReservationHandle(ReservationFields):
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if not self.released:
-            with contextlib.suppress(ReservationNotFound):
-                await self.release()
+        if self.released:
+            return
+        # Already released by someone else or by the session's end: the goal is met.
+        with contextlib.suppress(ReservationNotFound):
+            await self.release()
 
 
 class AsyncSession:
-    """A leased session kept alive by a task that pings every ttl/3."""
+    """A leased session: what it holds is released when it closes or its keep-alive stops.
+
+    A background worker pings every ttl/3, so two pings can be lost before the lease ends.
+    """
 
     def __init__(self, client: AsyncClient, session_id: str, ttl: float, owner: str) -> None:
         self._client = client
         self.id = session_id
         self.ttl = ttl
         self.owner = owner
-        self.expired = False
-        self.remaining: float | None = None
-        self._closing = False
-        self._task = asyncio.get_running_loop().create_task(
-            self._keep_alive(), name=f"hwbp-keepalive-{session_id}"
-        )
+        self.expired = False  # the arbiter forgot the session (lease lapsed)
+        self.remaining: float | None = None  # seconds left on the lease at the last ping
+        self._closed = False
+        self._stop = AsyncEvent()
+        self._lock = AsyncLock()
+        self._call: Any = None
+        self._worker = AsyncWorker(self._keep_alive, name=f"hwbp-keepalive-{session_id}")
 
     async def _pings(self) -> AsyncIterator[session_pb2.KeepAliveRequest]:
         while True:
             yield session_pb2.KeepAliveRequest(request_id=wire.new_id(), session_id=self.id)
-            await asyncio.sleep(self.ttl / 3)
+            if await self._stop.wait(self.ttl / 3):
+                return
 
     async def _keep_alive(self) -> None:
-        while True:
-            call = self._client._sessions.KeepAlive(self._pings())
+        while not self._stop.is_set() and not self._client.closed:
+            async with self._lock:
+                if self._stop.is_set():
+                    return
+                self._call = call = self._client._open(calls.KEEP_ALIVE, self._pings())
             try:
                 async for resp in call:
                     self.remaining = resp.remaining_seconds
             except grpc.RpcError as e:
+                if self._stop.is_set():
+                    return
                 if isinstance(from_rpc_error(e), SessionNotFound):
                     self.expired = True
                     return
-            finally:
-                call.cancel()
-            # The stream broke: reconnect soon enough to renew the lease before it lapses.
-            await asyncio.sleep(min(self.ttl / 6, 1.0))
+            except Exception:  # a bug of ours must not end the lease: report, go on
+                log.exception("keep-alive of session %s failed; reconnecting", self.id)
+            # The stream broke (arbiter restart, network blip): reconnect soon enough
+            # to renew the lease before it lapses.
+            await self._stop.wait(min(self.ttl / 6, 1.0))
 
     async def reserve(
         self,
@@ -137,6 +157,7 @@ class AsyncSession:
         request_id: str | None = None,
         idempotency_key: str | None = None,
     ) -> AsyncReservationHandle:
+        """Like ``Client.reserve``, but released with the session at the latest."""
         return await self._client.reserve(
             host,
             system=system,
@@ -157,38 +178,39 @@ class AsyncSession:
         return await self._client.list(session_id=self.id)
 
     async def attach(self, host: str, pid: int) -> AsyncTracer:
+        """PTRACE_ATTACH: the task's debug registers become ours for the session."""
         req = ptrace_pb2.AttachRequest(
             request_id=wire.new_id(), session_id=self.id, host=host, task=pid
         )
-        await self._client._call(
-            self._client._ptrace.Attach, req, timeout=MUTATE_TIMEOUT, retry=False
-        )
+        await self._client._call(calls.ATTACH, req)
         return AsyncTracer(self._client, host, pid, session_id=self.id)
 
     async def close(self) -> int:
-        """Stop the keep-alive and release everything the session holds."""
-        if self._closing:
-            return 0
-        self._closing = True
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        """Stop the keep-alive and release everything the session holds; returns how many
+        (0 when it was closed before or its lease had lapsed)."""
+        async with self._lock:
+            if self._closed:
+                return 0
+            self._closed = True
+            self._stop.set()
+            if self._call is not None:
+                self._call.cancel()
+        await self._worker.join(JOIN_TIMEOUT)
         if self.expired:
             return 0
         req = session_pb2.CloseSessionRequest(request_id=wire.new_id(), session_id=self.id)
-        resp = await self._client._call(
-            self._client._sessions.CloseSession,
-            req,
-            timeout=SESSION_TIMEOUT,
-            retry=True,
-            gone=SessionNotFound,
-        )
+        resp = await self._client._call(calls.CLOSE_SESSION, req)
         return 0 if resp is None else int(resp.released)
 
     async def __aenter__(self) -> AsyncSession:
         return self
 
-    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         try:
             await self.close()
         except HwbpError:
@@ -197,7 +219,7 @@ class AsyncSession:
 
 
 class AsyncTracer:
-    """Async PTRACE_POKEUSER / PEEKUSER on one task's u_debugreg."""
+    """PTRACE_POKEUSER / PEEKUSER on one task's u_debugreg, with the kernel's semantics."""
 
     def __init__(self, client: AsyncClient, host: str, task: int, *, session_id: str) -> None:
         self._client = client
@@ -206,6 +228,7 @@ class AsyncTracer:
         self.session_id = session_id
 
     async def poke(self, reg: int, value: int, *, request_id: str | None = None) -> int:
+        """Write DR``reg`` (0..7); returns the generation that installed it."""
         req = ptrace_pb2.PokeUserRequest(
             request_id=request_id or wire.new_id(),
             session_id=self.session_id,
@@ -214,12 +237,11 @@ class AsyncTracer:
             reg=reg,
             value=value,
         )
-        resp = await self._client._call(
-            self._client._ptrace.PokeUser, req, timeout=MUTATE_TIMEOUT, retry=False
-        )
+        resp = await self._client._call(calls.POKE_USER, req)
         return int(resp.generation)
 
     async def peek(self, reg: int, *, request_id: str | None = None) -> int:
+        """Read DR``reg`` (0..7) as the kernel would report it."""
         req = ptrace_pb2.PeekUserRequest(
             request_id=request_id or wire.new_id(),
             session_id=self.session_id,
@@ -227,26 +249,38 @@ class AsyncTracer:
             task=self.task,
             reg=reg,
         )
-        resp = await self._client._call(
-            self._client._ptrace.PeekUser, req, timeout=READ_TIMEOUT, retry=True
-        )
+        resp = await self._client._call(calls.PEEK_USER, req)
         return int(resp.value)
 
     async def detach(self, *, request_id: str | None = None) -> int:
+        """PTRACE_DETACH: the task keeps its breakpoints, DR6 and DR7 (and their slots)
+        until ``flush()``, its exit, or the end of this session; returns 0 (released)."""
         req = ptrace_pb2.DetachRequest(
             request_id=request_id or wire.new_id(),
             session_id=self.session_id,
             host=self.host,
             task=self.task,
         )
-        resp = await self._client._call(
-            self._client._ptrace.Detach, req, timeout=MUTATE_TIMEOUT, retry=True, gone=NotAttached
+        resp = await self._client._call(calls.DETACH, req)
+        return 0 if resp is None else int(resp.released)
+
+    async def flush(self, *, request_id: str | None = None) -> int:
+        """flush_ptrace_hw_breakpoint(), as the task's exit or exec would: its ptrace
+        breakpoints are released, DR6 and DR7 cleared, and it is no longer traced.
+        Returns how many were released."""
+        req = ptrace_pb2.FlushRequest(
+            request_id=request_id or wire.new_id(),
+            session_id=self.session_id,
+            host=self.host,
+            task=self.task,
         )
+        resp = await self._client._call(calls.FLUSH, req)
         return 0 if resp is None else int(resp.released)
 
     def traps(self, *, timeout: float | None = None) -> AsyncIterator[TrapInfo]:
+        """Traps of this task as they happen; ``timeout`` ends the stream quietly."""
         req = ptrace_pb2.TrapsRequest(request_id=wire.new_id(), host=self.host, task=self.task)
-        call = self._client._ptrace.Traps(req, timeout=timeout)
+        call = self._client._open(calls.TRAPS, req, timeout)
         return self._client._stream(call, wire.trap, timeout)
 
     async def __aenter__(self) -> AsyncTracer:

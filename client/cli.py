@@ -18,14 +18,15 @@ from typing import Any, TextIO, TypeVar
 from hwbp.client import cli_render as render
 from hwbp.client import top
 from hwbp.client.cli_args import parse
-from hwbp.client.errors import ExitCode, Unavailable, exit_code_for
+from hwbp.client.errors import ExitCode, NoFreeSlot, Unavailable, exit_code_for
 from hwbp.client.sdk import Client
-from hwbp.client.values import Change
+from hwbp.client.values import Change, EventKind
 from hwbp.client.wire import endpoint_or_default
 from hwbp.errors import HwbpError
 from hwbp.wire.tls import TlsConfig, TlsConfigError
 
 T = TypeVar("T")
+SUBSCRIBED = EventKind.SUBSCRIBED
 Handler = Callable[[Client, argparse.Namespace, TextIO], ExitCode]
 
 
@@ -41,6 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(_handler(args)(client, args, sys.stdout))
     except HwbpError as e:
         message = str(e)
+        if isinstance(e, NoFreeSlot):
+            # The holders as data: each one's session, age and lease, for people; and
+            # the whole refusal as an object for a script that asked for --json.
+            message = render.no_free_slot_line(e)
+            if args is not None and args.json:
+                render.dump(render.no_free_slot_json(e), sys.stdout)
         if isinstance(e, Unavailable) and args is not None:
             # Name the endpoint we tried: the usual cause is pointing at the wrong one.
             message += f" (arbiter {endpoint_or_default(args.arbiter)})"
@@ -90,13 +97,15 @@ def _follow(
     items: Iterator[T],
     to_json: Callable[[T], Any],
     to_text: Callable[[T], str],
+    counts: Callable[[T], bool] = lambda item: True,
 ) -> ExitCode:
-    """Print a stream item by item until --count items, --timeout seconds, or Ctrl-C."""
+    """Print a stream item by item until --count items (those that ``counts``), --timeout
+    seconds, or Ctrl-C."""
     seen = 0
     try:
         for item in items:
             _show(args, out, to_json(item), to_text(item))
-            seen += 1
+            seen += counts(item)
             if args.count is not None and seen >= args.count:
                 break
     except KeyboardInterrupt:
@@ -176,8 +185,11 @@ def _top(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
 
 
 def _watch(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
-    events = c.watch(a.host, a.task, timeout=a.timeout)
-    return _follow(a, out, events, render.jsonable, render.event_line)
+    events = c.watch(a.host, a.task, timeout=a.timeout, announce_subscribed=a.announce)
+    # --count counts events; the subscribed marker only says when they start.
+    return _follow(
+        a, out, events, render.jsonable, render.event_line, lambda e: e.kind is not SUBSCRIBED
+    )
 
 
 def _sim_switch(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
@@ -208,7 +220,13 @@ def _ptrace_poke(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
 
 def _ptrace_detach(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
     n = c.ptrace(a.host, a.task).detach()
-    return _show(a, out, {"released": n}, f"detached task {a.task}: {n} released")
+    text = f"detached task {a.task}: its debug registers stay until `ptrace flush` or its exit"
+    return _show(a, out, {"released": n}, text)
+
+
+def _ptrace_flush(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
+    n = c.ptrace(a.host, a.task).flush()
+    return _show(a, out, {"released": n}, f"flushed task {a.task}: {n} released")
 
 
 def _ptrace_watch(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
@@ -230,5 +248,6 @@ _HANDLERS: dict[str, Handler] = {
     "ptrace_peek": _ptrace_peek,
     "ptrace_poke": _ptrace_poke,
     "ptrace_detach": _ptrace_detach,
+    "ptrace_flush": _ptrace_flush,
     "ptrace_watch": _ptrace_watch,
 }

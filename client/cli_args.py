@@ -83,7 +83,9 @@ def build_parser() -> Parser:
     r.add_argument("--len", type=u32, help="1, 2, 4 or 8; required for w and rw (x: 8)")
     r.add_argument("--type", choices=("x", "w", "rw"), required=True)
     r.add_argument("--owner", default="")
-    r.add_argument("--kernel", action="store_true", help="a kernel address (system/cpu only)")
+    r.add_argument(
+        "--kernel", action="store_true", help="may watch a kernel address (exclude_kernel clear)"
+    )
     r.add_argument("--disabled", action="store_true", help="hold the slot, do not arm it")
 
     rel = cmds.add_parser("release", help="release a reservation")
@@ -115,6 +117,11 @@ def build_parser() -> Parser:
     w = cmds.add_parser("watch", help="stream events (hits, reloads, NACKs, releases)")
     w.add_argument("--host")
     w.add_argument("--task", type=pid, metavar="PID")
+    w.add_argument(
+        "--announce",
+        action="store_true",
+        help="first print a 'subscribed' event, once every later event will be shown",
+    )
     _add_stop_args(w)
 
     sim = cmds.add_parser("sim", help="drive simulated CPUs").add_subparsers(
@@ -141,10 +148,11 @@ def build_parser() -> Parser:
     )
     peek = _task_parser(pt, "peek", "read DR<reg> of a task")
     peek.add_argument("--reg", type=u32, required=True)
-    poke = _task_parser(pt, "poke", "write DR<reg> of a task (persists until detach)")
+    poke = _task_parser(pt, "poke", "write DR<reg> of a task (persists until flushed)")
     poke.add_argument("--reg", type=u32, required=True)
     poke.add_argument("--value", type=u64, required=True)
-    _task_parser(pt, "detach", "drop the task's ptrace breakpoints")
+    _task_parser(pt, "detach", "stop tracing a task; it keeps its breakpoints, as in the kernel")
+    _task_parser(pt, "flush", "drop the task's ptrace breakpoints, as its exit or exec would")
     _add_stop_args(_task_parser(pt, "watch", "stream the task's traps"))
     return p
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from enum import Enum
 from typing import Any, TextIO
 
+from hwbp.client.errors import NoFreeSlot
 from hwbp.client.values import (
     AccessResult,
     Change,
@@ -99,6 +100,31 @@ def access_json(r: AccessResult) -> dict[str, Any]:
         "dr6": r.dr6,
         "hits": jsonable(r.hits),
     }
+
+
+def no_free_slot_json(e: NoFreeSlot) -> dict[str, Any]:
+    """A refused reservation for --json (printed on stdout; exit 3 says it failed)."""
+    return {
+        "error": e.reason,
+        "message": e.message,
+        "host": e.host,
+        "cpu": e.cpu,
+        "slot_class": e.slot_class,
+        "used": e.used,
+        "slots": e.slots,
+        "holders": jsonable(e.holders),
+    }
+
+
+def no_free_slot_line(e: NoFreeSlot) -> str:
+    """The one line a person reads: the CPU, and each holder with its session, age and
+    lease as far as the arbiter told them."""
+    pool = "" if e.slot_class in ("shared", "") else f"{e.slot_class} "
+    held = ", ".join(str(h) for h in e.holders) or "nobody (all slots free)"
+    return (
+        f"no free {pool}debug register on host {e.host} cpu {e.cpu}: "
+        f"{e.used} of {e.slots} in use, held by {held}"
+    )
 
 
 def dump(doc: Any, out: TextIO) -> None:
@@ -237,6 +263,8 @@ def hit_line(h: HitInfo) -> str:
 
 def event_line(e: EventInfo) -> str:
     where = e.host + ("" if e.cpu is None else f" cpu {e.cpu}")
+    if e.kind is EventKind.SUBSCRIBED:
+        return f"subscribed: watching {f'host {e.host}' if e.host else 'every host'}"
     if e.kind is EventKind.HIT and e.hit is not None:
         return f"#{e.seq} {hit_line(e.hit)}"
     parts = [f"#{e.seq}", e.kind.value, where]

@@ -11,14 +11,18 @@ The CLI's exit codes live here too, keyed by ``ErrorClass``, so there is one tab
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from enum import IntEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from hwbp import errors as core_errors
+from hwbp.client import wire
+from hwbp.client.values import Scope, SlotHolder
 from hwbp.errors import (
     AgentRefused,
     ErrorClass,
@@ -29,6 +33,7 @@ from hwbp.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from hwbp.v1 import errors_pb2
 
 ERROR_DOMAIN = "hwbp.dev"
 _DETAILS_KEY = "grpc-status-details-bin"
@@ -72,7 +77,9 @@ class RemoteError(HwbpError):
         reason: str,
         metadata: Mapping[str, str],
         code: grpc.StatusCode | None = None,
+        status: status_pb2.Status | None = None,
     ) -> None:
+        """``status``: the rich status it came with, for subclasses that read more of it."""
         HwbpError.__init__(self, message)
         self.metadata = dict(metadata)
         self.remote_reason = reason
@@ -80,8 +87,7 @@ class RemoteError(HwbpError):
         self.host: str | None = metadata.get("host") or None
         self.cpu: int | None = _int_or_none(metadata.get("cpu"))
         self.errno_name: str | None = metadata.get("errno") or None
-        # The server joins Reservation.describe() strings with ';'.
-        self.holders: list[str] = [h for h in metadata.get("holders", "").split(";") if h]
+        self.holders: tuple[SlotHolder, ...] = holders_from_text(metadata.get("holders", ""))
 
     @property
     def transient(self) -> bool:
@@ -109,11 +115,33 @@ def remote_class(cls: type[HwbpError]) -> type[RemoteError]:
 class NoFreeSlot(RemoteError, core_errors.NoFreeSlot):  # type: ignore[misc]
     """NO_FREE_SLOT from the arbiter; also an ``hwbp.errors.NoFreeSlot``.
 
-    Declared here (not made on the fly) so type checkers see ``holders`` as the list of
-    the server's descriptions ("r-1 (alice, cpu 0)"), not the core's Reservation values.
+    Declared here (not made on the fly) so type checkers see ``holders`` as the SDK's
+    ``SlotHolder`` values, not the core's Reservations: each holder's reservation, owner,
+    session, scope, CPU or task, age and lease, from the refusal's NoFreeSlotDetails (an
+    arbiter from before them sends only text: what it names is parsed, age and lease
+    stay None).
     """
 
-    holders: list[str]  # type: ignore[assignment]
+    holders: tuple[SlotHolder, ...]  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        metadata: Mapping[str, str],
+        code: grpc.StatusCode | None = None,
+        status: status_pb2.Status | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata, code=code, status=status)
+        self.slot_class = metadata.get("slot_class", "")
+        self.used = _int_or_none(metadata.get("used")) or 0
+        self.slots = _int_or_none(metadata.get("slots")) or 0
+        details = _unpack(status, errors_pb2.NoFreeSlotDetails) if status is not None else None
+        if details is not None:
+            self.host, self.cpu, self.slot_class = details.host, details.cpu, details.slot_class
+            self.used, self.slots = details.used, details.slots
+            self.holders = tuple(wire.slot_holder(h) for h in details.holders)
 
 
 _REMOTE_CLASSES[core_errors.NoFreeSlot] = NoFreeSlot
@@ -177,7 +205,7 @@ def from_status(
         message = f"arbiter unavailable: {message}"
     elif info is None and issubclass(cls, core_errors.ResourceExhausted):
         message = f"resource exhausted (a gRPC limit, not a debug register): {message}"
-    return remote_class(cls)(message, reason=reason, metadata=metadata, code=code)
+    return remote_class(cls)(message, reason=reason, metadata=metadata, code=code, status=status)
 
 
 def from_rpc_error(err: grpc.RpcError) -> RemoteError:
@@ -214,6 +242,52 @@ def _error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None
             if info.domain in ("", ERROR_DOMAIN):
                 return info
     return None
+
+
+D = TypeVar("D", bound=Message)
+
+
+def _unpack(status: status_pb2.Status, kind: type[D]) -> D | None:
+    """The first detail of type ``kind`` (None if there is none, or it does not parse)."""
+    for detail in status.details:
+        if detail.Is(kind.DESCRIPTOR):
+            out = kind()
+            try:
+                detail.Unpack(out)
+            except Exception:  # a corrupt detail must not hide the error it came with
+                return None
+            return out
+    return None
+
+
+# Reservation.describe() on the arbiter: "r-1 (alice, cpu 0)", joined with ";".
+_DESCRIBED = re.compile(
+    r"^(?P<id>\S+) \((?P<who>.*), (?P<where>system|cpu \d+|task \d+(?: on cpu \d+)?)\)$"
+)
+
+
+def holders_from_text(text: str) -> tuple[SlotHolder, ...]:
+    """Holders an arbiter named only as text (ErrorInfo metadata), as far as it says;
+    a description that does not parse keeps its text as the reservation id."""
+    out = []
+    for item in filter(None, text.split(";")):
+        m = _DESCRIBED.match(item)
+        if m is None:
+            out.append(SlotHolder(item, "", "", Scope.SYSTEM, None, None))
+            continue
+        numbers = [int(n) for n in re.findall(r"\d+", m["where"])]
+        where = m["where"]
+        if where == "system":
+            scope, cpu, task = Scope.SYSTEM, None, None
+        elif where.startswith("cpu"):
+            scope, cpu, task = Scope.CPU, numbers[0], None
+        elif "on cpu" in where:
+            scope, cpu, task = Scope.TASK_CPU, numbers[1], numbers[0]
+        else:
+            scope, cpu, task = Scope.TASK, None, numbers[0]
+        owner = "" if m["who"] == "anonymous" else m["who"]
+        out.append(SlotHolder(m["id"], owner, "", scope, cpu, task))
+    return tuple(out)
 
 
 def _call_attr(err: object, name: str) -> Any:

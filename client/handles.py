@@ -1,23 +1,24 @@
-"""What a sync ``Client`` hands out: reservation handles, leased sessions, tracers.
+# Generated from client/aio_handles.py by scripts/sync_sdk.py: edit that file, then `make sdk`.
+"""What a client hands out: reservation handles, leased sessions, tracers.
 
-Kept apart from ``client.sdk`` so each module stays small; they reach the channel
-through the client's ``_call`` so deadlines, retries and error decoding stay in one place.
+Written once, for ``AsyncClient``; ``client/handles.py`` is generated from this file for
+the synchronous ``Client`` (see ``client/aio.py`` for why). Calls go through the client's
+``_call`` and ``_open``, so deadlines, retries and error decoding stay in one place.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
-import threading
 from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from hwbp.client import wire
+from hwbp.client import calls, wire
+from hwbp.client.concurrency import SyncEvent, SyncLock, SyncWorker, log
 from hwbp.client.errors import from_rpc_error
-from hwbp.client.retry import MUTATE_TIMEOUT, READ_TIMEOUT, SESSION_TIMEOUT
 from hwbp.client.values import Change, ReservationFields, ReservationInfo, TrapInfo
 from hwbp.errors import HwbpError, NotAttached, ReservationNotFound, SessionNotFound
 from hwbp.model import BpType
@@ -25,6 +26,8 @@ from hwbp.v1 import ptrace_pb2, session_pb2
 
 if TYPE_CHECKING:
     from hwbp.client.sdk import Client
+
+JOIN_TIMEOUT = 5.0  # seconds a closing session waits for its keep-alive worker
 
 
 class ReservationHandle(ReservationFields):
@@ -94,7 +97,7 @@ class ReservationHandle(ReservationFields):
 class Session:
     """A leased session: what it holds is released when it closes or its keep-alive stops.
 
-    A background thread pings every ttl/3, so two pings can be lost before the lease ends.
+    A background worker pings every ttl/3, so two pings can be lost before the lease ends.
     """
 
     def __init__(self, client: Client, session_id: str, ttl: float, owner: str) -> None:
@@ -103,14 +106,12 @@ class Session:
         self.ttl = ttl
         self.owner = owner
         self.expired = False  # the arbiter forgot the session (lease lapsed)
-        self.remaining: float | None = None
-        self._stop = threading.Event()
+        self.remaining: float | None = None  # seconds left on the lease at the last ping
+        self._closed = False
+        self._stop = SyncEvent()
+        self._lock = SyncLock()
         self._call: Any = None
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(
-            target=self._keep_alive, name=f"hwbp-keepalive-{session_id}", daemon=True
-        )
-        self._thread.start()
+        self._worker = SyncWorker(self._keep_alive, name=f"hwbp-keepalive-{session_id}")
 
     def _pings(self) -> Iterator[session_pb2.KeepAliveRequest]:
         while True:
@@ -119,11 +120,11 @@ class Session:
                 return
 
     def _keep_alive(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.is_set() and not self._client.closed:
             with self._lock:
                 if self._stop.is_set():
                     return
-                self._call = call = self._client._sessions.KeepAlive(self._pings())
+                self._call = call = self._client._open(calls.KEEP_ALIVE, self._pings())
             try:
                 for resp in call:
                     self.remaining = resp.remaining_seconds
@@ -133,6 +134,8 @@ class Session:
                 if isinstance(from_rpc_error(e), SessionNotFound):
                     self.expired = True
                     return
+            except Exception:  # a bug of ours must not end the lease: report, go on
+                log.exception("keep-alive of session %s failed; reconnecting", self.id)
             # The stream broke (arbiter restart, network blip): reconnect soon enough
             # to renew the lease before it lapses.
             self._stop.wait(min(self.ttl / 6, 1.0))
@@ -178,26 +181,24 @@ class Session:
         req = ptrace_pb2.AttachRequest(
             request_id=wire.new_id(), session_id=self.id, host=host, task=pid
         )
-        self._client._call(self._client._ptrace.Attach, req, timeout=MUTATE_TIMEOUT, retry=False)
+        self._client._call(calls.ATTACH, req)
         return Tracer(self._client, host, pid, session_id=self.id)
 
     def close(self) -> int:
-        """Stop the keep-alive and release everything the session holds; returns how many."""
+        """Stop the keep-alive and release everything the session holds; returns how many
+        (0 when it was closed before or its lease had lapsed)."""
         with self._lock:
+            if self._closed:
+                return 0
+            self._closed = True
             self._stop.set()
             if self._call is not None:
                 self._call.cancel()
-        self._thread.join(timeout=5.0)
+        self._worker.join(JOIN_TIMEOUT)
         if self.expired:
             return 0
         req = session_pb2.CloseSessionRequest(request_id=wire.new_id(), session_id=self.id)
-        resp = self._client._call(
-            self._client._sessions.CloseSession,
-            req,
-            timeout=SESSION_TIMEOUT,
-            retry=True,
-            gone=SessionNotFound,
-        )
+        resp = self._client._call(calls.CLOSE_SESSION, req)
         return 0 if resp is None else int(resp.released)
 
     def __enter__(self) -> Session:
@@ -235,13 +236,11 @@ class Tracer:
             reg=reg,
             value=value,
         )
-        # Not retried: a DR7 poke after a lost answer could reorder with a later poke.
-        resp = self._client._call(
-            self._client._ptrace.PokeUser, req, timeout=MUTATE_TIMEOUT, retry=False
-        )
+        resp = self._client._call(calls.POKE_USER, req)
         return int(resp.generation)
 
     def peek(self, reg: int, *, request_id: str | None = None) -> int:
+        """Read DR``reg`` (0..7) as the kernel would report it."""
         req = ptrace_pb2.PeekUserRequest(
             request_id=request_id or wire.new_id(),
             session_id=self.session_id,
@@ -249,28 +248,38 @@ class Tracer:
             task=self.task,
             reg=reg,
         )
-        resp = self._client._call(
-            self._client._ptrace.PeekUser, req, timeout=READ_TIMEOUT, retry=True
-        )
+        resp = self._client._call(calls.PEEK_USER, req)
         return int(resp.value)
 
     def detach(self, *, request_id: str | None = None) -> int:
-        """Drop the task's ptrace breakpoints; returns how many were released."""
+        """PTRACE_DETACH: the task keeps its breakpoints, DR6 and DR7 (and their slots)
+        until ``flush()``, its exit, or the end of this session; returns 0 (released)."""
         req = ptrace_pb2.DetachRequest(
             request_id=request_id or wire.new_id(),
             session_id=self.session_id,
             host=self.host,
             task=self.task,
         )
-        resp = self._client._call(
-            self._client._ptrace.Detach, req, timeout=MUTATE_TIMEOUT, retry=True, gone=NotAttached
+        resp = self._client._call(calls.DETACH, req)
+        return 0 if resp is None else int(resp.released)
+
+    def flush(self, *, request_id: str | None = None) -> int:
+        """flush_ptrace_hw_breakpoint(), as the task's exit or exec would: its ptrace
+        breakpoints are released, DR6 and DR7 cleared, and it is no longer traced.
+        Returns how many were released."""
+        req = ptrace_pb2.FlushRequest(
+            request_id=request_id or wire.new_id(),
+            session_id=self.session_id,
+            host=self.host,
+            task=self.task,
         )
+        resp = self._client._call(calls.FLUSH, req)
         return 0 if resp is None else int(resp.released)
 
     def traps(self, *, timeout: float | None = None) -> Iterator[TrapInfo]:
         """Traps of this task as they happen; ``timeout`` ends the stream quietly."""
         req = ptrace_pb2.TrapsRequest(request_id=wire.new_id(), host=self.host, task=self.task)
-        call = self._client._ptrace.Traps(req, timeout=timeout)
+        call = self._client._open(calls.TRAPS, req, timeout)
         return self._client._stream(call, wire.trap, timeout)
 
     def __enter__(self) -> Tracer:

@@ -2,7 +2,8 @@
 
 Only transport failures (UNAVAILABLE, DEADLINE_EXCEEDED) are retried, and only for calls
 where a repeat cannot do harm: reads, releases (a repeat that finds the reservation gone
-means the first one worked) and reserves (they carry an idempotency key).
+means the first one worked) and reserves (they carry an idempotency key). Which call is
+which is ``client.calls``'s table.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from hwbp.client.errors import RemoteError
+from hwbp.client.errors import RemoteError, UsageError
 
 # Reads are answered from the arbiter's memory: anything slower means it is in trouble.
 READ_TIMEOUT = 5.0
@@ -28,6 +29,22 @@ MUTATE_TIMEOUT = 15.0
 # Opening and closing a session touch only the arbiter, but closing releases what the
 # session holds (a reload per host), so it gets the mutation budget too.
 SESSION_TIMEOUT = MUTATE_TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """Seconds each kind of call may take (``calls.Deadline``); streams have none unless
+    their caller asks. Shorter ones suit a caller that would rather retry sooner."""
+
+    read: float = READ_TIMEOUT
+    mutate: float = MUTATE_TIMEOUT
+    session: float = SESSION_TIMEOUT
+
+    def __post_init__(self) -> None:
+        for name in ("read", "mutate", "session"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise UsageError(f"deadline {name} must be > 0 seconds, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ __all__ = [
     "ReservationFields",
     "ReservationInfo",
     "Scope",
+    "SlotHolder",
     "TrapInfo",
 ]
 
@@ -45,6 +46,7 @@ class EventKind(Enum):
     CONTEXT_SWITCH = "context_switch"
     AGENT_FENCED = "agent_fenced"  # missed its ack deadline: its stream was closed
     RESYNC_REFUSED = "resync_refused"  # the agent (its kernel) refused the resynced state
+    SUBSCRIBED = "subscribed"  # first of a watch that asked: every later event reaches it
     UNSPECIFIED = "unspecified"
 
 
@@ -77,6 +79,55 @@ class HolderInfo:
     scope: Scope
     cpu: int | None
     task: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SlotHolder:
+    """Who holds one slot of a CPU that refused a reservation (``NoFreeSlot.holders``).
+
+    ``str()`` reads like the arbiter's own description: ``r34 (gdb-alice, cpu 1, session
+    s-9, held 12s, lease 8.0s left)``.
+    """
+
+    reservation_id: str
+    owner: str  # "" when none was given
+    session_id: str  # "" when it persists until released (or the arbiter did not say)
+    scope: Scope
+    cpu: int | None
+    task: int | None
+    age: float | None = None  # seconds since it was reserved; None: not known
+    lease_left: float | None = None  # seconds its session's lease has left; None: no lease
+
+    @property
+    def where(self) -> str:
+        if self.scope is Scope.SYSTEM:
+            return "system"
+        if self.scope is Scope.CPU:
+            return f"cpu {self.cpu}"
+        if self.scope is Scope.TASK:
+            return f"task {self.task}"
+        return f"task {self.task} on cpu {self.cpu}"
+
+    def __str__(self) -> str:
+        parts = [self.owner or "anonymous", self.where]
+        if self.session_id:
+            parts.append(f"session {self.session_id}")
+        if self.age is not None:
+            parts.append(f"held {seconds(self.age)}")
+        if self.lease_left is not None:
+            parts.append(f"lease {seconds(self.lease_left)} left")
+        return f"{self.reservation_id} ({', '.join(parts)})"
+
+
+def seconds(value: float) -> str:
+    """A duration for people: 0.4s, 12s, 5m, 2.5h."""
+    if value < 10:
+        return f"{value:.1f}s"
+    if value < 120:
+        return f"{value:.0f}s"
+    if value < 7200:
+        return f"{value / 60:.0f}m"
+    return f"{value / 3600:.1f}h"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,9 @@
 """The one place where protobuf meets the SDK's values, shared by the sync and async clients.
 
 Requests are built (and checked) here so both clients send exactly the same bytes, and
-responses are turned into frozen dataclasses before anyone outside sees them.
+responses are turned into frozen dataclasses before anyone outside sees them. The enum
+tables are the server's (``hwbp.wire.convert``); only what the client alone has (event
+kinds, a lenient reading of values a newer arbiter may add) is here.
 """
 
 from __future__ import annotations
@@ -21,35 +23,18 @@ from hwbp.client.values import (
     HitInfo,
     HolderInfo,
     ReservationInfo,
+    SlotHolder,
     TrapInfo,
 )
-from hwbp.errors import InvalidLength, InvalidType
+from hwbp.errors import InvalidArgument, InvalidLength, InvalidType
 from hwbp.model import AccessType, BpType, Scope, Target
 from hwbp.registers import RegisterImage
-from hwbp.v1 import arbiter_pb2, ptrace_pb2, simulation_pb2, types_pb2
+from hwbp.v1 import arbiter_pb2, errors_pb2, ptrace_pb2, simulation_pb2, types_pb2
+from hwbp.wire import convert
 
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
 EXEC_LEN = 8  # exec breakpoints are sizeof(long), as the kernel insists
 
-_BP_TYPES: Mapping[BpType, types_pb2.BreakpointType] = {
-    BpType.EXEC: types_pb2.BREAKPOINT_TYPE_EXEC,
-    BpType.WRITE: types_pb2.BREAKPOINT_TYPE_WRITE,
-    BpType.RW: types_pb2.BREAKPOINT_TYPE_READ_WRITE,
-    BpType.READ: types_pb2.BREAKPOINT_TYPE_READ,
-}
-_BP_TYPES_BACK = {v: k for k, v in _BP_TYPES.items()}
-_SCOPES: Mapping[Scope, types_pb2.Scope] = {
-    Scope.SYSTEM: types_pb2.SCOPE_SYSTEM,
-    Scope.CPU: types_pb2.SCOPE_CPU,
-    Scope.TASK: types_pb2.SCOPE_TASK,
-    Scope.TASK_CPU: types_pb2.SCOPE_TASK_CPU,
-}
-_SCOPES_BACK = {v: k for k, v in _SCOPES.items()}
-_ACCESS: Mapping[AccessType, types_pb2.AccessType] = {
-    AccessType.READ: types_pb2.ACCESS_TYPE_READ,
-    AccessType.WRITE: types_pb2.ACCESS_TYPE_WRITE,
-    AccessType.EXEC: types_pb2.ACCESS_TYPE_EXEC,
-}
 _KINDS: Mapping[EventKind, types_pb2.EventKind] = {
     kind: getattr(types_pb2, f"EVENT_KIND_{kind.name}") for kind in EventKind
 }
@@ -88,7 +73,13 @@ def access_type(value: AccessType | str) -> AccessType:
 
 
 def event_kind(value: EventKind | str) -> EventKind:
-    return value if isinstance(value, EventKind) else EventKind(value)
+    if isinstance(value, EventKind):
+        return value
+    try:
+        return EventKind(value)
+    except ValueError:
+        known = ", ".join(k.value for k in EventKind if k is not EventKind.UNSPECIFIED)
+        raise InvalidArgument(f"unknown event kind {value!r} (want one of {known})") from None
 
 
 # --- requests -------------------------------------------------------------------------
@@ -105,8 +96,7 @@ def target(
     else:
         scope = Scope.CPU
     core = Target(scope, cpu, task)
-    msg = types_pb2.Target(host=host, scope=_SCOPES[scope], cpu=cpu, task=task)
-    return core, msg
+    return core, convert.target_to(host, core)
 
 
 def spec(
@@ -118,7 +108,7 @@ def spec(
             raise InvalidLength(f"a {kind.value} breakpoint needs a length (1, 2, 4 or 8)")
         length = EXEC_LEN
     return types_pb2.BreakpointSpec(
-        addr=addr, len=length, type=_BP_TYPES[kind], enabled=enabled, kernel=kernel
+        addr=addr, len=length, type=convert.BP_TYPE_PB[kind], enabled=enabled, kernel=kernel
     )
 
 
@@ -180,7 +170,7 @@ def modify_request(
         session_id=session_id,
         addr=addr,
         len=len,
-        type=None if type is None else _BP_TYPES[bp_type(type)],
+        type=None if type is None else convert.BP_TYPE_PB[bp_type(type)],
         enabled=enabled,
         expect_owner=expect_owner,
     )
@@ -219,13 +209,18 @@ def inventory_request(
 
 
 def watch_request(
-    host: str | None, task: int | None, kinds: Iterable[EventKind | str], request_id: str | None
+    host: str | None,
+    task: int | None,
+    kinds: Iterable[EventKind | str],
+    request_id: str | None,
+    announce_subscribed: bool = False,
 ) -> arbiter_pb2.WatchRequest:
     return arbiter_pb2.WatchRequest(
         request_id=request_id or new_id(),
         host=host or "",
         task=task,
         kinds=[_KINDS[event_kind(k)] for k in kinds],
+        announce_subscribed=announce_subscribed,
     )
 
 
@@ -238,7 +233,7 @@ def access_request(
         cpu=cpu,
         addr=addr,
         len=len,
-        type=_ACCESS[access_type(type)],
+        type=convert.ACCESS_PB[access_type(type)],
     )
 
 
@@ -253,12 +248,12 @@ def reservation(msg: types_pb2.Reservation) -> ReservationInfo:
     return ReservationInfo(
         id=msg.id,
         host=msg.target.host,
-        scope=_SCOPES_BACK.get(msg.target.scope, Scope.SYSTEM),
+        scope=convert.SCOPE.get(msg.target.scope, Scope.SYSTEM),
         cpu=_opt(msg.target, "cpu"),
         task=_opt(msg.target, "task"),
         addr=msg.spec.addr,
         len=msg.spec.len,
-        type=_BP_TYPES_BACK.get(msg.spec.type, BpType.EXEC),
+        type=convert.BP_TYPE.get(msg.spec.type, BpType.EXEC),
         owner=msg.owner,
         enabled=msg.spec.enabled,
         generation=msg.generation,
@@ -280,24 +275,29 @@ def change(
 
 
 def register_image(msg: types_pb2.RegisterImage) -> RegisterImage:
-    dr = [*msg.dr, 0, 0, 0, 0][:4]
-    slots = [*(s or None for s in msg.slot_reservation), None, None, None, None][:4]
-    return RegisterImage(
-        dr=(dr[0], dr[1], dr[2], dr[3]),
-        dr7=msg.dr7,
-        dr6=msg.dr6,
-        current_task=_opt(msg, "current_task"),
-        slots=(slots[0], slots[1], slots[2], slots[3]),
-    )
+    return convert.image_from(msg)
 
 
 def holder(msg: types_pb2.Holder) -> HolderInfo:
     return HolderInfo(
         reservation_id=msg.reservation_id,
         owner=msg.owner,
-        scope=_SCOPES_BACK.get(msg.scope, Scope.SYSTEM),
+        scope=convert.SCOPE.get(msg.scope, Scope.SYSTEM),
         cpu=_opt(msg, "cpu"),
         task=_opt(msg, "task"),
+    )
+
+
+def slot_holder(msg: errors_pb2.SlotHolder) -> SlotHolder:
+    return SlotHolder(
+        reservation_id=msg.reservation_id,
+        owner=msg.owner,
+        session_id=msg.session_id,
+        scope=convert.SCOPE.get(msg.scope, Scope.SYSTEM),
+        cpu=_opt(msg, "cpu"),
+        task=_opt(msg, "task"),
+        age=_opt(msg, "age_seconds"),
+        lease_left=_opt(msg, "lease_remaining_seconds"),
     )
 
 

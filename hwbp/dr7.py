@@ -73,10 +73,29 @@ def enable_bits(index: int, *, local: bool = False, global_: bool = True) -> int
     return (int(local) | int(global_) << 1) << (DR_ENABLE_SIZE * index)
 
 
+def slot_length(bp: Breakpoint) -> int:
+    """The length DR7 describes for ``bp`` (what ``decode`` reads back).
+
+    An AMD range breakpoint (an aligned power of two above 8 bytes, X86_FEATURE_BPEXT)
+    is LEN 00 in DR7, as the kernel's hw->len = X86_BREAKPOINT_LEN_1: its extent lives
+    in the CPU's address-mask register, not in DR7.
+    """
+    if bp.type is not BpType.EXEC and bp.length > EXEC_LENGTH:
+        if bp.length & (bp.length - 1):
+            raise InvalidLength(
+                f"x86 debug registers watch 1, 2, 4 or 8 bytes or an aligned power-of-two "
+                f"range, not {bp.length}",
+                length=bp.length,
+            )
+        return 1
+    return bp.length
+
+
 def encode_slot(index: int, bp: Breakpoint) -> int:
     """Slot bits as encode_dr7(): control nibble plus Gi (the kernel never sets Li).
 
-    Execute breakpoints use LEN 00 and must have the generic length sizeof(long).
+    Execute breakpoints use LEN 00 and must have the generic length sizeof(long); range
+    breakpoints use LEN 00 too (``slot_length``).
     """
     _check_index(index)
     if bp.type is BpType.EXEC:
@@ -87,7 +106,7 @@ def encode_slot(index: int, bp: Breakpoint) -> int:
             )
         control = type_bits(bp.type)
     else:
-        control = len_bits(bp.length) << 2 | type_bits(bp.type)
+        control = len_bits(slot_length(bp)) << 2 | type_bits(bp.type)
     shift = DR_CONTROL_SHIFT + DR_CONTROL_SIZE * index
     return (control & 0xF) << shift | enable_bits(index)
 

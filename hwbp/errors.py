@@ -124,6 +124,14 @@ class UnsupportedSlotClass(InvalidArgument):
     errno = _errno.EOPNOTSUPP
 
 
+class RangeUnsupported(InvalidArgument):
+    """An aligned power-of-two length above 8 without AMD's breakpoint extension
+    (X86_FEATURE_BPEXT): the kernel's EOPNOTSUPP."""
+
+    reason = "RANGE_UNSUPPORTED"
+    errno = _errno.EOPNOTSUPP
+
+
 # --- ptrace I/O errors (EIO) ----------------------------------------------------------
 
 
@@ -168,6 +176,8 @@ class NoFreeSlot(HwbpError):
         self.host = host
         self.cpu = cpu
         self.slot_class = slot_class
+        self.used = used
+        self.slots = slots
         self.holders = tuple(holders)
 
 
@@ -238,6 +248,14 @@ class FailedPrecondition(HwbpError):
     error_class = ErrorClass.FAILED_PRECONDITION
 
 
+class KernelAddressUnprivileged(FailedPrecondition):
+    """A kernel address (exclude_kernel clear) on a host whose agent lacks CAP_SYS_ADMIN:
+    the kernel's EPERM."""
+
+    reason = "KERNEL_ADDRESS_UNPRIVILEGED"
+    errno = _errno.EPERM
+
+
 class AlreadyAttached(FailedPrecondition):
     reason = "ALREADY_ATTACHED"
     errno = _errno.EPERM
@@ -255,6 +273,12 @@ class HostShapeConflict(FailedPrecondition):
 
 class LedgerCorrupt(FailedPrecondition):
     reason = "LEDGER_CORRUPT"
+
+
+class LedgerInUse(FailedPrecondition):
+    """Another arbiter holds the ledger (its lock file names the pid); one ledger, one arbiter."""
+
+    reason = "LEDGER_IN_USE"
 
 
 class LedgerWriteFailed(HwbpError):

@@ -123,6 +123,22 @@ class HostLedger:
     def profile(self) -> ArchProfile:
         return self._profile
 
+    @profile.setter
+    def profile(self, profile: ArchProfile) -> None:
+        """The host reported other features (its agent said so); its registers are the
+        same. Held reservations stay, as the kernel checks capabilities at creation."""
+        old = self._profile
+        if (profile.inst_slots, profile.data_slots, profile.mixed) != (
+            old.inst_slots,
+            old.data_slots,
+            old.mixed,
+        ):
+            raise InvalidArgument(
+                f"host {self._host} has {old.name}'s debug registers, not {profile.name}'s",
+                host=self._host,
+            )
+        self._profile = profile
+
     # --- admission ---------------------------------------------------------------------
 
     def check(self, target: Target, bp_type: BpType) -> None:
@@ -130,7 +146,8 @@ class HostLedger:
         self._admit(target, bp_type)
 
     def reserve(self, res: Reservation) -> None:
-        """Admit ``res``. As register_perf_hw_breakpoint: reserve first, then validate."""
+        """Admit ``res``. As register_perf_hw_breakpoint: reserve first, then validate
+        (for a system request CPU by CPU, as register_wide_hw_breakpoint does)."""
         if res.host != self._host:
             raise InvalidArgument(
                 f"reservation {res.id} is for host {res.host}, not {self._host}", host=res.host
@@ -141,8 +158,10 @@ class HostLedger:
                 host=self._host,
                 reservation_id=res.id,
             )
-        cls = self._admit(res.target, res.bp.type)
+        cls = self._admit(res.target, res.bp.type, wide=res.target.scope is Scope.SYSTEM)
         validate_breakpoint(res.bp, scope=res.target.scope, profile=self._profile)
+        if res.target.scope is Scope.SYSTEM:
+            self._admit(res.target, res.bp.type)  # the CPUs after the first, once valid
         entry = _Entry(res, self._next_seq, cls)
         self._next_seq += 1
         self._insert(entry)
@@ -378,7 +397,13 @@ class HostLedger:
 
     # --- internals ---------------------------------------------------------------------
 
-    def _admit(self, target: Target, bp_type: BpType) -> SlotClass:
+    def _admit(self, target: Target, bp_type: BpType, *, wide: bool = False) -> SlotClass:
+        """Reserve-before-validate: raise NoFreeSlot if ``target`` is full somewhere.
+
+        ``wide``: only the first CPU counts yet. register_wide_hw_breakpoint() creates
+        one event per online CPU in order, each reserving then validating, so the first
+        CPU answers an invalid request (EINVAL) before a later full one could (ENOSPC).
+        """
         if target.cpu is not None:
             self._check_cpu(target.cpu)
         cls = self._profile.slot_class(bp_type)
@@ -390,7 +415,7 @@ class HostLedger:
                 slot_class=cls.value,
             )
         full = counters.first_full(target)
-        if full is not None:
+        if full is not None and not (wide and full[0] > 0):
             raise self._no_space(target, cls, *full)
         return cls
 

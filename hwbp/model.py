@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from hwbp.errors import InvalidCpu, InvalidScope, InvalidTask
@@ -127,6 +127,9 @@ class Reservation:
     owner: str = ""
     session: str | None = None
     ptrace_index: int | None = None  # 0..3 when made through the ptrace facade
+    # When it was admitted (seconds since the epoch, stamped by the shell that made it;
+    # None when not known, e.g. restored from a ledger). Not part of its identity.
+    reserved_at: float | None = field(default=None, compare=False)
 
     def describe(self) -> str:
         who = self.owner or "anonymous"

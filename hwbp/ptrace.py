@@ -10,6 +10,8 @@ Error contract: ``poke``/``poke_offset`` raise the kernel's error (EIO, EINVAL, 
 as typed ``HwbpError``s). Because a failed DR7 write can still leave registrar side
 effects the kernel keeps (breakpoints it created stay registered, disabled), every
 error they raise carries the resulting state: ``state_after(err)`` (or ``err.state``).
+It is None only when a DR7 write's restore failed as well: then nothing may be kept,
+and the caller rolls the registrar back to where it was before the poke.
 """
 
 from __future__ import annotations
@@ -88,12 +90,13 @@ def poke(state: PtraceState, reg: int, value: int, registrar: Registrar) -> Ptra
     if err is not None:
         setattr(err, _ERROR_STATE, new)
         raise err
+    assert new is not None  # only a failed write has no state to keep
     return new
 
 
 def _poke(
     state: PtraceState, reg: int, value: int, registrar: Registrar
-) -> tuple[PtraceState, HwbpError | None]:
+) -> tuple[PtraceState | None, HwbpError | None]:
     if not 0 <= value < VALUE_LIMIT:
         return state, ValueOutOfRange(f"{value:#x} is not an unsigned long", value=value)
     if 0 <= reg < dr7.HBP_NUM:
@@ -131,32 +134,47 @@ def _set_breakpoint_addr(
 
 def _write_dr7(
     state: PtraceState, value: int, registrar: Registrar
-) -> tuple[PtraceState, HwbpError | None]:
+) -> tuple[PtraceState | None, HwbpError | None]:
     """ptrace_write_dr7(): apply each slot; at the first error, re-apply the old DR7.
 
-    The second pass runs over all four slots with ``old_dr7`` (rebuilt from the enabled
+    The second pass runs over the four slots with ``old_dr7`` (rebuilt from the enabled
     breakpoints), so an index whose bits are clear there is modified to what clear bits
     decode to: disabled, execute, length 8. That is how breakpoints created by the first
-    pass end up: still registered, disabled. An error in the second pass is dropped (the
-    kernel WARNs) and the first error is returned. ``dr7`` is stored only on success.
+    pass end up: still registered, disabled. The first error is returned and ``dr7`` is
+    stored only on success.
+
+    Like the kernel's, the second pass stops at its own first failure. The kernel then
+    WARNs; with its validation that cannot happen on x86-64 (old_dr7 only re-applies
+    what was valid), and neither can it here. Should it happen all the same, the
+    half-restored state is never kept, since it could leave a breakpoint armed that DR7
+    does not show: the first error names the failed restore and carries no state
+    (``state_after`` is None), and the caller rolls the registrar back.
     """
     data = value & ~dr7.DR_CONTROL_RESERVED
     old_dr7 = dr7.encode(state.bps)
     bps = list(state.bps)
-    first_error: HwbpError | None = None
-    while True:
-        error = _apply_dr7(bps, data, registrar)
-        if error is None or first_error is not None:
-            break
-        first_error, data = error, old_dr7
-    new = replace(state, bps=tuple(bps))
-    if first_error is not None:
-        return new, first_error
-    return replace(new, dr7=value), None
+    first = _apply_dr7(bps, data, registrar)
+    if first is None:
+        return replace(state, bps=tuple(bps), dr7=value), None
+    _, error = first
+    failed = _apply_dr7(bps, old_dr7, registrar)
+    if failed is not None:
+        index, restore_error = failed
+        error.message += (
+            f"; restoring DR{index} to the previous DR7 failed too ({restore_error}), "
+            "so nothing of this DR7 write is kept"
+        )
+        error.args = (error.message,)
+        error.metadata["restore_failed"] = str(index)
+        return None, error
+    return replace(state, bps=tuple(bps)), error
 
 
-def _apply_dr7(bps: list[Breakpoint | None], data: int, registrar: Registrar) -> HwbpError | None:
-    """One pass of ptrace_write_dr7's loop; updates ``bps`` as the registrar accepts."""
+def _apply_dr7(
+    bps: list[Breakpoint | None], data: int, registrar: Registrar
+) -> tuple[int, HwbpError] | None:
+    """One pass of ptrace_write_dr7's loop, up to its first failure (index, error);
+    updates ``bps`` as the registrar accepts."""
     for index in range(dr7.HBP_NUM):
         enabled = dr7.slot_enabled(data, index)
         bp = bps[index]
@@ -171,7 +189,7 @@ def _apply_dr7(bps: list[Breakpoint | None], data: int, registrar: Registrar) ->
                 new = replace(bp, length=length, type=bp_type, enabled=enabled)
                 registrar.modify(index, new)
         except HwbpError as err:
-            return err
+            return index, err
         bps[index] = new
     return None
 
@@ -226,8 +244,9 @@ def poke_offset(state: PtraceState, offset: int, value: int, registrar: Registra
 
 
 def on_hit(state: PtraceState, index: int, *more: int, step: bool = False) -> PtraceState:
-    """A user #DB: virtual_dr6 restarts at DR_STEP (if single-stepping), then
-    ptrace_triggered() ORs in bit i of each ptrace index that fired.
+    """A user #DB: exc_debug_user() restarts virtual_dr6 (at DR_STEP if single-stepping),
+    then ptrace_triggered() ORs in bit i of each ptrace index that fired. Pass every
+    index one exception hit at once: a second call is a second exception.
     """
     virtual = dr7.DR_STEP if step else 0
     for i in (index, *more):
@@ -239,7 +258,11 @@ def on_hit(state: PtraceState, index: int, *more: int, step: bool = False) -> Pt
 
 
 def flush(state: PtraceState, registrar: Registrar) -> PtraceState:
-    """flush_ptrace_hw_breakpoint() (exec, exit, detach): unregister all, reset DR6/DR7."""
+    """flush_ptrace_hw_breakpoint(), run at exec and exit: unregister all, reset DR6/DR7.
+
+    PTRACE_DETACH does not call it: a detached task keeps its breakpoints, DR6 and DR7
+    (and their slots), and a debugger that attaches again reads them back.
+    """
     for index, bp in enumerate(state.bps):
         if bp is not None:
             registrar.unregister(index)

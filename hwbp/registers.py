@@ -47,6 +47,7 @@ class HitRecord:
     dr6: int  # DR6 after the hit (bit i set for DRi)
     access_addr: int = 0
     ip: int = 0
+    exception: int = 0  # hits of one access (one debug exception) share it; 0: unknown
 
 
 def _covers(bp: Breakpoint, addr: int, length: int, kind: AccessType) -> bool:
@@ -93,6 +94,7 @@ class RegisterFile:
         self._dr: tuple[int, int, int, int] = (0, 0, 0, 0)
         self._dr7 = dr7.encode(())
         self._dr6 = dr7.DR6_RESERVED
+        self._exceptions = 0  # debug exceptions raised so far: one per access that hits
 
     # --- reading -----------------------------------------------------------------------
 
@@ -190,7 +192,8 @@ class RegisterFile:
 
         Each hit sets DR6 bit i of its physical register. Like the hardware, B0-B3 stay
         set until cleared (the kernel's #DB handler does that: call ``clear_dr6``); each
-        record carries DR6 as it is after this access.
+        record carries DR6 as it is after this access. One access that hits is one debug
+        exception: its records share an ``exception`` number.
         """
         if length < 1:
             raise InvalidLength(f"an access covers at least one byte, not {length}")
@@ -201,6 +204,8 @@ class RegisterFile:
         ]
         for index, _ in fired:
             self._dr6 |= 1 << index
+        if fired:
+            self._exceptions += 1
         return [
             HitRecord(
                 reservation_id=a.reservation_id,
@@ -209,6 +214,7 @@ class RegisterFile:
                 task=a.task,
                 dr6=self._dr6,
                 access_addr=addr,
+                exception=self._exceptions,
             )
             for index, a in fired
         ]
@@ -294,7 +300,9 @@ class RegisterFile:
             _corrupt(f"DR7 {self._dr7:#x} does not decode: {err}")
         for index, (a, got) in enumerate(zip(self._slots, decoded, strict=True)):
             want = (
-                None if a is None else dr7.DecodedSlot(index, False, True, a.bp.length, a.bp.type)
+                None
+                if a is None
+                else dr7.DecodedSlot(index, False, True, dr7.slot_length(a.bp), a.bp.type)
             )
             if got != want:
                 _corrupt(f"DR7 {self._dr7:#x} slot {index} decodes to {got}, installed is {want}")

@@ -34,7 +34,7 @@ LEGITIMATE: dict[str, frozenset[str]] = {
     "release": ROLLED_BACK,
     "modify": ROLLED_BACK,
     "poke": frozenset({"NO_FREE_SLOT"}) | ROLLED_BACK,
-    "detach": ROLLED_BACK,
+    "flush": ROLLED_BACK,
     "context_switch": frozenset({"ACK_TIMEOUT"}),
     "memory_access": frozenset({"ACK_TIMEOUT"}),
 }

@@ -42,7 +42,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--ops",
         type=int,
-        help="actions to run in total (a ptrace poke-and-detach sequence counts as one)",
+        help="actions to run in total (a ptrace poke-and-flush sequence counts as one)",
     )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(

@@ -1,6 +1,6 @@
 """The mixed workload: each client is a seeded random walk over the arbiter's operations.
 
-Clients only release, modify or detach what they themselves created, so every refusal
+Clients only release, modify or flush what they themselves created, so every refusal
 other than a full CPU (or a rolled-back change) is a real finding, not a race between
 clients of this run.
 """
@@ -170,7 +170,8 @@ class Client:
             self.checker.changed(req.request_id, resp.reservation.target.host, resp.generation)
 
     async def ptrace(self) -> None:
-        """Poke some of DR0..3 and a DR7 enabling them on one of our tasks, then detach."""
+        """Poke some of DR0..3 and a DR7 enabling them on one of our tasks, then flush
+        them (a detach would keep them, as the kernel does)."""
         host, _ = self._pick_host()
         task = 5000 + self.index * 10 + self.rng.randrange(4)
         used = sorted(self.rng.sample(range(4), self.rng.randint(1, 4)))
@@ -180,8 +181,8 @@ class Client:
             slots[i] = Breakpoint(addr, self.rng.choice(LENGTHS), BpType.WRITE)
             await self._poke(host, task, i, addr)
         await self._poke(host, task, 7, encode(slots))
-        req = ptrace_pb2.DetachRequest(request_id=self._rid(), host=host, task=task)
-        await self._call("detach", lambda: self.stubs.ptrace.Detach(req, timeout=RPC_TIMEOUT))
+        req = ptrace_pb2.FlushRequest(request_id=self._rid(), host=host, task=task)
+        await self._call("flush", lambda: self.stubs.ptrace.Flush(req, timeout=RPC_TIMEOUT))
 
     async def _poke(self, host: str, task: int, reg: int, value: int) -> None:
         req = ptrace_pb2.PokeUserRequest(

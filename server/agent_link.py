@@ -22,7 +22,7 @@ from hwbp.errors import (
 )
 from hwbp.server.authz import Action, Principal, Target
 from hwbp.server.errors import Malformed, abort
-from hwbp.server.fleet import Fleet
+from hwbp.server.fleet import Fleet, by_exception
 from hwbp.server.hosts import Host
 from hwbp.server.links import AckResult, AgentChannel
 from hwbp.server.simulation import exit_task
@@ -88,7 +88,7 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
                 host=name,
                 cpu=hello.cpu,
             )
-        host = self.fleet.ensure_host(name, hello.ncpus)
+        host = self.fleet.ensure_host(name, hello.ncpus, convert.features_from(hello))
         holder = host.live_channel(hello.cpu)
         if holder is not None:
             raise AgentAlreadyConnected(
@@ -175,8 +175,8 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
                             len(msg.hits.hits),
                             len(hits),
                         )
-                    for hit in hits:
-                        self.fleet.publish_hit(host, channel.cpu, hit)
+                    for exception in by_exception(hits):
+                        self.fleet.publish_hits(host, channel.cpu, exception)
                 elif kind == "task_exited":
                     self._tasks.add(asyncio.create_task(self._exited(host, msg.task_exited.task)))
                     self._tasks = {t for t in self._tasks if not t.done()}

@@ -8,6 +8,7 @@ services can all end an attachment without importing one another.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -19,12 +20,18 @@ from hwbp.ptrace import PtraceState
 
 @dataclass
 class Attachment:
-    """A traced task: its ptrace register state and its reservations by ptrace index."""
+    """A task's ptrace register state and its reservations by ptrace index, and who
+    traces it (or last did: a detached task keeps its state, as the kernel's thread does).
+
+    The state lives until flushed: by the task's exit, an explicit Flush, or the end of
+    the session that traced it last (a service rule, so a dead client never leaks slots).
+    """
 
     session: str  # "" for a persistent (CLI) attachment
     owner: str
     state: PtraceState = field(default_factory=PtraceState)
     reservations: dict[int, str] = field(default_factory=dict)
+    attached: bool = True  # False after PTRACE_DETACH (persisted with the attachment)
 
 
 class TracedHost(Protocol):
@@ -51,6 +58,7 @@ class LedgerRegistrar:
             owner=self.att.owner,
             session=self.att.session or None,
             ptrace_index=index,
+            reserved_at=time.time(),
         )
         self.host.ledger.reserve(res)
         self.att.reservations[index] = res.id
@@ -63,7 +71,9 @@ class LedgerRegistrar:
 
 
 def flush_attachment(host: TracedHost, task: int) -> int:
-    """Drop a task's ptrace breakpoints (detach, exit, lease expiry); returns how many."""
+    """flush_ptrace_hw_breakpoint(): drop a task's ptrace breakpoints and state (an
+    explicit flush, the task's exit, the end of its tracer's session); returns how many.
+    A detach does not come here: the kernel keeps a detached task's breakpoints."""
     att = host.attachments.pop(task, None)
     if att is None:
         return 0

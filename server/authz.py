@@ -48,7 +48,8 @@ class Action(Enum):
     READ = "read"  # list, inventory, watch
     PTRACE = "ptrace"  # attach, detach, poke
     PTRACE_READ = "ptrace.read"  # peek, traps
-    SIMULATE = "simulate"  # context switch, memory access, task exit
+    SIMULATE = "simulate"  # context switch, memory access
+    TASK_EXIT = "task.exit"  # ends everything a task holds, whoever holds it
     SESSION_OPEN = "session.open"
     SESSION_CLOSE = "session.close"
     SESSION_KEEPALIVE = "session.keepalive"
@@ -75,6 +76,7 @@ class Target:
     kernel: bool = False  # a kernel address, or a request for one
     owner: str | None = None  # holder of what is changed; None: nothing is held yet
     name: str = ""  # reservation id, task or session: for the audit line only
+    session_owner: str | None = None  # owner of the session added to; None: no session
 
     def describe(self) -> str:
         what = self.name or (f"{self.scope} scope" if self.scope else "")
@@ -113,10 +115,14 @@ def _deny(rule: str) -> Decision:
 
 def decide(who: Principal, action: Action, target: Target) -> Decision:
     """Allow or deny ``action`` on ``target`` for ``who``; pure, so tests need no server."""
+    joining = target.session_owner is not None and action not in _READS
+    if who.name and joining and target.session_owner != who.name:
+        # A session is one identity's lease: what is in it ends when *its* client stops.
+        return _deny("only a session's owner may add to it")
     if who.role is Role.ADMIN:
         return _allow("admin may do anything")
     if who.role is Role.AGENT:
-        if action not in _AGENT_ACTIONS:
+        if action not in _AGENT_ACTIONS and action is not Action.TASK_EXIT:
             return _deny("an agent may only serve its host's cpus")
         if target.host != who.hosts[0]:
             return _deny("an agent may only speak for the host its certificate names")
@@ -133,6 +139,9 @@ def decide(who: Principal, action: Action, target: Target) -> Decision:
 def _decide_debugger(who: Principal, action: Action, target: Target) -> Decision:
     if action is Action.SESSION_OPEN:
         return _allow("debugger may open sessions")
+    if action is Action.TASK_EXIT:
+        # It releases whatever the task holds, anyone's: a fact only its host can report.
+        return _deny("a task exit is reported by its host's agent or drilled by an admin")
     if target.owner is not None and target.owner != who.name:
         return _deny("debugger may only change what it owns")
     if action in (Action.SESSION_CLOSE, Action.SESSION_KEEPALIVE):
@@ -351,14 +360,16 @@ _SCOPES = {
 }
 
 
-def reserve_target(request: Any) -> Target:
-    """A ReserveRequest's target, read before validation so refusals leak nothing."""
+def reserve_target(request: Any, session_owner: str | None = None) -> Target:
+    """A ReserveRequest's target, read before validation so refusals leak nothing;
+    ``session_owner``: who owns the session it asks to join, if that session exists."""
     spec = request.spec
     kernel = spec.kernel or is_kernel_address(spec.addr, max(spec.len, 1))
     return Target(
         host=request.target.host,
         scope=_SCOPES.get(request.target.scope, "unspecified"),
         kernel=kernel,
+        session_owner=session_owner,
     )
 
 

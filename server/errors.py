@@ -2,15 +2,19 @@
 
 Every failure leaves the server as a google.rpc.Status carrying an ErrorInfo (stable
 reason, domain, metadata incl. the request id); a refused reservation also carries a
-QuotaFailure and a ResourceInfo naming the CPU and its holders.
+QuotaFailure and a ResourceInfo naming the CPU and its holders, and a NoFreeSlotDetails
+(protos/hwbp/v1/errors.proto) with each holder as data: its session, how long it has
+been held and how long its lease has left. The ErrorInfo metadata keeps the holders as
+text, so clients that do not know NoFreeSlotDetails still name them.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -18,6 +22,9 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hwbp.errors import ErrorClass, HwbpError, InvalidArgument, NoFreeSlot
+from hwbp.model import Reservation
+from hwbp.v1 import errors_pb2
+from hwbp.wire import convert
 
 DOMAIN = "hwbp.dev"
 log = logging.getLogger("hwbp.server")
@@ -37,8 +44,55 @@ STATUS: dict[ErrorClass, grpc.StatusCode] = {
 }
 
 
-def to_status(err: HwbpError, request_id: str) -> status_pb2.Status:
-    """Build the google.rpc.Status for ``err``."""
+class _Lease(Protocol):
+    expires_at: float
+
+
+class Leases(Protocol):
+    """Where a holder's lease is looked up: the arbiter's session table."""
+
+    @property
+    def sessions(self) -> Mapping[str, _Lease]: ...
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+
+def slot_holder(res: Reservation, leases: Leases | None, now: float) -> errors_pb2.SlotHolder:
+    """One holder of a refused CPU as data (the age and the lease when they are known)."""
+    holder = errors_pb2.SlotHolder(
+        reservation_id=res.id,
+        owner=res.owner,
+        session_id=res.session or "",
+        scope=convert.SCOPE_PB[res.target.scope],
+        cpu=res.target.cpu,
+        task=res.target.task,
+    )
+    if res.reserved_at is not None:
+        holder.age_seconds = max(0.0, now - res.reserved_at)
+    lease = leases.sessions.get(res.session) if leases is not None and res.session else None
+    if leases is not None and lease is not None:
+        holder.lease_remaining_seconds = max(0.0, lease.expires_at - leases.clock())
+    return holder
+
+
+def no_free_slot_details(
+    err: NoFreeSlot, leases: Leases | None, now: float
+) -> errors_pb2.NoFreeSlotDetails:
+    return errors_pb2.NoFreeSlotDetails(
+        host=err.host,
+        cpu=err.cpu,
+        slot_class=err.slot_class,
+        used=err.used,
+        slots=err.slots,
+        holders=[slot_holder(h, leases, now) for h in err.holders],
+    )
+
+
+def to_status(
+    err: HwbpError, request_id: str, leases: Leases | None = None, *, now: float | None = None
+) -> status_pb2.Status:
+    """Build the google.rpc.Status for ``err``; ``leases`` tells a holder's lease, ``now``
+    (the wall clock by default) its age."""
     code = STATUS[err.error_class]
     metadata = dict(err.details())
     if request_id:
@@ -62,6 +116,7 @@ def to_status(err: HwbpError, request_id: str) -> status_pb2.Status:
                 description=err.message,
             )
         )
+        details.append(no_free_slot_details(err, leases, time.time() if now is None else now))
     packed = []
     for detail in details:
         box = any_pb2.Any()
@@ -70,14 +125,17 @@ def to_status(err: HwbpError, request_id: str) -> status_pb2.Status:
     return status_pb2.Status(code=code.value[0], message=err.message, details=packed)
 
 
-def grpc_status(err: HwbpError, request_id: str) -> grpc.Status:
-    return rpc_status.to_status(to_status(err, request_id))  # type: ignore[no-any-return]
+def grpc_status(err: HwbpError, request_id: str, leases: Leases | None = None) -> grpc.Status:
+    return rpc_status.to_status(to_status(err, request_id, leases))  # type: ignore[no-any-return]
 
 
 async def abort(
-    context: grpc.aio.ServicerContext[Any, Any], err: HwbpError, request_id: str
+    context: grpc.aio.ServicerContext[Any, Any],
+    err: HwbpError,
+    request_id: str,
+    leases: Leases | None = None,
 ) -> NoReturn:
-    await context.abort_with_status(grpc_status(err, request_id))
+    await context.abort_with_status(grpc_status(err, request_id, leases))
     raise AssertionError("abort_with_status returned")  # pragma: no cover
 
 
@@ -101,7 +159,7 @@ def rpc(method: F) -> F:
             return await method(self, request, context)
         except HwbpError as err:
             log.info("request %s refused: %s %s", request_id, err.reason, err.message)
-            await abort(context, err, request_id)
+            await abort(context, err, request_id, getattr(self, "sessions", None))
         except (grpc.aio.AbortError, grpc.RpcError):
             raise
         except Exception:
@@ -127,7 +185,7 @@ def stream_rpc(method: G) -> G:
                 yield item
         except HwbpError as err:
             log.info("stream %s refused: %s %s", request_id, err.reason, err.message)
-            await abort(context, err, request_id)
+            await abort(context, err, request_id, getattr(self, "sessions", None))
         except (grpc.aio.AbortError, grpc.RpcError):
             raise
         except Exception:

@@ -1,13 +1,17 @@
-"""Every host the arbiter knows, reservation ids, hits, and the idempotency cache."""
+"""Every host the arbiter knows, reservation ids, hits, and the idempotency keys.
+
+Reservation ids are r1, r2, ... from one counter that only grows: each committed batch
+writes it to the ledger (``next_id``), so after a restart ids continue where they
+stopped and a released id is never issued again. Idempotency keys live in one
+``KeyTable`` that every host's pipeline consults; committed ones are durable too.
+"""
 
 from __future__ import annotations
 
-import itertools
 import logging
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 
-from hwbp.arch import X86_64, ArchProfile
+from hwbp.arch import UNREPORTED_FEATURES, X86_64, ArchProfile, HostFeatures
 from hwbp.errors import Draining, HostNotFound, HostShapeConflict, ReservationNotFound
 from hwbp.keys import KeyTable
 from hwbp.model import Reservation
@@ -19,7 +23,6 @@ from hwbp.server.hosts import Host
 from hwbp.v1 import ptrace_pb2, types_pb2
 
 log = logging.getLogger("hwbp.server")
-IDEMPOTENCY_KEEP = 100_000  # reserve results remembered for retried requests
 
 
 class Fleet:
@@ -28,22 +31,22 @@ class Fleet:
         self.ack_timeout = ack_timeout
         self.bus = EventBus()
         self.hosts: dict[str, Host] = {}
-        self._ids = itertools.count(1)
-        self.idempotency: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self.next_id = 1  # the next reservation is r<next_id>; never goes back
         self.draining = False
         self.paranoid = False
-        self.pending_keys: dict[str, str] = {}  # reservation id -> idempotency key to persist
         self.on_host_created: Callable[[Host], None] | None = None
-        self.on_commit: Callable[[Host, set[str]], None] | None = None
+        self.on_commit: Callable[[Host, Persist], Awaitable[None]] | None = None
         self.keys: KeyTable[Outcome, object] = KeyTable()  # idempotency keys, fleet-wide
         self.authz = Authz()  # every servicer's permission hook; allows all until configured
 
     def reseed_ids(self, start: int) -> None:
-        """After a restore: new ids continue after the highest one in the ledger."""
-        self._ids = itertools.count(start)
+        """After a restore: ids continue from the ledger's counter."""
+        self.next_id = max(self.next_id, start)
 
     def new_id(self) -> str:
-        return f"r{next(self._ids)}"
+        rid = f"r{self.next_id}"
+        self.next_id += 1
+        return rid
 
     def host(self, name: str) -> Host:
         try:
@@ -55,14 +58,16 @@ class Fleet:
                 host=name,
             ) from None
 
-    def ensure_host(self, name: str, ncpus: int) -> Host:
-        """A hello names the host's CPU count, so CPUs without an agent are known offline."""
+    def ensure_host(self, name: str, ncpus: int, features: HostFeatures | None = None) -> Host:
+        """A hello names the host's CPU count, so CPUs without an agent are known offline,
+        and what it offers (``features``). A host restored from the ledger has none
+        reported yet, and none is held against a request until an agent says hello."""
         host = self.hosts.get(name)
         if host is None:
             host = Host(
                 name,
                 ncpus,
-                self.profile,
+                self.profile.with_features(features or UNREPORTED_FEATURES),
                 ack_timeout=self.ack_timeout,
                 bus=self.bus,
                 keys=self.keys,
@@ -80,11 +85,14 @@ class Fleet:
                 known=host.ncpus,
                 said=ncpus,
             )
+        elif features is not None and features != host.profile.features:
+            log.info("host %s offers %s (was %s)", name, features, host.profile.features)
+            host.profile = host.ledger.profile = host.profile.with_features(features)
         return host
 
     async def _write(self, host: Host, ins: Persist) -> None:
         if self.on_commit is not None:
-            self.on_commit(host, set(ins.touched))
+            await self.on_commit(host, ins)
 
     def locate(self, res_id: str) -> tuple[Host, Reservation]:
         for host in self.hosts.values():
@@ -92,60 +100,87 @@ class Fleet:
                 return host, host.ledger.get(res_id)
         raise ReservationNotFound(f"reservation {res_id!r} does not exist", reservation=res_id)
 
-    def remember(self, key: str, host: str, res_id: str) -> None:
-        if not key:
-            return
-        self.idempotency[key] = (host, res_id)
-        while len(self.idempotency) > IDEMPOTENCY_KEEP:
-            self.idempotency.popitem(last=False)
-
-    def recall(self, key: str) -> Reservation | None:
-        """The reservation a retried reserve already made, if it still exists."""
-        found = self.idempotency.get(key) if key else None
-        if found is None:
-            return None
-        host = self.hosts.get(found[0])
-        if host is None or found[1] not in host.ledger:
-            return None
-        return host.ledger.get(found[1])
-
     # --- hits --------------------------------------------------------------------
 
     def publish_hit(self, host: Host, cpu: int, hit: types_pb2.Hit) -> types_pb2.Hit:
-        """Name the reservation behind a hit, publish it, and feed ptrace's DR6."""
+        """A hit that was a debug exception of its own."""
+        return self.publish_hits(host, cpu, [hit])[0]
+
+    def publish_hits(
+        self, host: Host, cpu: int, hits: Sequence[types_pb2.Hit]
+    ) -> list[types_pb2.Hit]:
+        """Name the reservations behind one debug exception's hits (one access may hit
+        several breakpoints), publish them, and feed ptrace's DR6.
+
+        exc_debug_user() resets a traced task's virtual DR6 once per exception, then
+        ptrace_triggered() ORs in the bit of each ptrace index that fired: the indexes of
+        one exception land in DR6 together (DR0 and DR1: 0xffff0ff3), never one by one.
+        """
+        named = [self._named(host, cpu, hit) for hit in hits]
+        fired: dict[int, list[int]] = {}
+        for out, traced in named:
+            if traced is not None:
+                fired.setdefault(traced, []).append(out.ptrace_index)
+        for task, indexes in fired.items():
+            self._dr6(host, task, indexes)
+        for out, traced in named:
+            if traced is not None:
+                self._trap(host, traced, out)
+            ev = types_pb2.Event(
+                kind=types_pb2.EVENT_KIND_HIT,
+                host=host.name,
+                cpu=cpu,
+                generation=host.generation,
+                seq=out.seq,
+            )
+            if out.HasField("task"):
+                ev.task = out.task
+            ev.hit.CopyFrom(out)
+            self.bus.publish(ev)
+        return [out for out, _ in named]
+
+    def _named(self, host: Host, cpu: int, hit: types_pb2.Hit) -> tuple[types_pb2.Hit, int | None]:
+        """The hit as published, and the traced task whose ptrace breakpoint it was."""
         out = types_pb2.Hit()
         out.CopyFrom(hit)
         out.host, out.cpu, out.seq = host.name, cpu, self.bus.next_seq()
         res = host.ledger.get(hit.reservation_id) if hit.reservation_id in host.ledger else None
         out.ptrace_index = -1
-        if res is not None:
-            out.addr = res.bp.addr
-            if res.ptrace_index is not None and res.target.task is not None:
-                out.ptrace_index = res.ptrace_index
-                self._trap(host, res.target.task, res.ptrace_index, out)
-        ev = types_pb2.Event(
-            kind=types_pb2.EVENT_KIND_HIT,
-            host=host.name,
-            cpu=cpu,
-            generation=host.generation,
-            seq=out.seq,
-        )
-        if out.HasField("task"):
-            ev.task = out.task
-        ev.hit.CopyFrom(out)
-        self.bus.publish(ev)
-        return out
+        if res is None:
+            return out, None
+        out.addr = res.bp.addr
+        if res.ptrace_index is None or res.target.task is None:
+            return out, None
+        out.ptrace_index = res.ptrace_index
+        return out, res.target.task
 
-    def _trap(self, host: Host, task: int, index: int, hit: types_pb2.Hit) -> None:
+    def _dr6(self, host: Host, task: int, indexes: list[int]) -> None:
+        """One exception's ptrace indexes into the task's virtual DR6. A hit drained after
+        a reload disabled its breakpoint cannot have fired under the task's current DR7:
+        it is published, but DR6 is left alone."""
         att = host.attachments.get(task)
         if att is None:
             return
-        att.state = on_hit(att.state, index)
+        live = [i for i in indexes if (bp := att.state.bps[i]) is not None and bp.enabled]
+        if live:
+            att.state = on_hit(att.state, *live)
+        if len(live) < len(indexes):
+            log.info(
+                "host %s task %d: hit on ptrace breakpoint(s) %s disabled since; DR6 unchanged",
+                host.name,
+                task,
+                sorted(set(indexes) - set(live)),
+            )
+
+    def _trap(self, host: Host, task: int, hit: types_pb2.Hit) -> None:
+        att = host.attachments.get(task)
+        if att is None:
+            return
         self.bus.publish(
             ptrace_pb2.Trap(
                 host=host.name,
                 task=task,
-                ptrace_index=index,
+                ptrace_index=hit.ptrace_index,
                 addr=hit.addr,
                 cpu=hit.cpu,
                 dr6=peek(att.state, 6),
@@ -153,6 +188,22 @@ class Fleet:
                 seq=hit.seq,
             )
         )
+
+
+def by_exception(hits: Sequence[types_pb2.Hit]) -> list[list[types_pb2.Hit]]:
+    """An agent's report split into debug exceptions: hits with the same nonzero
+    ``exception`` id are one, in report order; a hit without one is its own."""
+    groups: list[list[types_pb2.Hit]] = []
+    current: dict[int, list[types_pb2.Hit]] = {}
+    for hit in hits:
+        if not hit.exception:
+            groups.append([hit])
+        elif hit.exception in current:
+            current[hit.exception].append(hit)
+        else:
+            current[hit.exception] = [hit]
+            groups.append(current[hit.exception])
+    return groups
 
 
 def check_open(fleet: Fleet) -> None:

@@ -84,7 +84,9 @@ class Host:
         self.ncpus = ncpus
         self.profile = profile
         self.ledger = HostLedger(name, ncpus, profile)
-        self.pipeline = HostPipeline(self.ledger, keys or KeyTable(), ack_timeout=ack_timeout)
+        # Not ``keys or ...``: an empty KeyTable is falsy, and the fleet's must be shared.
+        table = keys if keys is not None else KeyTable()
+        self.pipeline = HostPipeline(self.ledger, table, ack_timeout=ack_timeout)
         self.channels: list[AgentChannel | None] = [None] * ncpus
         self.backends: list[str] = [""] * ncpus
         self.attachments: dict[int, Attachment] = {}

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import ipaddress
 import logging
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import Sequence
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from hwbp.errors import LedgerCorrupt
+from hwbp.errors import LedgerCorrupt, LedgerInUse, LedgerWriteFailed
 from hwbp.server.agent_link import AgentLinkServicer
 from hwbp.server.authz import AuditLog, Authz, Policy, PolicyError
 from hwbp.server.errors import MalformedRequests
 from hwbp.server.fleet import Fleet
+from hwbp.server.health import Health, HealthCollector, supervise
 from hwbp.server.interceptors import MetricsInterceptor
 from hwbp.server.logs import setup as setup_logging
 from hwbp.server.metrics import Metrics
@@ -29,6 +32,7 @@ from hwbp.server.reservations import ArbiterServicer
 from hwbp.server.sessions import SessionsServicer, SessionTable, reaper
 from hwbp.server.simulation import SimulationServicer
 from hwbp.server.store import open_store
+from hwbp.server.store.writer import LedgerWriter
 from hwbp.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -66,6 +70,9 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_concurrent_streams", 100_000),
+    # One arbiter per port: without this a second arbiter binds the same port and the
+    # kernel splits the clients between the two.
+    ("grpc.so_reuseport", 0),
 ]
 
 
@@ -149,26 +156,30 @@ async def serve(
     fleet.paranoid = args.paranoid
     sessions = SessionTable()
     try:
-        store = open_store(args.db, sync=args.db_sync)
-        persistence = Persistence(store, fleet, sessions)
+        writer = LedgerWriter(open_store(args.db, sync=args.db_sync))
+        persistence = Persistence(writer, fleet, sessions)
         fleet.on_commit = persistence.host_committed
-        restored = persistence.restore()
-    except LedgerCorrupt as err:
+        restored = persistence.restore(asyncio.get_running_loop().time())
+    except (LedgerCorrupt, LedgerInUse, LedgerWriteFailed) as err:
         print(f"hwbp-arbiter: refusing to start: {err}", file=sys.stderr)
         return 3
     fleet.on_host_created = persistence.host_created
     sessions.on_open = persistence.session_opened
     sessions.on_end = persistence.session_ended
     log.info(
-        "ledger %s: %d hosts, %d reservations, %d ptrace attachments, %d sessions restored",
+        "ledger %s: %d hosts, %d reservations, %d ptrace attachments, %d sessions, "
+        "%d idempotency keys restored; next id r%d",
         args.db,
         restored.hosts,
         restored.reservations,
         restored.attachments,
         restored.sessions,
+        restored.keys,
+        fleet.next_id,
     )
     metrics = Metrics(fleet)
     metrics.start()
+    metrics.registry.register(HealthCollector(writer))
     server = grpc.aio.server(
         options=SERVER_OPTIONS, interceptors=[MalformedRequests(), MetricsInterceptor(metrics)]
     )
@@ -183,8 +194,9 @@ async def serve(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [s.full_name for s in SERVICES] + [reflection.SERVICE_NAME, health.SERVICE_NAME]
     reflection.enable_server_reflection(names, server)
-    for name in ["", *(s.full_name for s in SERVICES)]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    status = Health(health_servicer, (s.full_name for s in SERVICES))
+    await status.apply()  # NOT_SERVING until we listen
+    writer.listeners.append(status.ledger)
 
     if args.metrics_listen:
         try:
@@ -196,44 +208,73 @@ async def serve(
             )
             return 2
         print(f"metrics on {metrics_host}:{metrics_port}", flush=True)
-    if tls is None:
-        port = server.add_insecure_port(args.listen)
-    else:
-        port = server.add_secure_port(args.listen, server_credentials(tls))
-        log.info("mutual TLS: peers need a certificate signed by %s", tls.ca)
+    try:
+        if tls is None:
+            port = server.add_insecure_port(args.listen)
+        else:
+            port = server.add_secure_port(args.listen, server_credentials(tls))
+            log.info("mutual TLS: peers need a certificate signed by %s", tls.ca)
+    except RuntimeError:  # recent grpcio raises where older versions returned 0
+        port = 0
     if port == 0:
-        print(f"hwbp-arbiter: cannot listen on {args.listen}", file=sys.stderr)
+        print(
+            f"hwbp-arbiter: cannot listen on {args.listen}: {_why_not(args.listen)}",
+            file=sys.stderr,
+        )
         return 2
     await server.start()
     address = f"{args.listen.rsplit(':', 1)[0]}:{port}"
-    for name in ["", *(s.full_name for s in SERVICES)]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await writer.probe()  # a ledger that cannot take writes is not SERVING from the start
+    status.started = True
+    await status.apply()
     print(f"hwbp-arbiter listening on {address}", flush=True)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    reaping = asyncio.create_task(reaper(fleet, sessions))
+    background = [
+        asyncio.create_task(supervise("lease reaper", lambda: reaper(fleet, sessions))),
+        asyncio.create_task(supervise("ledger watch", writer.watch)),
+    ]
     await stop.wait()
 
     log.info("draining: no new changes, finishing those in flight")
     fleet.draining = True
-    for name in ["", *(s.full_name for s in SERVICES)]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    status.draining = True
+    await status.apply()
     await asyncio.wait_for(asyncio.gather(*(h.drain() for h in fleet.hosts.values())), timeout=10)
-    reaping.cancel()
+    for task in background:
+        task.cancel()
     for host in fleet.hosts.values():  # end agent streams cleanly; they reconnect elsewhere
         for channel in host.channels:
             if channel is not None:
                 channel.close()
     await server.stop(grace=1.0)
     metrics.stop()
-    store.close()
+    writer.close()
     if fleet.authz.audit is not None:
         fleet.authz.audit.close()
     log.info("stopped")
     return 0
+
+
+def _why_not(listen: str) -> str:
+    """Why gRPC could not bind ``listen``: bind it ourselves to learn the kernel's answer."""
+    host, _, port = listen.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as err:
+        return f"not an address this machine can listen on ({err})"
+    for family, kind, proto, _, addr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(addr)
+            except OSError as err:
+                hint = " (is another arbiter running?)" if err.errno == errno.EADDRINUSE else ""
+                return f"{(err.strerror or str(err)).lower()}{hint}"
+    return "the gRPC runtime refused it"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,11 @@
 """The Ptrace service: PTRACE_POKEUSER / PEEKUSER on u_debugreg, per (host, task).
 
-The register semantics are the core's (hwbp.ptrace); here each attached task's ptrace
+The register semantics are the core's (hwbp.ptrace); here each traced task's ptrace
 breakpoints become task-scoped reservations in the host's ledger, so they compete for
-slots exactly like every other breakpoint and are broadcast to the agents.
+slots exactly like every other breakpoint and are broadcast to the agents. As in the
+kernel, a detach keeps them; a flush (or the task's exit) drops them, and so does the
+end of the session that traced the task last (the service's own rule: a client that
+dies must not leak debug registers).
 """
 
 from __future__ import annotations
@@ -36,17 +39,38 @@ class _Deferred:
         self.error = error
 
 
+_Tracer = tuple[str, str, bool]  # an attachment's session, owner and attached
+
+
+def _who(att: Attachment) -> _Tracer:
+    return att.session, att.owner, att.attached
+
+
+def _restore(att: Attachment, before: _Tracer) -> None:
+    att.session, att.owner, att.attached = before
+
+
 class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
     def __init__(self, fleet: Fleet, sessions: SessionTable) -> None:
         self.fleet = fleet
         self.sessions = sessions
 
-    def _guard(self, context: Any, request: Any, action: Action) -> Principal:
-        """The permission hook, naming who holds the task's trace (if anyone) as its owner."""
+    def _guard(
+        self, context: Any, request: Any, action: Action, *, joining: bool = False
+    ) -> Principal:
+        """The permission hook, naming who holds the task's trace (if anyone) as its owner,
+        and (``joining``: an attach) who owns the session it would join."""
         host = self.fleet.hosts.get(request.host)
         att = host.attachments.get(request.task) if host is not None else None
         owner = att.owner if att is not None else None
-        target = authz.Target(request.host, owner=owner, name=f"task {request.task}")
+        sid = request.session_id if joining else ""
+        into = self.sessions.sessions.get(sid) if sid else None
+        target = authz.Target(
+            request.host,
+            owner=owner,
+            name=f"task {request.task}",
+            session_owner=into.owner if into is not None else None,
+        )
         return self.fleet.authz.check(context, request.request_id, action, target)
 
     def _lookup(self, request: Any) -> tuple[Host, int, str]:
@@ -60,16 +84,21 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
     def _attachment(
         self, host: Host, task: int, session: str, *, create: bool, owner: str = ""
     ) -> Attachment:
+        """The task's attachment, traced by ``session``; with ``create``, attach it (a
+        task detached earlier is re-attached with its registers as they were)."""
         att = host.attachments.get(task)
-        if att is None:
+        if att is None or not att.attached:
             if not create:
                 raise NotAttached(
                     f"task {task} on host {host.name} is not attached", host=host.name, task=task
                 )
-            att = Attachment(session=session, owner=owner or session or "hwbpctl")
             if session and not owner:
-                att.owner = self.sessions.get(session).owner or session
-            host.attachments[task] = att
+                owner = self.sessions.get(session).owner or session
+            if att is None:
+                att = host.attachments[task] = Attachment(session=session, owner="")
+            else:
+                host.dirty_tasks.add(task)  # its kept state changes hands: write that
+            att.session, att.owner, att.attached = session, owner or "hwbpctl", True
             return att
         if att.session != session:
             raise NotOwner(
@@ -83,16 +112,37 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
     @rpc
     async def Attach(self, request: Any, context: Any) -> Any:
         check_open(self.fleet)
-        who = self._guard(context, request, Action.PTRACE)
+        who = self._guard(context, request, Action.PTRACE, joining=True)
         host, task, session = self._lookup(request)
-        existing = host.attachments.get(task)
-        if existing is not None:
-            if existing.session == session:
-                return ptrace_pb2.AttachResponse(already_attached=True)
-            raise AlreadyAttached(
-                f"task {task} on host {host.name} is already traced", host=host.name, task=task
-            )
-        self._attachment(host, task, session, create=True, owner=who.name)
+        made: list[Attachment] = []  # a new attachment, to drop on rollback
+        retraced: list[tuple[Attachment, _Tracer]] = []  # a kept one re-attached, as it was
+
+        def apply() -> tuple[bool, tuple[int, ...]]:
+            """Decided in the pipeline, so a racing Attach cannot slip in between, and
+            written with the change: an acknowledged attach survives a restart."""
+            existing = host.attachments.get(task)
+            if existing is not None and existing.attached:
+                if existing.session == session:
+                    return True, ()
+                raise AlreadyAttached(
+                    f"task {task} on host {host.name} is already traced", host=host.name, task=task
+                )
+            if existing is not None:  # detached, state kept: its new tracer now covers it
+                retraced.append((existing, _who(existing)))
+            att = self._attachment(host, task, session, create=True, owner=who.name)
+            if existing is None:
+                made.append(att)
+            host.dirty_tasks.add(task)
+            return False, ()  # no register changes until a poke
+
+        def undo() -> None:
+            if made and host.attachments.get(task) is made[0]:
+                del host.attachments[task]
+            for att, before in retraced:
+                _restore(att, before)
+
+        if await host.change(request.request_id, apply, undo):
+            return ptrace_pb2.AttachResponse(already_attached=True)
         log.info(
             "request %s: attached task %d on %s (session %s)",
             request.request_id,
@@ -104,27 +154,66 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
 
     @rpc
     async def Detach(self, request: Any, context: Any) -> Any:
+        """PTRACE_DETACH keeps the task's breakpoints, DR6 and DR7 (and their slots): the
+        kernel flushes them only at exit and exec. Nothing is released here."""
         check_open(self.fleet)
         self._guard(context, request, Action.PTRACE)
         host, task, session = self._lookup(request)
-        self._attachment(host, task, session, create=False)
-        saved = host.attachments[task]
+        att = self._attachment(host, task, session, create=False)
+
+        def apply() -> tuple[int, tuple[int, ...]]:
+            att.attached = False
+            host.dirty_tasks.add(task)
+            if not att.reservations and att.state == ptrace.PtraceState():
+                del host.attachments[task]  # nothing to keep
+            return len(att.reservations), ()
+
+        def undo() -> None:
+            att.attached = True
+            host.attachments[task] = att
+
+        kept = await host.change(request.request_id, apply, undo)
+        log.info(
+            "request %s: detached task %d on %s, %d ptrace breakpoints kept",
+            request.request_id,
+            task,
+            host.name,
+            kept,
+        )
+        return ptrace_pb2.DetachResponse(released=0, kept=kept)
+
+    @rpc
+    async def Flush(self, request: Any, context: Any) -> Any:
+        """flush_ptrace_hw_breakpoint(), as the task's exit or exec would: all four ptrace
+        breakpoints go, DR6 and DR7 are cleared, and the task is no longer traced."""
+        check_open(self.fleet)
+        self._guard(context, request, Action.PTRACE)
+        host, task, session = self._lookup(request)
+        att = host.attachments.get(task)
+        if att is None:
+            raise NotAttached(
+                f"task {task} on host {host.name} has no ptrace state to flush",
+                host=host.name,
+                task=task,
+            )
+        if att.attached and att.session != session:
+            self._attachment(host, task, session, create=False)  # names the tracer
 
         def apply() -> tuple[int, range]:
             return flush_attachment(host, task), range(host.ncpus)
 
         def undo() -> None:
-            host.attachments[task] = saved
+            host.attachments[task] = att
 
         released = await host.change(request.request_id, apply, undo)
         log.info(
-            "request %s: detached task %d on %s, %d released",
+            "request %s: flushed task %d on %s, %d released",
             request.request_id,
             task,
             host.name,
             released,
         )
-        return ptrace_pb2.DetachResponse(released=released)
+        return ptrace_pb2.FlushResponse(released=released)
 
     @rpc
     async def PokeUser(self, request: Any, context: Any) -> Any:
@@ -132,6 +221,8 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
         who = self._guard(context, request, Action.PTRACE)
         host, task, session = self._lookup(request)
         fresh = task not in host.attachments
+        known = host.attachments.get(task)
+        before = _who(known) if known is not None else None
         att = self._attachment(host, task, session, create=not session, owner=who.name)
         saved_state, saved_res = att.state, dict(att.reservations)
         registrar = LedgerRegistrar(self.fleet.new_id, host, task, att)
@@ -140,6 +231,8 @@ class PtraceServicer(ptrace_pb2_grpc.PtraceServicer):
             att.state, att.reservations = saved_state, dict(saved_res)
             if fresh:
                 host.attachments.pop(task, None)
+            elif before is not None:
+                _restore(att, before)  # a re-attach by this poke is undone too
 
         def apply() -> tuple[Any, range]:
             host.dirty_tasks.add(task)

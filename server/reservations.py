@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -88,7 +89,9 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
         rid_req = request.request_id
         if not request.HasField("target") or not request.HasField("spec"):
             raise InvalidArgument("target and spec are required", field="target/spec")
-        who = self.fleet.authz.check(context, rid_req, Action.RESERVE, reserve_target(request))
+        into = self.sessions.sessions.get(request.session_id) if request.session_id else None
+        wanted = reserve_target(request, into.owner if into is not None else None)
+        who = self.fleet.authz.check(context, rid_req, Action.RESERVE, wanted)
         host = self.fleet.host(convert.name(request.target.host, "target.host"))
         target = convert.target_from(request.target)
         bp = convert.bp_from(request.spec)
@@ -106,6 +109,7 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
                 bp=bp,
                 owner=owner,
                 session=session or None,
+                reserved_at=time.time(),
             )
             host.ledger.reserve(res)
             return res, host.ledger.affected_cpus(target)
@@ -289,6 +293,8 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
             identity=who.name,
         )
         try:
+            if request.announce_subscribed:  # subscribed: every later event reaches us
+                yield types_pb2.Event(kind=types_pb2.EVENT_KIND_SUBSCRIBED, host=request.host)
             while True:
                 yield await sub.get()
         finally:

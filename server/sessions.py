@@ -3,6 +3,12 @@
 A lease is renewed by each keep-alive ping. When pings stop (a crash, a cut network)
 the reaper ends the session after its TTL and releases everything it held, as closing
 a perf fd or a traced task exiting would.
+
+Expiry never waits for anything unrelated: each expired session is ended by a task of
+its own, and a session is released on all its hosts at once, so a host whose agent does
+not answer (it costs one ack timeout before it is fenced) delays only what is on that
+host. A release or a ledger write that fails is logged and retried a second later; the
+session keeps refusing keep-alives meanwhile.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +32,7 @@ from hwbp.wire import convert
 log = logging.getLogger("hwbp.server")
 MIN_TTL, MAX_TTL = 0.5, 3600.0
 REAP_EVERY = 0.1  # seconds; expiry frees slots within TTL + this
+RETRY_END = 1.0  # seconds before a session whose end failed is tried again
 
 
 @dataclass
@@ -41,18 +48,20 @@ class SessionTable:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.sessions: dict[str, Session] = {}
-        self.on_open: Callable[[Session], None] | None = None  # durable record
-        self.on_end: Callable[[str], None] | None = None
+        self.on_open: Callable[[Session], Awaitable[None]] | None = None  # durable record
+        self.on_end: Callable[[str], Awaitable[None]] | None = None
+        self.ending: dict[str, asyncio.Task[int]] = {}  # sessions being ended, by id
 
-    def open(self, ttl: float, owner: str) -> Session:
+    async def open(self, ttl: float, owner: str) -> Session:
+        """A new session, durable before it is used (raises LedgerWriteFailed if not)."""
         if not MIN_TTL <= ttl <= MAX_TTL:
             raise InvalidArgument(
                 f"ttl_seconds must be in {MIN_TTL}..{MAX_TTL}, got {ttl}", field="ttl_seconds"
             )
         sid = "s-" + uuid.uuid4().hex[:16]
-        session = Session(sid, owner, ttl, self.clock() + ttl)
         if self.on_open is not None:
-            self.on_open(session)
+            await self.on_open(Session(sid, owner, ttl, self.clock() + ttl))
+        session = Session(sid, owner, ttl, self.clock() + ttl)  # the lease starts now
         self.sessions[sid] = session
         return session
 
@@ -83,51 +92,95 @@ async def end_session(fleet: Fleet, table: SessionTable, sid: str, reason: str) 
     """Release everything a session holds on every host; returns how many were released.
 
     The session stops accepting keep-alives at once, but is forgotten (and its durable
-    record deleted) only once every host released its breakpoints; if a host could not,
-    the reaper tries again a second later.
+    record deleted) only once every host released its breakpoints and that deletion is
+    written; if a host or the ledger could not, this raises why (what was released stays
+    released) and the reaper tries again a second later. Ending a session that is already
+    being ended joins that attempt.
     """
+    return await asyncio.shield(_start_end(fleet, table, sid, reason))
+
+
+def _start_end(fleet: Fleet, table: SessionTable, sid: str, reason: str) -> asyncio.Task[int]:
+    running = table.ending.get(sid)
+    if running is None:
+        running = asyncio.get_running_loop().create_task(_end(fleet, table, sid, reason))
+        table.ending[sid] = running
+
+        def done(task: asyncio.Task[int]) -> None:
+            table.ending.pop(sid, None)
+            err = None if task.cancelled() else task.exception()
+            if err is not None and not isinstance(err, HwbpError):  # a bug: say where
+                log.error("session %s: ending it failed", sid, exc_info=err)
+
+        running.add_done_callback(done)
+    return running
+
+
+async def _end(fleet: Fleet, table: SessionTable, sid: str, reason: str) -> int:
     session = table.sessions.get(sid)
     if session is None:
         return 0
     session.ending = True
-    released, failed = 0, False
-    for host in list(fleet.hosts.values()):
-        if not host.ledger.by_session(sid) and not any(
-            a.session == sid for a in host.attachments.values()
-        ):
-            continue
+    try:
+        return await _release_all(fleet, table, session, reason)
+    except Exception:
+        session.expires_at = table.clock() + RETRY_END
+        raise
 
-        def apply(host: Any = host) -> tuple[int, range]:
-            mine = [r.id for r in host.ledger.by_session(sid) if r.ptrace_index is None]
-            for rid in mine:
-                host.ledger.release(rid)
-            count = len(mine)
-            for task in [t for t, a in host.attachments.items() if a.session == sid]:
-                count += flush_attachment(host, task)
-            return count, range(host.ncpus)
 
+async def _release_all(fleet: Fleet, table: SessionTable, session: Session, reason: str) -> int:
+    sid = session.id
+    hosts = [
+        host
+        for host in fleet.hosts.values()
+        if host.ledger.by_session(sid) or any(a.session == sid for a in host.attachments.values())
+    ]
+    results = await asyncio.gather(
+        *(_release_on(host, sid, reason) for host in hosts), return_exceptions=True
+    )
+    released, failure = 0, None
+    for host, result in zip(hosts, results, strict=True):
+        if isinstance(result, BaseException):
+            failure = failure or result
+            log.error("session %s: releasing on host %s failed: %s", sid, host.name, result)
+        else:
+            released += result
+    if failure is None and table.on_end is not None:
         try:
-            released += await host.change(f"session:{sid}", apply)
+            await table.on_end(sid)
         except Exception as err:
-            failed = True
-            log.error("session %s: releasing on host %s failed: %s", sid, host.name, err)
-            continue
-        host.publish(types_pb2.EVENT_KIND_LEASE_EXPIRED, f"session:{sid}", reason=reason)
-    if failed:
-        session.expires_at = table.clock() + 1.0
-        return released
+            failure = err
+            log.error("session %s: its end could not be written: %s", sid, err)
+    if failure is not None:  # tried again by the reaper; a closing caller is told why
+        session.expires_at = table.clock() + RETRY_END
+        raise failure
     table.remove(sid)
-    if table.on_end is not None:
-        table.on_end(sid)
     log.info("session %s ended (%s): %d released", sid, reason, released)
     return released
 
 
+async def _release_on(host: Any, sid: str, reason: str) -> int:
+    def apply() -> tuple[int, range]:
+        mine = [r.id for r in host.ledger.by_session(sid) if r.ptrace_index is None]
+        for rid in mine:
+            host.ledger.release(rid)
+        count = len(mine)
+        for task in [t for t, a in host.attachments.items() if a.session == sid]:
+            count += flush_attachment(host, task)
+        return count, range(host.ncpus)
+
+    released: int = await host.change(f"session:{sid}", apply)
+    host.publish(types_pb2.EVENT_KIND_LEASE_EXPIRED, f"session:{sid}", reason=reason)
+    return released
+
+
 async def reaper(fleet: Fleet, table: SessionTable) -> None:
+    """End each expired session in a task of its own, so none waits for another."""
     while True:
         await asyncio.sleep(REAP_EVERY)
         for session in table.expired():
-            await end_session(fleet, table, session.id, "lease expired")
+            if session.id not in table.ending:
+                _start_end(fleet, table, session.id, "lease expired")
 
 
 class SessionsServicer(session_pb2_grpc.SessionsServicer):
@@ -139,7 +192,7 @@ class SessionsServicer(session_pb2_grpc.SessionsServicer):
     async def OpenSession(self, request: Any, context: Any) -> Any:
         who = self.fleet.authz.check(context, request.request_id, Action.SESSION_OPEN, Target())
         owner = who.name or convert.name(request.owner, "owner", required=False)
-        session = self.table.open(request.ttl_seconds, owner)
+        session = await self.table.open(request.ttl_seconds, owner)
         log.info(
             "request %s: session %s opened (ttl %.1fs, owner %r)",
             request.request_id,

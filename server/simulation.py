@@ -1,4 +1,9 @@
-"""The Simulation service: context switches and memory accesses on an agent's CPU, task exit."""
+"""The Simulation service: context switches and memory accesses on an agent's CPU, task exit.
+
+A task exit releases everything the task holds, whoever holds it, so it is not a
+simulation right: only the host's agent (reporting a fact about its own host) or an
+admin (a drill) may say a task exited.
+"""
 
 from __future__ import annotations
 
@@ -140,13 +145,14 @@ class SimulationServicer(simulation_pb2_grpc.SimulationServicer):
                 addr=request.addr, len=request.len, type=convert.ACCESS_PB[kind]
             ),
         )
-        hits = [self.fleet.publish_hit(host, request.cpu, h) for h in result.hits]
+        hits = self.fleet.publish_hits(host, request.cpu, result.hits)  # one access: one #DB
         dr6 = hits[-1].dr6 if hits else result.image.dr6
         return simulation_pb2.MemoryAccessResponse(hit=bool(hits), hits=hits, dr6=dr6)
 
     @rpc
     async def ExitTask(self, request: Any, context: Any) -> Any:
-        self.fleet.authz.check(context, request.request_id, Action.SIMULATE, Target(request.host))
+        target = Target(request.host, name=f"task {request.task}")
+        self.fleet.authz.check(context, request.request_id, Action.TASK_EXIT, target)
         check_open(self.fleet)
         host = self.fleet.host(convert.name(request.host, "host"))
         released = await exit_task(self.fleet, host, convert.task(request.task), request.request_id)

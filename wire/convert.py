@@ -6,6 +6,7 @@ import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from hwbp.arch import DEFAULT_FEATURES, HostFeatures
 from hwbp.errors import InvalidArgument, InvalidCpu, InvalidScope, InvalidType, ValueOutOfRange
 from hwbp.model import AccessType, Assignment, BpType, Breakpoint, Reservation, Scope, Target
 from hwbp.registers import HitRecord, RegisterImage
@@ -220,6 +221,18 @@ def hit_to(host: str, cpu: int, hit: HitRecord, *, ptrace_index: int | None, seq
         dr6=hit.dr6,
         seq=seq,
     )
+
+
+def features_to(f: HostFeatures) -> agent_pb2.HostFeatures:
+    return agent_pb2.HostFeatures(bpext=f.bpext, kprobes=f.kprobes, privileged=f.privileged)
+
+
+def features_from(hello: agent_pb2.Hello) -> HostFeatures:
+    """What a hello says its host offers; an agent that does not say gets the defaults."""
+    if not hello.HasField("features"):
+        return DEFAULT_FEATURES
+    f = hello.features
+    return HostFeatures(bpext=f.bpext, kprobes=f.kprobes, privileged=f.privileged)
 
 
 # --- bounds on what agents send ---------------------------------------------------------

@@ -6,6 +6,7 @@ from hwbp.server.store.base import (
     AttachmentRecord,
     Batch,
     HostRecord,
+    KeyRecord,
     ReservationRecord,
     SessionRecord,
     Snapshot,
@@ -19,6 +20,8 @@ class MemoryStore:
         self.reservations: dict[str, ReservationRecord] = {}
         self.attachments: dict[tuple[str, int], AttachmentRecord] = {}
         self.sessions: dict[str, SessionRecord] = {}
+        self.keys: dict[str, KeyRecord] = {}
+        self.next_id = 1
 
     def load(self) -> Snapshot:
         return Snapshot(
@@ -28,6 +31,8 @@ class MemoryStore:
             ),
             attachments=tuple(self.attachments.values()),
             sessions=tuple(self.sessions.values()),
+            keys=tuple(sorted(self.keys.values(), key=lambda k: k.expires)),
+            next_id=self.next_id,
         )
 
     def commit(self, batch: Batch) -> None:
@@ -45,6 +50,15 @@ class MemoryStore:
             self.sessions.pop(sid, None)
         for s in batch.sessions:
             self.sessions[s.id] = s
+        if batch.keys_expired_before is not None:
+            before = batch.keys_expired_before
+            self.keys = {k: v for k, v in self.keys.items() if v.expires >= before}
+        for k in batch.keys:
+            self.keys[k.key] = k
+        self.next_id = max(self.next_id, batch.next_id)
+
+    def probe(self) -> None:
+        """Memory always takes writes."""
 
     def close(self) -> None:
         """Nothing to flush."""

@@ -3,29 +3,40 @@
 ``synchronous=NORMAL`` in WAL mode makes a commit durable against a crash of the arbiter
 (kill -9) as soon as it returns; ``sync="full"`` also survives power loss, at an fsync
 per commit.
+
+The ledger is locked for one arbiter (``lock.py``), and every write first checks that
+the file at the ledger's path is still the one it opened (``identity.py``): a ledger
+deleted, replaced or truncated under the arbiter refuses every write from then on. A
+write SQLite refuses (a full disk, another writer's lock held past the busy timeout, a
+read-only file) raises ``LedgerWriteFailed`` saying which, with nothing applied.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
-from hwbp.errors import LedgerCorrupt
+from hwbp.errors import LedgerCorrupt, LedgerWriteFailed
 from hwbp.model import BpType, Breakpoint, Reservation, Scope, Target
 from hwbp.ptrace import PtraceState
 from hwbp.server.store.base import (
     AttachmentRecord,
     Batch,
     HostRecord,
+    KeyRecord,
     ReservationRecord,
     SessionRecord,
     Snapshot,
     id_order,
 )
+from hwbp.server.store.identity import FileWatch
+from hwbp.server.store.lock import LedgerLock
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the id counter (meta next_id), idempotency keys, detached tasks
+BUSY_TIMEOUT = 5.0  # seconds a write waits for another writer's lock (off the event loop)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS hosts (
@@ -37,35 +48,86 @@ CREATE TABLE IF NOT EXISTS reservations (
     idempotency_key TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS attachments (
     host TEXT NOT NULL, task INTEGER NOT NULL, session TEXT NOT NULL, owner TEXT NOT NULL,
-    state TEXT NOT NULL, reservations TEXT NOT NULL, PRIMARY KEY (host, task));
+    state TEXT NOT NULL, reservations TEXT NOT NULL, attached INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (host, task));
 CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, owner TEXT NOT NULL, ttl REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+    key TEXT PRIMARY KEY, host TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    reservation TEXT NOT NULL, generation INTEGER NOT NULL, applied TEXT NOT NULL,
+    pending TEXT NOT NULL, expires REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS keys_by_expiry ON keys (expires);
 """
 
 
 class SqliteStore:
     def __init__(self, path: str, *, sync: str = "normal") -> None:
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.lock: LedgerLock | None = None
+        self.watch: FileWatch | None = None
+        self._broken = ""  # the ledger file is gone or replaced: no write can be durable
+        if path != ":memory:":
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise LedgerWriteFailed(
+                    f"ledger {path}: cannot create its directory: {err.strerror}", path=path
+                ) from None
+            self.lock = LedgerLock.acquire(path)  # before SQLite touches anything
         try:
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
             self.db.executescript(SCHEMA)
             row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        except sqlite3.DatabaseError as err:
-            raise LedgerCorrupt(f"ledger {path} cannot be opened: {err}", path=path) from None
-        if row is None:
-            self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif row[0] != str(SCHEMA_VERSION):
-            raise LedgerCorrupt(
-                f"ledger {path} has schema {row[0]}, expected {SCHEMA_VERSION}", path=path
+            if row is None:
+                self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                self.db.execute("INSERT INTO meta VALUES ('next_id', '1')")
+            elif row[0] == "1":
+                self._migrate_from_1()
+            elif row[0] != str(SCHEMA_VERSION):
+                raise LedgerCorrupt(
+                    f"ledger {path} has schema {row[0]}, expected {SCHEMA_VERSION}", path=path
+                )
+            # Everything into the ledger file itself, so its size is a floor from now on.
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._next_id = int(
+                self.db.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()[0]
             )
+        except sqlite3.DatabaseError as err:
+            self._abandon()
+            raise LedgerCorrupt(
+                f"ledger {path} cannot be opened: {_what(err)}", path=path
+            ) from None
+        except BaseException:
+            self._abandon()
+            raise
+        if path != ":memory:":
+            self.watch = FileWatch(path)
+
+    def _migrate_from_1(self) -> None:
+        """Schema 1 had no id counter: continue after the highest id still in the ledger
+        (what schema 1 arbiters did); from now on the counter only grows. Its attachments
+        were all attached."""
+        ids = [rid for (rid,) in self.db.execute("SELECT id FROM reservations")]
+        highest = max((id_order(r)[0] for r in ids if r[1:].isdigit()), default=0)
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute("ALTER TABLE attachments ADD COLUMN attached INTEGER NOT NULL DEFAULT 1")
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_id', ?)", (str(highest + 1),))
+        self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
+        self.db.execute("COMMIT")
+
+    def _abandon(self) -> None:
+        with contextlib.suppress(Exception):
+            self.db.close()
+        if self.lock is not None:
+            self.lock.release()
 
     def load(self) -> Snapshot:
         try:
             return self._load()
-        except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as err:
+        except (sqlite3.DatabaseError, ValueError, KeyError, TypeError, IndexError) as err:
             raise LedgerCorrupt(
                 f"ledger {self.path} is unreadable: {err}", path=self.path
             ) from None
@@ -92,19 +154,78 @@ class SqliteStore:
                 o,
                 _state(json.loads(st)),
                 tuple((int(i), str(r)) for i, r in json.loads(rs)),
+                bool(at),
             )
-            for h, t, s, o, st, rs in db.execute(
-                "SELECT host, task, session, owner, state, reservations FROM attachments"
+            for h, t, s, o, st, rs, at in db.execute(
+                "SELECT host, task, session, owner, state, reservations, attached FROM attachments"
             )
         )
         sessions = tuple(
             SessionRecord(i, o, t) for i, o, t in db.execute("SELECT id, owner, ttl FROM sessions")
         )
-        return Snapshot(hosts, tuple(res), atts, sessions)
+        keys = tuple(
+            KeyRecord(
+                str(k),
+                str(h),
+                str(f),
+                _reservation((*json.loads(r), "")).reservation,
+                int(g),
+                tuple(int(c) for c in json.loads(a)),
+                tuple(int(c) for c in json.loads(p)),
+                float(e),
+            )
+            for k, h, f, r, g, a, p, e in db.execute(
+                "SELECT key, host, fingerprint, reservation, generation, applied, pending, "
+                "expires FROM keys ORDER BY expires"
+            )
+        )
+        return Snapshot(hosts, tuple(res), atts, sessions, keys, self._next_id)
+
+    # --- writes --------------------------------------------------------------------
 
     def commit(self, batch: Batch) -> None:
         if not batch:
             return
+        self._check()
+        try:
+            self._write(batch)
+        except sqlite3.Error as err:
+            raise LedgerWriteFailed(
+                f"ledger {self.path}: {_what(err)}; nothing of the change was written",
+                path=self.path,
+            ) from None
+        self._check()  # deleted while we wrote: what we wrote is nowhere durable
+        if self.watch is not None:
+            self.watch.wrote()
+
+    def probe(self) -> None:
+        """Check the files, then write nothing new (it still needs the lock and a block)."""
+        self._check()
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.execute("UPDATE meta SET value = value WHERE key = 'schema'")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        except sqlite3.Error as err:
+            raise LedgerWriteFailed(f"ledger {self.path}: {_what(err)}", path=self.path) from None
+
+    def _check(self) -> None:
+        if not self._broken:
+            problems = [] if self.lock is None else [self.lock.problem()]
+            if self.watch is not None:
+                problems.append(self.watch.problem())
+            self._broken = "; ".join(p for p in problems if p)
+        if self._broken:
+            raise LedgerWriteFailed(
+                f"ledger {self.path}: {self._broken}; writes are refused until the arbiter "
+                "is restarted on an intact ledger",
+                path=self.path,
+            )
+
+    def _write(self, batch: Batch) -> None:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -124,7 +245,9 @@ class SqliteStore:
                 "DELETE FROM attachments WHERE host = ? AND task = ?", batch.deleted_attachments
             )
             db.executemany(
-                "INSERT OR REPLACE INTO attachments VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO attachments "
+                "(host, task, session, owner, state, reservations, attached) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         a.host,
@@ -133,6 +256,7 @@ class SqliteStore:
                         a.owner,
                         json.dumps(_state_json(a.state)),
                         json.dumps(list(a.reservations)),
+                        int(a.attached),
                     )
                     for a in batch.attachments
                 ],
@@ -144,13 +268,57 @@ class SqliteStore:
                 "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?)",
                 [(s.id, s.owner, s.ttl) for s in batch.sessions],
             )
+            if batch.keys_expired_before is not None:
+                db.execute("DELETE FROM keys WHERE expires < ?", (batch.keys_expired_before,))
+            db.executemany(
+                "INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        k.key,
+                        k.host,
+                        k.fingerprint,
+                        json.dumps(_row(ReservationRecord(k.reservation))[:-1]),
+                        k.generation,
+                        json.dumps(list(k.applied)),
+                        json.dumps(list(k.pending)),
+                        k.expires,
+                    )
+                    for k in batch.keys
+                ],
+            )
+            if batch.next_id > self._next_id:
+                db.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", (str(batch.next_id),))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rollback()
             raise
+        self._next_id = max(self._next_id, batch.next_id)
+
+    def _rollback(self) -> None:
+        """SQLite may have rolled back already (SQLITE_FULL does): never mask the cause."""
+        if self.db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
 
     def close(self) -> None:
         self.db.close()
+        if self.lock is not None:
+            self.lock.release()
+
+
+def _what(err: sqlite3.Error) -> str:
+    """SQLite's refusal in words, with its code: a full disk says so."""
+    name = str(getattr(err, "sqlite_errorname", "") or "")
+    if name.startswith("SQLITE_FULL"):
+        return f"disk full ({name}: {err})"
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return (
+            f"locked by another writer for more than {BUSY_TIMEOUT:g}s ({name}: {err}); "
+            "is another process writing to the ledger?"
+        )
+    if name.startswith("SQLITE_READONLY") or name == "SQLITE_CANTOPEN":
+        return f"read-only or cannot be opened for writing ({name}: {err})"
+    return f"{name}: {err}" if name else str(err)
 
 
 def _row(rec: ReservationRecord) -> tuple[object, ...]:

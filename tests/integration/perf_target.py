@@ -5,6 +5,7 @@ libc getpid's address in this process), then answers one line per command on std
 
     w N    store to the long N times          -> "done"
     x N    call libc getpid N times           -> "done"
+    s OFF LEN  one store of LEN (1, 2, 4, 8) bytes at the long's address + OFF -> "done"
     h CPU  hold CPU-bound breakpoints on CPU until the kernel refuses -> the count held
     q      exit
 
@@ -24,6 +25,8 @@ import sys
 from hwbp.agent import perf_sys as ps  # run with the repository on PYTHONPATH
 
 MAP_FIXED_NOREPLACE = 0x100000
+# One store instruction of each width (ctypes writes a simple type with one move).
+_STORE = {1: ctypes.c_uint8, 2: ctypes.c_uint16, 4: ctypes.c_uint32, 8: ctypes.c_uint64}
 
 
 def _page(at: int | None) -> int:
@@ -78,6 +81,10 @@ def main() -> None:
         if cmd == "w":
             for i in range(int(arg)):
                 var.value = i
+            print("done", flush=True)
+        elif cmd == "s":
+            off, size = (int(v, 0) for v in arg.split())
+            _STORE[size].from_address(addr + off).value = 0x5A
             print("done", flush=True)
         elif cmd == "x":
             for _ in range(int(arg)):

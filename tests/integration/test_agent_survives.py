@@ -10,7 +10,6 @@ agent must never log that it stopped.
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import grpc
@@ -42,6 +41,10 @@ def _all_live(address: str) -> bool:
     return len(cpus) == CPUS and all(c.online and c.acked_generation == c.generation for c in cpus)
 
 
+def _reconnects(fleet: procs.Proc) -> int:
+    return sum("reconnecting" in line for line in list(fleet.lines))
+
+
 def test_a_fleet_agent_survives_arbiter_kills_and_restarts(tmp_path: Path) -> None:
     db = tmp_path / "ledger.db"
     arbiter, address = _arbiter(db)
@@ -51,8 +54,14 @@ def test_a_fleet_agent_survives_arbiter_kills_and_restarts(tmp_path: Path) -> No
         with grpc.insecure_channel(address) as ch:
             Api(ch).reserve(HOST, scope="system", addr=0x5000)  # something to resync
         for sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGKILL, signal.SIGTERM):
+            met = _reconnects(fleet)
             arbiter.stop(sig)
-            time.sleep(0.5)  # the agent meets a dead or draining arbiter
+            # Every agent meets the dead or draining arbiter (and says it reconnects).
+            wait_until(
+                lambda met=met: _reconnects(fleet) >= met + CPUS,
+                timeout=20,
+                what=f"{CPUS} agents to see the arbiter gone after {sig!r}",
+            )
             assert fleet.popen.poll() is None, "".join(fleet.lines)
             arbiter, _ = _arbiter(db, port)
             wait_until(

@@ -240,7 +240,7 @@ def test_unknown_host_and_bad_fields_change_nothing(api: Api, fleet4: str) -> No
         api.reserve(fleet4, scope="cpu", cpu=9, addr=0x1000)
     assert error_info(exc.value)[0] is grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.RpcError) as exc:
-        api.reserve(fleet4, scope="task", task=7, addr=0xFFFF800000000000, kernel=True)
+        api.reserve(fleet4, scope="task", task=7, addr=0xFFFF800000000000)  # exclude_kernel
     assert error_info(exc.value)[1] == "KERNEL_ADDRESS_NOT_ALLOWED"
     with pytest.raises(grpc.RpcError) as exc:
         api.reserve(fleet4, scope="cpu", cpu=0, addr=0x1001, length=2)

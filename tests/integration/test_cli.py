@@ -61,9 +61,11 @@ def run(addr: str, command: str, *, as_json: bool = True) -> CliResult:
     return procs.cli(addr, *command.split(), as_json=as_json)
 
 
-def spawn(addr: str, command: str) -> procs.Proc:
-    """hwbpctl in the background, for commands that stream."""
-    proc, _ = procs.start(["hwbp.client", "--arbiter", addr, *command.split()], "hwbpctl")
+def spawn(addr: str, command: str, wait_for: str | None = None) -> procs.Proc:
+    """hwbpctl in the background, for commands that stream; with ``wait_for``, once it
+    printed a line containing that (its output is then in ``proc.lines``)."""
+    args = ["hwbp.client", "--arbiter", addr, *command.split()]
+    proc, _ = procs.start(args, "hwbpctl", wait_for=wait_for)
     return proc
 
 
@@ -130,6 +132,29 @@ def test_fifth_reservation_on_a_cpu_exits_3_naming_the_holders(addr: str) -> Non
     reserve(addr, "--cpu 1 --addr 0x2000 --type x")
 
 
+def test_fifth_reservation_with_json_prints_each_holder_as_an_object(addr: str) -> None:
+    ids = [
+        reserve(addr, f"--cpu 1 --addr {0x1000 + 8 * i} --len 8 --type w --owner u{i}")["id"]
+        for i in range(4)
+    ]
+    res = run(addr, f"reserve --host {HOST} --cpu 1 --addr 0x2000 --type x")
+    line = one_line_error(res, 3)
+    assert all(f"{rid} (u{i}, cpu 1, held " in line for i, rid in enumerate(ids)), line
+    doc = res.json()
+    assert (doc["error"], doc["host"], doc["cpu"], doc["used"], doc["slots"]) == (
+        "NO_FREE_SLOT",
+        HOST,
+        1,
+        4,
+        4,
+    )
+    assert [h["reservation_id"] for h in doc["holders"]] == ids
+    for i, h in enumerate(doc["holders"]):
+        assert (h["owner"], h["scope"], h["cpu"], h["task"]) == (f"u{i}", "cpu", 1, None)
+        assert (h["session_id"], h["lease_left"]) == ("", None)
+        assert type(h["age"]) is float and h["age"] >= 0
+
+
 def test_cpus_json_numbers_are_ints_and_holders_are_named(addr: str) -> None:
     r = reserve(addr, "--cpu 1 --addr 0xdead0 --len 8 --type w --owner o")
     cpus = ok(run(addr, "cpus")).json()
@@ -188,20 +213,19 @@ def test_sim_access_hit_is_seen_by_watch(addr: str) -> None:
     assert switched.json()["current_task"] == 4242
     assert 0x5000 in switched.json()["dr"]
 
-    watch = spawn(addr, "--json watch --task 4242 --count 1 --timeout 30")
+    # --announce: the first line says the arbiter will show us every later event.
+    watch = spawn(addr, "--json watch --task 4242 --count 1 --timeout 30 --announce", "subscribed")
     try:
-        # The watcher subscribes asynchronously: access until it has seen one hit.
-        deadline = time.monotonic() + 20
-        while watch.popen.poll() is None and time.monotonic() < deadline:
-            acc = ok(run(addr, f"sim access --host {HOST} --cpu 0 --addr 0x5002 --len 1 --type w"))
-            acc = acc.json()
-            assert acc["hit"] is True and acc["reservation_id"] == r["id"]
-            assert_ints(acc, "register", "dr6")
-            time.sleep(0.2)
-        out, _ = watch.popen.communicate(timeout=10)
-        assert watch.popen.returncode == 0, out
+        acc = ok(run(addr, f"sim access --host {HOST} --cpu 0 --addr 0x5002 --len 1 --type w"))
+        acc = acc.json()
+        assert acc["hit"] is True and acc["reservation_id"] == r["id"]
+        assert_ints(acc, "register", "dr6")
+        assert watch.popen.wait(timeout=20) == 0, "".join(watch.lines)
     finally:
         watch.stop()
+    marker, *rest = watch.lines
+    assert json.loads(marker)["kind"] == "subscribed"
+    out = "".join(rest)
     lines = out.strip().splitlines()
     assert len(lines) == 1
     event = json.loads(lines[0])
@@ -222,22 +246,30 @@ def test_watch_stops_after_timeout_and_on_ctrl_c(addr: str) -> None:
     res = ok(run(addr, f"watch --host {HOST} --task 999999 --timeout 1"))
     assert res.out == "" and time.monotonic() - started < 10
 
-    watch = spawn(addr, "watch")
-    time.sleep(2.0)  # past interpreter start-up, into the stream
+    watch = spawn(addr, "watch --announce", "subscribed")  # into the stream
     os.kill(watch.pid, signal.SIGINT)
-    out, _ = watch.popen.communicate(timeout=10)
-    assert (watch.popen.returncode, out) == (0, "")
+    assert watch.popen.wait(timeout=10) == 0
+    watch.stop()
+    assert watch.lines == ["subscribed: watching every host\n"]
 
 
-def test_ptrace_pokes_persist_until_detach(addr: str) -> None:
+def test_ptrace_pokes_persist_until_flushed(addr: str) -> None:
+    """PTRACE_DETACH keeps the task's breakpoints (the kernel's flush_ptrace_hw_breakpoint
+    runs only at exit and exec): `ptrace detach` keeps them, `ptrace flush` drops them."""
     task = f"--host {HOST} --task 777"
     ok(run(addr, f"ptrace poke {task} --reg 0 --value 0x6000"))
     ok(run(addr, f"ptrace poke {task} --reg 7 --value 0x1"))  # L0: enable DR0
     assert ok(run(addr, f"ptrace peek {task} --reg 0")).json() == {"value": 0x6000}
     assert ok(run(addr, f"ptrace peek {task} --reg 0", as_json=False)).out.strip() == "0x6000"
     assert any(r["task"] == 777 for r in ok(run(addr, "ls")).json())
-    ok(run(addr, f"ptrace detach {task}"))
+    assert "stay until" in ok(run(addr, f"ptrace detach {task}", as_json=False)).out
+    assert any(r["task"] == 777 for r in ok(run(addr, "ls")).json())
+    assert run(addr, f"ptrace peek {task} --reg 0").code == 6  # not traced any more
+    ok(run(addr, f"ptrace poke {task} --reg 1 --value 0x7000"))  # attaches again ...
+    assert ok(run(addr, f"ptrace peek {task} --reg 0")).json() == {"value": 0x6000}  # ... as was
+    assert ok(run(addr, f"ptrace flush {task}")).json() == {"released": 2}
     assert not any(r["task"] == 777 for r in ok(run(addr, "ls")).json())
+    assert run(addr, f"ptrace flush {task}").code == 6  # nothing left to flush
 
 
 def test_changes_say_where_they_are_applied_and_nothing_is_pending_on_a_live_fleet(

@@ -129,7 +129,12 @@ def test_kill_9_of_the_arbiter_loses_nothing_acknowledged(tmp_path: Path) -> Non
         for c in clients:
             c.start()
         for _ in range(RESTARTS):
-            time.sleep(1.0)
+            done = sum(c.ops for c in clients)
+            wait_until(
+                lambda done=done: sum(c.ops for c in clients) >= done + 10,
+                timeout=20,
+                what="the clients to make progress before the kill",
+            )
             arbiter.kill()
             arbiter, _ = _restart(db, port)
             with grpc.insecure_channel(address) as ch:
@@ -194,7 +199,8 @@ def test_kill_9_of_an_agent_mid_broadcast_applies_on_resync(tmp_path: Path) -> N
         with grpc.insecure_channel(address) as ch, ThreadPoolExecutor(1) as pool:
             api = Api(ch)
             pending = pool.submit(api.reserve, "hk", scope="system", addr=0x4000)
-            time.sleep(0.7)  # cpu 1 holds the reload, unacknowledged
+            # cpu 1 holds the reload, unacknowledged (the arbiter shows it pending)
+            wait_until(lambda: api.inventory("hk")[1].pending, timeout=5, what="reload in flight")
             slow.kill()
             # The caller gets a clear answer: committed, since a disconnected agent is
             # not waited for; the CPU is shown offline and gets the change on resync.
@@ -225,7 +231,7 @@ def test_a_slow_agent_delays_only_its_own_host_and_gets_merged_reloads(
                 pool.submit(api.reserve, "slow", scope="task+cpu", cpu=0, task=100 + i, addr=0x8000)
                 for i in range(6)
             ]
-            time.sleep(0.1)
+            wait_until(lambda: api.inventory("slow")[0].pending, timeout=5, what="burst in flight")
             quick = api.reserve("fast", scope="cpu", cpu=0, addr=0x9000)
             # The other host answered while the slow host's burst is still waiting.
             assert quick.id and not all(f.done() for f in burst)
@@ -249,7 +255,7 @@ def test_sigterm_drains_persists_and_exits_0(tmp_path: Path) -> None:
             api = Api(ch)
             health = health_pb2_grpc.HealthStub(ch)
             pending = pool.submit(api.reserve, "ht", scope="cpu", cpu=0, addr=0x6000)
-            time.sleep(0.5)
+            wait_until(lambda: api.inventory("ht")[0].pending, timeout=5, what="reserve in flight")
             arbiter.popen.send_signal(signal.SIGTERM)
             seen: list[int] = []
             wait_until(

@@ -57,8 +57,13 @@ class Hits:
     def __init__(self, api: Api, **filters: object) -> None:
         self.items: list[t.Event] = []
         self.stream = api.arb.Watch(
-            a.WatchRequest(host=HOST, kinds=[t.EVENT_KIND_HIT], **filters), timeout=60
-        )  # type: ignore[arg-type]
+            a.WatchRequest(
+                host=HOST, kinds=[t.EVENT_KIND_HIT], announce_subscribed=True, **filters
+            ),  # type: ignore[arg-type]
+            timeout=60,
+        )
+        # Subscribed: every hit from now on reaches this stream.
+        assert next(self.stream).kind == t.EVENT_KIND_SUBSCRIBED
         self.thread = threading.Thread(target=self._pump, daemon=True)
         self.thread.start()
 
@@ -95,7 +100,6 @@ def test_watchpoint_on_a_real_process_counts_every_write(
     assert all("kernel accepted" in c.detail and res.id in c.detail for c in cpus)
     hits = Hits(api, task=target.pid)
     try:
-        time.sleep(0.2)
         assert target.ask("w 50") == "done"
         got = hits.settle(50)
     finally:
@@ -115,7 +119,6 @@ def test_exec_breakpoint_fires_on_each_call(
     res = api.reserve(real_host, scope="task", task=target.pid, addr=target.getpid, type="x")
     hits = Hits(api, task=target.pid)
     try:
-        time.sleep(0.2)
         assert target.ask("x 20") == "done"
         got = hits.settle(20)
     finally:
@@ -153,3 +156,37 @@ def test_a_watched_process_that_exits_gets_its_slots_released(
     assert res.id in api.ids(real_host)
     target.quit()
     wait_until(lambda: res.id not in api.ids(real_host), timeout=10, what="release on exit")
+
+
+def test_ptrace_dr6_on_real_registers_is_one_exception(
+    channel: grpc.Channel, real_host: str, target: Target
+) -> None:
+    """A ptrace facade on a real host: DR0 and DR1 both watch a byte, one store hits
+    both. The perf agent reports the two samples as one debug exception and the task's
+    DR6 reads 0xffff0ff3, as exc_debug_user() and ptrace_triggered() make it."""
+    from hwbp.v1 import ptrace_pb2 as p
+    from hwbp.v1 import ptrace_pb2_grpc
+
+    stub = ptrace_pb2_grpc.PtraceStub(channel)
+
+    def poke(reg: int, value: int) -> None:
+        stub.PokeUser(
+            p.PokeUserRequest(host=real_host, task=target.pid, reg=reg, value=value), timeout=10
+        )
+
+    hits = Hits(Api(channel), task=target.pid)
+    try:
+        for reg, value in ((0, target.addr), (1, target.addr), (7, 0x110005)):
+            poke(reg, value)
+        time.sleep(0.2)
+        assert target.ask("s 0 1") == "done"
+        got = hits.settle(2)
+        dr6 = stub.PeekUser(
+            p.PeekUserRequest(host=real_host, task=target.pid, reg=6), timeout=10
+        ).value
+    finally:
+        hits.close()
+        stub.Flush(p.FlushRequest(host=real_host, task=target.pid), timeout=10)
+    assert sorted(e.hit.ptrace_index for e in got) == [0, 1]
+    assert len({e.hit.exception for e in got}) == 1
+    assert dr6 == 0xFFFF0FF3

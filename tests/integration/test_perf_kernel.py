@@ -233,3 +233,39 @@ def test_exited_task_reported_once(
 
     b.watch_task(t.pid)  # reaped already: reported at the next call
     assert b.exited_tasks() == [t.pid]
+
+
+def test_one_store_hitting_two_breakpoints_is_one_exception(
+    cpu: int, targets: list[Target], backends: list[PerfBackend]
+) -> None:
+    """hw_breakpoint_handler() handles every DR6 bit of one #DB in one go (one
+    perf_bp_event per breakpoint that fired): the two samples one store leaves are one
+    debug exception, reported under one exception id with both bits in DR6; separate
+    stores are separate exceptions, even by the same instruction."""
+    t = Target(cpu)
+    targets.append(t)
+    b = PerfBackend(cpu)
+    backends.append(b)
+    b.apply(
+        [
+            Assignment("wide", t.pid, _write_bp(t.addr)),
+            Assignment("byte", t.pid, Breakpoint(addr=t.addr, length=1, type=BpType.WRITE)),
+        ]
+    )
+    assert t.ask("s 0 1") == "done"
+    hits = [h.record for h in b.poll_hits()]
+    assert sorted(h.reservation_id for h in hits) == ["byte", "wide"]
+    assert hits[0].exception == hits[1].exception != 0
+    assert all(h.dr6 == 0xFFFF0FF3 for h in hits)
+
+    assert t.ask("w 3") == "done"  # three stores, each hitting both
+    hits = [h.record for h in b.poll_hits()]
+    assert len(hits) == 6
+    by_exception: dict[int, set[str]] = {}
+    for h in hits:
+        by_exception.setdefault(h.exception, set()).add(h.reservation_id)
+    assert list(by_exception.values()) == [{"byte", "wide"}] * 3
+
+    assert t.ask("s 4 4") == "done"  # bytes 4..7: only the 8-byte watchpoint
+    (only,) = [h.record for h in b.poll_hits()]
+    assert only.reservation_id == "wide" and only.exception not in by_exception

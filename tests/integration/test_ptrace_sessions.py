@@ -60,9 +60,18 @@ class Tracer:
         )
 
     def detach(self) -> int:
+        """PTRACE_DETACH: returns how many ptrace breakpoints the task keeps."""
         return int(
             self.stub.Detach(
                 p.DetachRequest(session_id=self.session, host=HOST, task=self.task), timeout=10
+            ).kept
+        )
+
+    def flush(self) -> int:
+        """What the task's exit or exec does: returns how many were released."""
+        return int(
+            self.stub.Flush(
+                p.FlushRequest(session_id=self.session, host=HOST, task=self.task), timeout=10
             ).released
         )
 
@@ -84,7 +93,8 @@ def test_address_write_reserves_a_disabled_slot(channel: grpc.Channel, fleet: st
     ]
     assert len(held) == 1 and not held[0].spec.enabled and held[0].ptrace_index == 0
     assert api.inventory(fleet)[0].used >= 1  # the disabled breakpoint holds its slot
-    assert tr.detach() == 1
+    assert tr.detach() == 1  # kept: the kernel keeps a detached task's breakpoints
+    assert tr.flush() == 1
     assert not [
         r
         for r in api.arb.List(arbiter_pb2.ListRequest(host=fleet)).reservations
@@ -121,7 +131,7 @@ def test_dr7_write_enables_and_reads_back_bit_for_bit(channel: grpc.Channel, fle
     assert hit.hit and hit.hits[0].ptrace_index == 0
     assert tr.peek(6) == 0xFFFF0FF1
     api.sim.ContextSwitch(s.ContextSwitchRequest(host=fleet, cpu=0))
-    tr.detach()
+    tr.flush()
 
 
 def test_dr6_bit_is_the_ptrace_index_not_the_physical_register(
@@ -141,7 +151,7 @@ def test_dr6_bit_is_the_ptrace_index_not_the_physical_register(
     tr.poke(6, 0)
     assert tr.peek(6) == 0
     api.sim.ContextSwitch(s.ContextSwitchRequest(host=fleet, cpu=0))
-    tr.detach()
+    tr.flush()
     api.release(cpu_bound.id)
 
 
@@ -154,7 +164,7 @@ def test_dr7_error_restores_earlier_slots(channel: grpc.Channel, fleet: str) -> 
     reason, meta = tr.fails(7, DR7_L0 | (0b1011 << 16) | (1 << 2) | (0b0010 << 20))
     assert meta["errno"] == "EINVAL" and reason in ("INVALID_TYPE", "INVALID_LENGTH")
     assert tr.peek(7) == before and tr.peek(0) == 0x5000
-    tr.detach()
+    tr.flush()
 
 
 def test_misaligned_address_and_dr4_dr5(channel: grpc.Channel, fleet: str) -> None:
@@ -169,7 +179,7 @@ def test_misaligned_address_and_dr4_dr5(channel: grpc.Channel, fleet: str) -> No
     assert tr.peek(4) == 0 and tr.peek(5) == 0
     reason, meta = tr.fails(0, 0xFFFF800000001000)  # a kernel address
     assert meta["errno"] == "EINVAL"
-    tr.detach()
+    tr.flush()
 
 
 def test_traps_stream_delivers_each_hit(channel: grpc.Channel, fleet: str) -> None:
@@ -192,7 +202,7 @@ def test_traps_stream_delivers_each_hit(channel: grpc.Channel, fleet: str) -> No
     finally:
         traps.cancel()
         api.sim.ContextSwitch(s.ContextSwitchRequest(host=fleet, cpu=1))
-        tr.detach()
+        tr.flush()
 
 
 def test_other_session_cannot_touch_an_attached_task(channel: grpc.Channel, fleet: str) -> None:
@@ -256,3 +266,33 @@ def test_killed_client_gets_its_slots_back_within_ttl_plus_one(
         client.wait()
         if client.stdout:
             client.stdout.close()
+
+
+def test_lease_expiry_releases_what_a_detached_task_kept(channel: grpc.Channel, fleet: str) -> None:
+    """The service's own rule (the kernel would keep them until the task exits): when the
+    session that traced a task ends, even by its lease expiring, the breakpoints the task
+    kept across a PTRACE_DETACH are released, so a dead client never leaks slots."""
+    api = Api(channel)
+    sessions = session_pb2_grpc.SessionsStub(channel)
+    sid = sessions.OpenSession(session_pb2.OpenSessionRequest(ttl_seconds=1.0)).session_id
+    tr = Tracer(channel, 309, sid)
+    tr.stub.Attach(p.AttachRequest(session_id=sid, host=HOST, task=309))
+    tr.poke(0, 0x1000)
+    assert tr.detach() == 1
+    assert [
+        r.target.task
+        for r in api.arb.List(arbiter_pb2.ListRequest(host=fleet)).reservations
+        if r.target.task == 309
+    ] == [309]
+    # No keep-alive: the lease runs out.
+    wait_until(
+        lambda: (
+            not [
+                r
+                for r in api.arb.List(arbiter_pb2.ListRequest(host=fleet)).reservations
+                if r.target.task == 309
+            ]
+        ),
+        timeout=5,
+        what="the lease's expiry",
+    )

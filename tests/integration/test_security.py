@@ -230,7 +230,7 @@ def test_a_debugger_traces_only_the_hosts_its_policy_lists(env: Env) -> None:
         tracer = bob.ptrace("h1", 103)
         tracer.poke(0, 0x4000)
         assert tracer.peek(0) == 0x4000
-        tracer.detach()
+        tracer.flush()
         with pytest.raises(PermissionDenied) as exc:
             bob.ptrace("h2", 103).poke(0, 0x4000)
         assert exc.value.metadata["rule"] == "debugger may only use the hosts its policy lists"

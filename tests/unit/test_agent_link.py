@@ -4,6 +4,7 @@ survives failures (broken streams, refusals, its own bugs) without ending the pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -236,6 +237,101 @@ async def test_the_backend_reader_survives_a_failed_read(
         reader.cancel()
         os.close(r)
         os.close(w)
+
+
+# --- start-up: a stream that never answers -----------------------------------------------
+
+
+class SilentCall:
+    """A stream the transport opened and that then never says anything more (after
+    ``first``): what a fresh agent met about twice in 2,000 starts under heavy load."""
+
+    def __init__(self, first: list[agent_pb2.ArbiterMessage]) -> None:
+        self.first = list(first)
+        self.cancelled = False
+        self._never = asyncio.Event()
+
+    def __aiter__(self) -> SilentCall:
+        return self
+
+    async def __anext__(self) -> agent_pb2.ArbiterMessage:
+        if self.first:
+            return self.first.pop(0)
+        await self._never.wait()  # until cancelled
+        raise StopAsyncIteration
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+
+class SilentStub:
+    def __init__(self, *first: agent_pb2.ArbiterMessage) -> None:
+        self.first = list(first)
+        self.calls: list[SilentCall] = []
+
+    def Connect(self, requests: Any) -> SilentCall:
+        call = SilentCall(self.first)
+        self.calls.append(call)
+        return call
+
+
+WELCOME = agent_pb2.ArbiterMessage(welcome=agent_pb2.Welcome(generation=1))
+RESYNC = agent_pb2.ArbiterMessage(reload=agent_pb2.Reload(generation=1))
+
+
+@pytest.mark.parametrize(
+    ("first", "stage"), [((), "welcome"), ((WELCOME,), "resync")], ids=["welcome", "resync"]
+)
+async def test_a_start_that_hears_nothing_gives_up_in_time_and_says_so(
+    channel: grpc.aio.Channel,
+    caplog: pytest.LogCaptureFixture,
+    first: tuple[agent_pb2.ArbiterMessage, ...],
+    stage: str,
+) -> None:
+    """A fresh agent waited for its welcome (or its resync) with no deadline at all: on a
+    stream the arbiter never answered it stayed idle forever, with an empty log. Now each
+    wait before the CPU is live is bounded: it says so and starts again."""
+    link = AgentLink(channel, "h1", 0, 1, SimBackend(0), start_timeout=0.3)
+    link.stub = SilentStub(*first)  # type: ignore[assignment]
+    with (
+        caplog.at_level(logging.WARNING, logger="hwbp.agent"),
+        pytest.raises(StreamLost, match=stage),
+    ):
+        await asyncio.wait_for(link._session(), 10)
+    assert link.stub.calls[0].cancelled  # type: ignore[attr-defined]
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(lines) == 1 and "h1/0" in lines[0] and stage in lines[0] and "0.3" in lines[0]
+
+
+async def test_a_start_that_hears_nothing_is_retried(channel: grpc.aio.Channel) -> None:
+    link = AgentLink(channel, "h1", 0, 1, SimBackend(0), start_timeout=0.1)
+    link.stub = SilentStub()  # type: ignore[assignment]
+    link.sleep = lambda seconds: asyncio.sleep(0)  # no backoff in the test
+    runner = asyncio.create_task(link.run())
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if len(link.stub.calls) >= 3:  # type: ignore[attr-defined]
+                break
+        assert len(link.stub.calls) >= 3  # type: ignore[attr-defined]
+    finally:
+        link.stop()
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+
+
+async def test_a_live_stream_may_stay_quiet(channel: grpc.aio.Channel) -> None:
+    """The deadline covers the start only: a live CPU waits for reloads for hours."""
+    link = AgentLink(channel, "h1", 0, 1, SimBackend(0), start_timeout=0.1)
+    link.stub = SilentStub(WELCOME, RESYNC)  # type: ignore[assignment]
+    session = asyncio.create_task(link._session())
+    await asyncio.sleep(0.5)
+    assert link.state is AgentState.LIVE and not session.done()
+    session.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await session
 
 
 # --- delta reloads ----------------------------------------------------------------------

@@ -195,3 +195,31 @@ def test_hook_raises_typed_errors_and_audits_changes_and_refusals(tmp_path: Path
 def test_without_tls_the_hook_allows_everything_and_names_nobody() -> None:
     who = Authz().check(FakeContext(None), "q", Action.RESERVE, Target("h1", "system", True))
     assert who is ANONYMOUS and who.name == ""
+
+
+def test_a_task_exit_is_the_hosts_agent_or_an_admin_never_a_debugger() -> None:
+    """A task exit releases whatever the task holds, anyone's (issue 13, item 6)."""
+    h1 = Target("h1", name="task 7")
+    assert rule(ALICE, Action.TASK_EXIT, h1) == "allow: admin may do anything"
+    assert rule(AGENT_H1, Action.TASK_EXIT, h1) == "allow: agent of its own host"
+    assert rule(AGENT_H1, Action.TASK_EXIT, Target("h2")).startswith("deny: an agent may only")
+    assert rule(BOB, Action.TASK_EXIT, h1) == (
+        "deny: a task exit is reported by its host's agent or drilled by an admin"
+    )
+    assert rule(CAROL, Action.TASK_EXIT, h1) == "deny: viewer may not change anything"
+    assert rule(BOB, Action.SIMULATE, h1).startswith("allow")  # switches and accesses
+
+
+def test_only_a_sessions_owner_adds_to_it_whatever_the_role() -> None:
+    """Reserve and attach into another identity's session (issue 13, item 8)."""
+    alices = Target("h1", scope="task", session_owner="admin:alice")
+    for action in (Action.RESERVE, Action.PTRACE):
+        assert rule(BOB, action, alices) == "deny: only a session's owner may add to it"
+        assert rule(ALICE, action, alices).startswith("allow")
+        bobs = Target("h1", scope="task", session_owner="debugger:bob")
+        assert rule(BOB, action, bobs).startswith("allow")
+        assert rule(ALICE, action, bobs) == "deny: only a session's owner may add to it"
+    # Reading with someone's session named adds nothing to it.
+    assert rule(CAROL, Action.PTRACE_READ, alices) == "allow: viewer may read"
+    # Without TLS nobody is identified: the owner a client named cannot be checked.
+    assert decide(ANONYMOUS, Action.RESERVE, Target("h1", session_owner="gdb")).allowed

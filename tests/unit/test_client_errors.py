@@ -21,6 +21,7 @@ from hwbp.client.errors import (
     from_status,
     status_from_trailers,
 )
+from hwbp.client.values import Scope, SlotHolder
 from hwbp.errors import ErrorClass
 
 
@@ -58,7 +59,12 @@ def test_no_free_slot_is_typed_with_host_cpu_and_holders() -> None:
     assert isinstance(err, NoFreeSlot)
     assert isinstance(err, RemoteError)
     assert (err.host, err.cpu) == ("h1", 0)
-    assert err.holders == ["r-1 (alice, cpu 0)", "r-2 (bob, task 7)"]
+    # An arbiter that sends only ErrorInfo text: what it names is parsed into values.
+    assert err.holders == (
+        SlotHolder("r-1", "alice", "", Scope.CPU, 0, None),
+        SlotHolder("r-2", "bob", "", Scope.TASK, None, 7),
+    )
+    assert [str(h) for h in err.holders] == ["r-1 (alice, cpu 0)", "r-2 (bob, task 7)"]
     assert err.errno_name == "ENOSPC"
     assert str(err) == NO_SLOT_MSG
     assert err.reason == "NO_FREE_SLOT"

@@ -1,12 +1,15 @@
 """Which SDK calls are retried on transient failures, and what a retry may conclude.
 
-The stub below stands in for the generated gRPC stub inside one Client (no network, no
-server): it fails the first attempts the way a dropped connection would.
+The stub below stands in for the generated gRPC stub inside one client (no network, no
+server): it fails the first attempts the way a dropped connection would. Every test runs
+against both surfaces, the asyncio client and the sync one generated from it; the same
+rules against a real arbiter are in tests/integration/test_sdk_retries.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import inspect
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -14,10 +17,11 @@ import pytest
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from hwbp.client import Client, Unavailable
+from hwbp.client import Unavailable, calls
 from hwbp.client.retry import RetryPolicy
 from hwbp.errors import HostNotFound, ReservationNotFound
-from hwbp.v1 import arbiter_pb2, types_pb2
+from hwbp.v1 import arbiter_pb2, ptrace_pb2, session_pb2, simulation_pb2, types_pb2
+from tests.surfaces import SURFACES, TWIN, make_client
 
 
 class WireError(grpc.RpcError):
@@ -49,11 +53,19 @@ class ScriptedStub:
         self.outcomes = list(outcomes)
         self.requests: list[Any] = []
         self.timeouts: list[float | None] = []
+        self.aio = False  # grpc.aio's calls are awaited: answer with an awaitable
 
     def __call__(self, request: Any, timeout: float | None = None) -> Any:
         self.requests.append(request)
         self.timeouts.append(timeout)
         outcome = self.outcomes.pop(0)
+        if self.aio:
+            return self._later(outcome)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def _later(self, outcome: Any) -> Any:
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
@@ -71,17 +83,26 @@ RESERVATION = types_pb2.Reservation(
 DROPPED = WireError(grpc.StatusCode.UNAVAILABLE)
 
 
-@pytest.fixture
-def client() -> Iterator[Client]:
+@pytest.fixture(params=SURFACES)
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     # Nothing listens on port 1; the scripted stub answers before the channel is used.
-    with Client("127.0.0.1:1", retry=RetryPolicy(attempts=3, initial=0.001, maximum=0.01)) as c:
+    policy = RetryPolicy(attempts=3, initial=0.001, maximum=0.01)
+    async with make_client(request.param, "127.0.0.1:1", retry=policy) as c:
+        c.surface = request.param
         yield c
 
 
-def test_reserve_retries_with_the_same_idempotency_key(client: Client) -> None:
-    stub = ScriptedStub(DROPPED, DROPPED, arbiter_pb2.ReserveResponse(reservation=RESERVATION))
-    client._arbiter = stub  # type: ignore[assignment]
-    handle = client.reserve("h1", cpu=0, addr=0x1000, type="x")
+def script(client: Any, service: str, *outcomes: Any) -> ScriptedStub:
+    stub = ScriptedStub(*outcomes)
+    stub.aio = client.surface == "async"
+    client._stubs[service] = stub
+    return stub
+
+
+async def test_reserve_retries_with_the_same_idempotency_key(client: Any) -> None:
+    ok = arbiter_pb2.ReserveResponse(reservation=RESERVATION)
+    stub = script(client, "Arbiter", DROPPED, DROPPED, ok)
+    handle = await client.reserve("h1", cpu=0, addr=0x1000, type="x")
     assert handle.id == "r1" and handle.len == 8
     keys = {r.idempotency_key for r in stub.requests}
     assert len(stub.requests) == 3 and len(keys) == 1 and keys != {""}
@@ -89,39 +110,99 @@ def test_reserve_retries_with_the_same_idempotency_key(client: Client) -> None:
     assert all(t is not None and t > 0 for t in stub.timeouts)  # every call has a deadline
 
 
-def test_release_that_finds_it_gone_after_a_retry_succeeded(client: Client) -> None:
+async def test_release_that_finds_it_gone_after_a_retry_succeeded(client: Any) -> None:
     gone = WireError(grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
-    client._arbiter = ScriptedStub(DROPPED, gone)  # type: ignore[assignment]
-    assert client.release("r1") is None
+    script(client, "Arbiter", DROPPED, gone)
+    assert await client.release("r1") is None
 
 
-def test_release_of_an_unknown_id_on_the_first_try_is_an_error(client: Client) -> None:
+async def test_release_of_an_unknown_id_on_the_first_try_is_an_error(client: Any) -> None:
     gone = WireError(grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
-    client._arbiter = ScriptedStub(gone)  # type: ignore[assignment]
+    script(client, "Arbiter", gone)
     with pytest.raises(ReservationNotFound):
-        client.release("r1")
+        await client.release("r1")
 
 
-def test_modify_is_not_retried(client: Client) -> None:
-    stub = ScriptedStub(DROPPED, arbiter_pb2.ModifyResponse(reservation=RESERVATION))
-    client._arbiter = stub  # type: ignore[assignment]
+async def test_modify_is_not_retried(client: Any) -> None:
+    stub = script(client, "Arbiter", DROPPED, arbiter_pb2.ModifyResponse(reservation=RESERVATION))
     with pytest.raises(Unavailable):
-        client.modify("r1", enabled=False)
+        await client.modify("r1", enabled=False)
     assert len(stub.requests) == 1
 
 
-def test_reads_give_up_after_the_last_attempt(client: Client) -> None:
-    stub = ScriptedStub(DROPPED, DROPPED, DROPPED, DROPPED)
-    client._arbiter = stub  # type: ignore[assignment]
+async def test_reads_give_up_after_the_last_attempt(client: Any) -> None:
+    stub = script(client, "Arbiter", DROPPED, DROPPED, DROPPED, DROPPED)
     with pytest.raises(Unavailable, match="arbiter unavailable"):
-        client.list()
+        await client.list()
     assert len(stub.requests) == 3
 
 
-def test_refusals_are_never_retried(client: Client) -> None:
+async def test_refusals_are_never_retried(client: Any) -> None:
     gone = WireError(grpc.StatusCode.NOT_FOUND, "HOST_NOT_FOUND")
-    stub = ScriptedStub(gone, arbiter_pb2.InventoryResponse())
-    client._arbiter = stub  # type: ignore[assignment]
+    stub = script(client, "Arbiter", gone, arbiter_pb2.InventoryResponse())
     with pytest.raises(HostNotFound, match="gone"):
-        client.inventory("nope")
+        await client.inventory("nope")
     assert len(stub.requests) == 1
+
+
+async def test_a_lost_detach_answer_is_not_an_error(client: Any) -> None:
+    gone = WireError(grpc.StatusCode.NOT_FOUND, "NOT_ATTACHED")
+    stub = script(client, "Ptrace", DROPPED, gone)
+    assert await client.ptrace("h1", 42).detach() == 0
+    assert len(stub.requests) == 2
+
+
+async def test_pokes_and_simulated_accesses_are_never_repeated(client: Any) -> None:
+    poke = script(client, "Ptrace", DROPPED, ptrace_pb2.PokeUserResponse())
+    with pytest.raises(Unavailable):
+        await client.ptrace("h1", 42).poke(0, 0x1000)
+    access = script(client, "Simulation", DROPPED, simulation_pb2.MemoryAccessResponse())
+    with pytest.raises(Unavailable):
+        await client.access("h1", 0, 0x1000, 1, "w")
+    assert len(poke.requests) == len(access.requests) == 1
+
+
+async def test_a_session_is_opened_once(client: Any) -> None:
+    stub = script(client, "Sessions", DROPPED, session_pb2.SessionInfo(session_id="s-1"))
+    with pytest.raises(Unavailable):
+        await client.session(ttl=5)
+    assert len(stub.requests) == 1
+
+
+def test_every_rpc_of_every_service_has_a_rule() -> None:
+    """A new RPC must say whether a repeat is safe before the SDK can call it."""
+    from hwbp.v1 import arbiter_pb2 as a
+    from hwbp.v1 import ptrace_pb2 as p
+    from hwbp.v1 import session_pb2 as s
+    from hwbp.v1 import simulation_pb2 as m
+
+    methods = {
+        (svc.name, method.name)
+        for module in (a, p, s, m)
+        for svc in module.DESCRIPTOR.services_by_name.values()
+        for method in svc.methods
+    }
+    missing = sorted(f"{svc}.{name}" for svc, name in methods - calls.TABLE.keys())
+    assert not missing, f"add a row to client/calls.py for {', '.join(missing)}"
+    assert calls.TABLE.keys() <= methods
+    for rpc in calls.TABLE.values():
+        assert rpc.why, rpc
+        assert rpc.gone is None or rpc.retry, (
+            f"{rpc.method}: 'gone' only means something on a retry"
+        )
+
+
+@pytest.mark.parametrize(("sync", "aio"), list(TWIN.items()), ids=lambda c: c.__name__)
+def test_both_surfaces_have_the_same_methods(sync: type, aio: type) -> None:
+    """The generated sync classes offer every public method of their async source, each
+    blocking where the async one is awaited (the drift check compares text; this, shape)."""
+
+    def public(cls: type) -> dict[str, Any]:
+        return {n: getattr(cls, n) for n in dir(cls) if not n.startswith("_")}
+
+    assert public(sync).keys() == public(aio).keys()
+    for name, method in public(aio).items():
+        if callable(method):
+            assert not inspect.iscoroutinefunction(public(sync)[name]), name
+            params = list(inspect.signature(method).parameters)
+            assert list(inspect.signature(public(sync)[name]).parameters) == params, name

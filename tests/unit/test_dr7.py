@@ -182,3 +182,15 @@ def test_decode_any_value_is_consistent(value: int) -> None:
         if slot is not None:
             lenbits, rwbits = dr7.control_bits(value, index)
             assert dr7.generic_fields(lenbits, rwbits) == (slot.length, slot.type)
+
+
+@pytest.mark.parametrize("length", [16, 32, 4096])
+def test_encode_slot_range_uses_len_1(length: int) -> None:
+    """An AMD range breakpoint (X86_FEATURE_BPEXT): arch_build_bp_info() sets hw->len to
+    X86_BREAKPOINT_LEN_1 and the extent goes to the address mask, so encode_dr7() writes
+    LEN 00 for it."""
+    bp = Breakpoint(0x10000, length, BpType.WRITE)
+    assert dr7.encode_slot(1, bp) == (0b0001 << 20) | dr7.enable_bits(1)
+    assert dr7.slot_length(bp) == 1
+    with pytest.raises(InvalidLength):
+        dr7.encode_slot(1, Breakpoint(0x10000, 12, BpType.WRITE))

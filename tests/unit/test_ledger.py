@@ -265,6 +265,25 @@ def test_system_takes_a_slot_on_every_cpu(ledger: CheckedLedger) -> None:
     put(ledger, task(9, 2), 1)
 
 
+def test_system_request_invalid_and_partly_full_is_einval(ledger: CheckedLedger) -> None:
+    """register_wide_hw_breakpoint() creates one CPU-bound event per online CPU, in CPU
+    order, stopping at the first error; each creation reserves, then validates
+    (register_perf_hw_breakpoint). So an invalid system request is answered by the first
+    CPU: EINVAL if it has room, whatever later CPUs hold; ENOSPC only if it is full."""
+    full3 = put(ledger, cpu(3), 4)
+    misaligned = Breakpoint(0x1001, 4, BpType.WRITE)
+    with pytest.raises(MisalignedAddress):
+        ledger.reserve(res(SYSTEM, misaligned))
+    with pytest.raises(ReadOnlyUnsupported):
+        ledger.reserve(res(SYSTEM, Breakpoint(0x1000, 4, BpType.READ)))
+    assert refusal(ledger, SYSTEM).cpu == 3  # a valid one: ENOSPC, naming cpu 3
+    put(ledger, cpu(0), 4)
+    with pytest.raises(NoFreeSlot) as info:  # cpu 0's reserve fails before any validation
+        ledger.reserve(res(SYSTEM, misaligned))
+    assert info.value.cpu == 0
+    assert len(ledger) == 8 and ledger.holders(3) == [ledger.get(r) for r in full3]
+
+
 # --- arm64-like profile --------------------------------------------------------------
 
 
@@ -302,8 +321,8 @@ def test_full_table_answers_no_space_even_to_an_invalid_request(ledger: CheckedL
         ledger.reserve(res(cpu(1), Breakpoint(0x1001, 3, BpType.WRITE)))
     with pytest.raises(ReadOnlyUnsupported):
         ledger.reserve(res(cpu(1), Breakpoint(0x1000, 4, BpType.READ)))
-    with pytest.raises(KernelAddressNotAllowed):
-        ledger.reserve(res(task(3, 1), wp(0xFFFF_FFFF_8000_0000, kernel=True)))
+    with pytest.raises(KernelAddressNotAllowed):  # exclude_kernel set on a kernel address
+        ledger.reserve(res(task(3, 1), wp(0xFFFF_FFFF_8000_0000)))
     assert len(ledger) == 4 and ledger.used(1) == 0
 
 

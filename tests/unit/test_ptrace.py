@@ -5,7 +5,9 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass, field
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given, settings
 
 from hwbp import dr7
 from hwbp.arch import TASK_SIZE_MAX
@@ -20,7 +22,8 @@ from hwbp.errors import (
     PtraceIOError,
     ValueOutOfRange,
 )
-from hwbp.model import BpType, Breakpoint
+from hwbp.ledger import HostLedger
+from hwbp.model import BpType, Breakpoint, Reservation, Scope, Target
 from hwbp.ptrace import (
     PtraceState,
     debugreg_offset,
@@ -432,3 +435,140 @@ def test_state_shape() -> None:
     with pytest.raises(InvalidRegister):
         PtraceState(bps=(None,) * 3)
     assert len(S0.bps) == dr7.HBP_NUM
+
+
+# --- fidelity to the kernel (issue 19) --------------------------------------------------
+
+TSM = TASK_SIZE_MAX
+USER_WORD = 0x7F00_0000_1018
+
+
+class LedgerRegistrar:
+    """The arbiter's registrar, on the real core: a task-scoped reservation per index,
+    admitted and validated by the host ledger exactly as the Ptrace service does."""
+
+    def __init__(self, ledger: HostLedger, task: int = 42) -> None:
+        self.ledger, self.task = ledger, task
+        self.ids: dict[int, str] = {}
+
+    def register(self, index: int, bp: Breakpoint) -> None:
+        rid = f"p{len(self.ledger) + 1}-{index}"
+        target = Target(Scope.TASK, task=self.task)
+        self.ledger.reserve(Reservation(rid, "h", target, bp, ptrace_index=index))
+        self.ids[index] = rid
+
+    def modify(self, index: int, bp: Breakpoint) -> None:
+        self.ledger.modify(self.ids[index], bp)
+
+    def unregister(self, index: int) -> None:
+        self.ledger.release(self.ids.pop(index))
+
+    def held(self) -> tuple[Breakpoint | None, ...]:
+        return tuple(self.ledger.get(self.ids[i]).bp if i in self.ids else None for i in range(4))
+
+
+def armed_matches_dr7(st: PtraceState, registrar: LedgerRegistrar) -> None:
+    """What the registers hold equals what a PEEK says: the same breakpoints, and armed
+    exactly where the DR7 that PEEKUSER returns enables a slot."""
+    assert registrar.held() == st.bps
+    armed = [bp is not None and bp.enabled for bp in st.bps]
+    assert armed == [dr7.slot_enabled(peek(st, 7), i) for i in range(4)]
+
+
+def test_dr7_second_pass_near_task_size_max_disarms_slot_0() -> None:
+    """ptrace_write_dr7(): the first pass enables slot 0 (write, 1 byte) and fails on
+    slot 2 (R/W=10, EINVAL); the second pass re-applies old_dr7 (0), so slot 0 becomes a
+    disabled exec/len-8 breakpoint at TASK_SIZE_MAX-4, which the kernel accepts (one byte
+    is checked). Moving DR0 to a watched word afterwards arms nothing: the task's write
+    there does not trap, DR7 reads 0 (observed on this machine)."""
+    ledger = HostLedger("h", 2)
+    reg = LedgerRegistrar(ledger)
+    st = poke(S0, 0, TSM - 4, reg)
+    with pytest.raises(InvalidType) as info:
+        poke(st, 7, 0x02010011, reg)
+    after = state_after(info.value)
+    assert after is not None
+    assert after.bps[0] == Breakpoint(TSM - 4, 8, BpType.EXEC, enabled=False)
+    armed_matches_dr7(after, reg)
+    st = poke(after, 0, USER_WORD, reg)
+    assert st.bps[0] == Breakpoint(USER_WORD, 8, BpType.EXEC, enabled=False)
+    assert [peek(st, n) for n in (0, 6, 7)] == [USER_WORD, 0xFFFF0FF0, 0]
+    armed_matches_dr7(st, reg)
+    ledger.validate()
+
+
+@dataclass
+class RefusesRestore(FakeRegistrar):
+    """A registrar whose second-pass restore of ``index`` fails (the kernel's WARN_ON
+    case: with the kernel's own validation it cannot happen on x86-64)."""
+
+    index: int = 0
+    modifies: int = 0
+
+    def modify(self, index: int, bp: Breakpoint) -> None:
+        if index == self.index:
+            self.modifies += 1
+            if self.modifies == 2:
+                raise KernelAddressNotAllowed(f"{bp.addr:#x} refused on restore")
+        super().modify(index, bp)
+
+
+def test_a_failed_restore_is_never_dropped() -> None:
+    """ptrace_write_dr7() returns the first error; when its second pass fails too the
+    kernel WARNs and stops restoring there. The arbiter must not keep that half-restored
+    state (DR0 armed while DR7 reads back as before): the first error is raised, it names
+    the failed restore, and it carries no state to keep (``state_after`` is None), so the
+    caller rolls the whole write back."""
+    reg = RefusesRestore()
+    st = poke(S0, 0, 0x1000, reg)
+    bad = dr7_value((0, W4), (2, IO))
+    with pytest.raises(InvalidType) as info:
+        poke(st, 7, bad, reg)
+    assert state_after(info.value) is None
+    assert "restoring" in info.value.message and "DR0" in info.value.message
+    assert info.value.metadata["restore_failed"] == "0"
+
+
+_ADDRS = st.sampled_from(
+    [0, 0x1000, 0x1001, USER_WORD, TSM - 8, TSM - 4, TSM - 1, TSM, 0xFFFF_FFFF_8100_0000]
+)
+_DR7 = st.builds(
+    lambda enables, nibbles, extra: (
+        enables | sum(n << 16 + 4 * i for i, n in enumerate(nibbles)) | extra
+    ),
+    st.integers(0, 0xFF),
+    st.lists(st.integers(0, 0xF), min_size=4, max_size=4),
+    st.sampled_from([0, 0x100, 0x200, 0x400, 0xFFFF_FFFF_0000_2000]),
+)
+_POKES = st.lists(
+    st.one_of(
+        st.tuples(st.integers(0, 3), _ADDRS),
+        st.tuples(st.just(7), _DR7),
+        st.tuples(st.just(6), st.integers(0, 0xFFFF_FFFF)),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pokes=_POKES, busy=st.integers(0, 4))
+def test_registers_always_equal_what_peek_says(pokes: list[tuple[int, int]], busy: int) -> None:
+    """Whatever a POKEUSER sequence does, and wherever it fails (EINVAL, or ENOSPC when
+    ``busy`` CPU-bound breakpoints share the CPU), what the registrar holds is what
+    PEEKUSER shows: the same addresses, and a breakpoint is armed exactly where the DR7
+    that PEEKUSER returns enables its slot (ptrace_write_dr7's two passes keep that)."""
+    ledger = HostLedger("h", 1)
+    for i in range(busy):
+        bp = Breakpoint(0x2000 + 8 * i, 8, BpType.WRITE)
+        ledger.reserve(Reservation(f"c{i}", "h", Target(Scope.CPU, cpu=0), bp))
+    reg = LedgerRegistrar(ledger)
+    state = S0
+    for n, value in pokes:
+        try:
+            state = poke(state, n, value, reg)
+        except HwbpError as err:
+            after = state_after(err)
+            assert after is not None  # the kernel's own validation never fails a restore
+            state = after
+        armed_matches_dr7(state, reg)
+        ledger.validate()

@@ -259,15 +259,16 @@ def test_access_sets_dr6_by_physical_register(rf: RegisterFile) -> None:
     rf.switch(A)
     rf.load([cpu("c1", 0x1000), task("a1", A, 0x1000, 8, BpType.RW)])
     hits = rf.access(0x1000, 4, AccessType.WRITE)
-    assert hits == [
-        HitRecord("c1", 0, Breakpoint(0x1000, 4, BpType.WRITE), None, 0xFFFF0FF3, 0x1000),
-        HitRecord("a1", 1, Breakpoint(0x1000, 8, BpType.RW), A, 0xFFFF0FF3, 0x1000),
+    assert hits == [  # one access, one debug exception: both records share its number
+        HitRecord("c1", 0, Breakpoint(0x1000, 4, BpType.WRITE), None, 0xFFFF0FF3, 0x1000, 0, 1),
+        HitRecord("a1", 1, Breakpoint(0x1000, 8, BpType.RW), A, 0xFFFF0FF3, 0x1000, 0, 1),
     ]
     assert rf.image().dr6 == 0xFFFF0FF3
     rf.validate()
     rf.clear_dr6()
     assert rf.image().dr6 == 0xFFFF0FF0
-    assert rf.access(0x1004, 1, AccessType.READ)[0].dr6 == 0xFFFF0FF2
+    (again,) = rf.access(0x1004, 1, AccessType.READ)
+    assert again.dr6 == 0xFFFF0FF2 and again.exception == 2
 
 
 def test_dr6_bits_stay_until_cleared(rf: RegisterFile) -> None:
@@ -437,3 +438,17 @@ def test_random_sequences_keep_invariants(ops: list[tuple[object, object]]) -> N
         for i, a in enumerate(before):
             if a is not None and a.reservation_id in now:
                 assert now[a.reservation_id] == i
+
+
+def test_range_breakpoint_fires_over_its_whole_extent() -> None:
+    """A 32-byte range (AMD bpext): DR7 holds LEN 00 for it (hw->len == LEN_1), the
+    address mask makes every byte of the aligned range match."""
+    rf = RegisterFile()
+    image = rf.load([cpu("range", 0x20000, 32)])
+    rf.validate()
+    decoded = dr7.decode(image.dr7)[0]
+    assert decoded is not None and decoded.length == 1
+    assert [h.reservation_id for h in rf.access(0x2001F, 1, AccessType.WRITE)] == ["range"]
+    rf.clear_dr6()
+    assert rf.access(0x20020, 1, AccessType.WRITE) == []
+    assert rf.access(0x1FFF8, 8, AccessType.WRITE) == []

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from hwbp.errors import LedgerCorrupt
+from hwbp.errors import LedgerCorrupt, LedgerInUse, LedgerWriteFailed
 from hwbp.model import BpType, Breakpoint, Reservation, Scope, Target
 from hwbp.ptrace import PtraceState
 from hwbp.server.store import Batch, MemoryStore, SqliteStore, Store
-from hwbp.server.store.base import AttachmentRecord, HostRecord, ReservationRecord, SessionRecord
+from hwbp.server.store.base import (
+    AttachmentRecord,
+    HostRecord,
+    KeyRecord,
+    ReservationRecord,
+    SessionRecord,
+)
 
 Reopen = Callable[[], Store]
 
@@ -134,70 +141,134 @@ def test_sqlite_refuses_unreadable_rows(tmp_path: Path) -> None:
         SqliteStore(path).load()
 
 
-def _persistence(store: Store) -> tuple[object, object]:
-    from hwbp.server.fleet import Fleet
-    from hwbp.server.persist import Persistence
-    from hwbp.server.sessions import SessionTable
+# --- the id counter, idempotency keys, one arbiter per ledger, a damaged ledger ----------
 
-    fleet, table = Fleet(ack_timeout=1.0), SessionTable(clock=lambda: 100.0)
-    return Persistence(store, fleet, table), fleet
-
-
-def test_restore_readmits_through_the_core_and_continues_ids() -> None:
-    store = MemoryStore()
-    store.commit(
-        Batch(
-            hosts=[HostRecord("h1", 2, 9)],
-            reservations=[
-                ReservationRecord(
-                    res(f"r{i}", target=Target(Scope.CPU, cpu=0), session=None), f"k{i}"
-                )
-                for i in (3, 7)
-            ],
-        )
-    )
-    persistence, fleet = _persistence(store)
-    restored = persistence.restore()  # type: ignore[attr-defined]
-    assert (restored.hosts, restored.reservations) == (1, 2)
-    host = fleet.hosts["h1"]  # type: ignore[attr-defined]
-    assert host.generation == 9 and host.ledger.used(0) == 2
-    assert fleet.new_id() == "r8"  # type: ignore[attr-defined]
-    assert fleet.recall("k7").id == "r7"  # type: ignore[attr-defined]
+SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE hosts (name TEXT PRIMARY KEY, ncpus INTEGER NOT NULL, generation INTEGER NOT NULL);
+CREATE TABLE reservations (
+    id TEXT PRIMARY KEY, host TEXT NOT NULL, scope TEXT NOT NULL, cpu INTEGER, task INTEGER,
+    addr TEXT NOT NULL, len INTEGER NOT NULL, type TEXT NOT NULL, enabled INTEGER NOT NULL,
+    kernel INTEGER NOT NULL, owner TEXT NOT NULL, session TEXT, ptrace_index INTEGER,
+    idempotency_key TEXT NOT NULL DEFAULT '');
+CREATE TABLE attachments (
+    host TEXT NOT NULL, task INTEGER NOT NULL, session TEXT NOT NULL, owner TEXT NOT NULL,
+    state TEXT NOT NULL, reservations TEXT NOT NULL, PRIMARY KEY (host, task));
+CREATE TABLE sessions (id TEXT PRIMARY KEY, owner TEXT NOT NULL, ttl REAL NOT NULL);
+"""  # what schema 1 ledgers hold
 
 
-def test_restore_refuses_an_over_budget_ledger() -> None:
-    store = MemoryStore()
-    store.commit(
-        Batch(
-            hosts=[HostRecord("h1", 2, 1)],
-            reservations=[
-                ReservationRecord(
-                    res(
-                        f"r{i}",
-                        target=Target(Scope.CPU, cpu=0),
-                        session=None,
-                        bp=Breakpoint(0x1000 + 8 * i, 8, BpType.WRITE),
-                    )
-                )
-                for i in range(5)
-            ],
-        )
-    )
-    persistence, _ = _persistence(store)
-    with pytest.raises(LedgerCorrupt) as exc:
-        persistence.restore()  # type: ignore[attr-defined]
-    assert "r4" in str(exc.value) and "cannot be re-admitted" in str(exc.value)
+def key(name: str, expires: float, rid: str = "r1") -> KeyRecord:
+    return KeyRecord(name, "h1", "fp-" + name, res(rid), 4, (0,), (1,), expires)
 
 
-def test_restore_refuses_reservations_of_an_unknown_session() -> None:
-    store = MemoryStore()
-    store.commit(
-        Batch(
-            hosts=[HostRecord("h1", 2, 1)],
-            reservations=[ReservationRecord(res("r1", session="s-gone"))],
-        )
-    )
-    persistence, _ = _persistence(store)
-    with pytest.raises(LedgerCorrupt) as exc:
-        persistence.restore()  # type: ignore[attr-defined]
-    assert "s-gone" in str(exc.value)
+def test_the_id_counter_only_grows_and_survives_a_reopen(stores: tuple[Store, Reopen]) -> None:
+    store, reopen = stores
+    assert store.load().next_id == 1
+    store.commit(Batch(reservations=[ReservationRecord(res("r1"))], next_id=9))
+    store.commit(Batch(deleted_reservations=["r1"], next_id=4))  # an older value: ignored
+    snap = reopen().load()
+    assert snap.next_id == 9 and snap.reservations == ()
+
+
+def test_keys_round_trip_and_expired_ones_are_deleted(stores: tuple[Store, Reopen]) -> None:
+    store, reopen = stores
+    bob, alice = "debugger:bob\0k", "admin:alice\0k"  # one key, two callers' scopes
+    store.commit(Batch(keys=[key(bob, 100.0), key(alice, 200.0, "r2")]))
+    snap = reopen().load()
+    assert snap.keys == (key(bob, 100.0), key(alice, 200.0, "r2"))  # by expiry
+    reopen().commit(Batch(keys=[key("k3", 300.0)], keys_expired_before=150.0))
+    assert [k.key for k in reopen().load().keys] == [alice, "k3"]
+
+
+def test_a_second_sqlite_store_on_one_ledger_names_the_pid_holding_it(tmp_path: Path) -> None:
+    path = str(tmp_path / "l.db")
+    first = SqliteStore(path)
+    with pytest.raises(LedgerInUse) as exc:
+        SqliteStore(path)
+    assert f"pid {os.getpid()}" in exc.value.message and path in exc.value.message
+    first.close()
+    SqliteStore(path).close()  # released with the store (or, after a crash, by the kernel)
+
+
+def test_a_schema_1_ledger_is_migrated_and_ids_continue_after_its_highest(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "old.db")
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA_1)
+        db.execute("INSERT INTO meta VALUES ('schema', '1')")
+        for rid in ("r3", "r12"):
+            db.execute(
+                "INSERT INTO reservations VALUES "
+                "(?, 'h1', 'cpu', 0, NULL, '4096', 8, 'w', 1, 0, 'a', NULL, NULL, '')",
+                (rid,),
+            )
+        state = '{"bps": [null, null, null, null], "dr7": "0", "virtual_dr6": "0"}'
+        db.execute("INSERT INTO attachments VALUES ('h1', 7, '', 'a', ?, '[]')", (state,))
+    store = SqliteStore(path)
+    try:
+        snap = store.load()
+        assert snap.next_id == 13
+        assert [(a.task, a.attached) for a in snap.attachments] == [(7, True)]
+        assert store.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("2",)
+    finally:
+        store.close()
+
+
+def test_a_detached_tasks_kept_state_stays_detached(stores: tuple[Store, Reopen]) -> None:
+    store, reopen = stores
+    kept = AttachmentRecord("h1", 9, "", "x", PtraceState(), ((0, "r1"),), attached=False)
+    store.commit(Batch(attachments=[kept]))
+    assert reopen().load().attachments == (kept,)
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "replace", "delete-wal", "lock"])
+def test_a_ledger_damaged_under_the_store_refuses_every_write(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "l.db"
+    store = SqliteStore(str(path))
+    try:
+        store.commit(Batch(hosts=[HostRecord("h1", 2, 1)]))
+        if damage == "delete":
+            path.unlink()
+        elif damage == "truncate":
+            os.truncate(path, 0)
+        elif damage == "replace":
+            path.rename(tmp_path / "elsewhere.db")
+            path.write_bytes(b"")
+        elif damage == "delete-wal":
+            Path(f"{path}-wal").unlink()
+        else:
+            Path(f"{path}.lock").unlink()
+        for attempt in (
+            lambda: store.commit(Batch(hosts=[HostRecord("h1", 2, 2)])),
+            store.probe,
+        ):
+            with pytest.raises(LedgerWriteFailed) as exc:
+                attempt()
+            assert str(path) in exc.value.message and "restarted" in exc.value.message
+    finally:
+        store.close()
+
+
+def test_a_failed_commit_leaves_nothing_and_says_what_sqlite_said(tmp_path: Path) -> None:
+    path = str(tmp_path / "l.db")
+    store = SqliteStore(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        store.db.execute("PRAGMA busy_timeout = 50")  # keep the test short
+        other.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(LedgerWriteFailed) as exc:
+            store.commit(Batch(hosts=[HostRecord("h1", 2, 1)]))
+        assert "locked by another writer" in exc.value.message
+        assert "cannot rollback" not in exc.value.message
+        with pytest.raises(LedgerWriteFailed):
+            store.probe()
+        other.execute("ROLLBACK")
+        store.probe()  # works again
+        assert store.load().hosts == ()
+        store.commit(Batch(hosts=[HostRecord("h1", 2, 1)]))
+        assert store.load().hosts == (HostRecord("h1", 2, 1),)
+    finally:
+        other.close()
+        store.close()

@@ -18,7 +18,7 @@ class Assignment(_message.Message):
     def __init__(self, reservation_id: _Optional[str] = ..., task: _Optional[int] = ..., spec: _Optional[_Union[_types_pb2.BreakpointSpec, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("host", "cpu", "ncpus", "backend", "last_applied_generation", "image", "installed", "slots", "deltas")
+    __slots__ = ("host", "cpu", "ncpus", "backend", "last_applied_generation", "image", "installed", "slots", "features", "deltas")
     HOST_FIELD_NUMBER: _ClassVar[int]
     CPU_FIELD_NUMBER: _ClassVar[int]
     NCPUS_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class Hello(_message.Message):
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     INSTALLED_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     DELTAS_FIELD_NUMBER: _ClassVar[int]
     host: str
     cpu: int
@@ -36,8 +37,19 @@ class Hello(_message.Message):
     image: _types_pb2.RegisterImage
     installed: _containers.RepeatedCompositeFieldContainer[Assignment]
     slots: int
+    features: HostFeatures
     deltas: bool
-    def __init__(self, host: _Optional[str] = ..., cpu: _Optional[int] = ..., ncpus: _Optional[int] = ..., backend: _Optional[str] = ..., last_applied_generation: _Optional[int] = ..., image: _Optional[_Union[_types_pb2.RegisterImage, _Mapping]] = ..., installed: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., slots: _Optional[int] = ..., deltas: _Optional[bool] = ...) -> None: ...
+    def __init__(self, host: _Optional[str] = ..., cpu: _Optional[int] = ..., ncpus: _Optional[int] = ..., backend: _Optional[str] = ..., last_applied_generation: _Optional[int] = ..., image: _Optional[_Union[_types_pb2.RegisterImage, _Mapping]] = ..., installed: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., slots: _Optional[int] = ..., features: _Optional[_Union[HostFeatures, _Mapping]] = ..., deltas: _Optional[bool] = ...) -> None: ...
+
+class HostFeatures(_message.Message):
+    __slots__ = ("bpext", "kprobes", "privileged")
+    BPEXT_FIELD_NUMBER: _ClassVar[int]
+    KPROBES_FIELD_NUMBER: _ClassVar[int]
+    PRIVILEGED_FIELD_NUMBER: _ClassVar[int]
+    bpext: bool
+    kprobes: bool
+    privileged: bool
+    def __init__(self, bpext: _Optional[bool] = ..., kprobes: _Optional[bool] = ..., privileged: _Optional[bool] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("generation", "image", "detail")

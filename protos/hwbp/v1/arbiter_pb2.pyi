@@ -134,13 +134,15 @@ class InventoryResponse(_message.Message):
     def __init__(self, cpus: _Optional[_Iterable[_Union[_types_pb2.CpuInventory, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("request_id", "host", "task", "kinds")
+    __slots__ = ("request_id", "host", "task", "kinds", "announce_subscribed")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     KINDS_FIELD_NUMBER: _ClassVar[int]
+    ANNOUNCE_SUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     host: str
     task: int
     kinds: _containers.RepeatedScalarFieldContainer[_types_pb2.EventKind]
-    def __init__(self, request_id: _Optional[str] = ..., host: _Optional[str] = ..., task: _Optional[int] = ..., kinds: _Optional[_Iterable[_Union[_types_pb2.EventKind, str]]] = ...) -> None: ...
+    announce_subscribed: bool
+    def __init__(self, request_id: _Optional[str] = ..., host: _Optional[str] = ..., task: _Optional[int] = ..., kinds: _Optional[_Iterable[_Union[_types_pb2.EventKind, str]]] = ..., announce_subscribed: _Optional[bool] = ...) -> None: ...

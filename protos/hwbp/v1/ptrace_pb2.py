@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14hwbp/v1/ptrace.proto\x12\x07hwbp.v1\"S\n\rAttachRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\x03\"*\n\x0e\x41ttachResponse\x12\x18\n\x10\x61lready_attached\x18\x01 \x01(\x08\"S\n\rDetachRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\x03\"\"\n\x0e\x44\x65tachResponse\x12\x10\n\x08released\x18\x01 \x01(\r\"q\n\x0fPokeUserRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\x03\x12\x0b\n\x03reg\x18\x05 \x01(\r\x12\r\n\x05value\x18\x06 \x01(\x04\"&\n\x10PokeUserResponse\x12\x12\n\ngeneration\x18\x01 \x01(\x04\"b\n\x0fPeekUserRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\x03\x12\x0b\n\x03reg\x18\x05 \x01(\r\"!\n\x10PeekUserResponse\x12\r\n\x05value\x18\x01 \x01(\x04\">\n\x0cTrapsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\x03\"y\n\x04Trap\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\x03\x12\x14\n\x0cptrace_index\x18\x03 \x01(\r\x12\x0c\n\x04\x61\x64\x64r\x18\x04 \x01(\x04\x12\x0b\n\x03\x63pu\x18\x05 \x01(\r\x12\x0b\n\x03\x64r6\x18\x06 \x01(\x04\x12\n\n\x02ip\x18\x07 \x01(\x04\x12\x0b\n\x03seq\x18\x08 \x01(\x04\x32\xb1\x02\n\x06Ptrace\x12\x39\n\x06\x41ttach\x12\x16.hwbp.v1.AttachRequest\x1a\x17.hwbp.v1.AttachResponse\x12\x39\n\x06\x44\x65tach\x12\x16.hwbp.v1.DetachRequest\x1a\x17.hwbp.v1.DetachResponse\x12?\n\x08PokeUser\x12\x18.hwbp.v1.PokeUserRequest\x1a\x19.hwbp.v1.PokeUserResponse\x12?\n\x08PeekUser\x12\x18.hwbp.v1.PeekUserRequest\x1a\x19.hwbp.v1.PeekUserResponse\x12/\n\x05Traps\x12\x15.hwbp.v1.TrapsRequest\x1a\r.hwbp.v1.Trap0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14hwbp/v1/ptrace.proto\x12\x07hwbp.v1\"S\n\rAttachRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\x03\"*\n\x0e\x41ttachResponse\x12\x18\n\x10\x61lready_attached\x18\x01 \x01(\x08\"S\n\rDetachRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\x03\"0\n\x0e\x44\x65tachResponse\x12\x10\n\x08released\x18\x01 \x01(\r\x12\x0c\n\x04kept\x18\x02 \x01(\r\"R\n\x0c\x46lushRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\x03\"!\n\rFlushResponse\x12\x10\n\x08released\x18\x01 \x01(\r\"q\n\x0fPokeUserRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\x03\x12\x0b\n\x03reg\x18\x05 \x01(\r\x12\r\n\x05value\x18\x06 \x01(\x04\"&\n\x10PokeUserResponse\x12\x12\n\ngeneration\x18\x01 \x01(\x04\"b\n\x0fPeekUserRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\x03\x12\x0b\n\x03reg\x18\x05 \x01(\r\"!\n\x10PeekUserResponse\x12\r\n\x05value\x18\x01 \x01(\x04\">\n\x0cTrapsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\x03\"y\n\x04Trap\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\x03\x12\x14\n\x0cptrace_index\x18\x03 \x01(\r\x12\x0c\n\x04\x61\x64\x64r\x18\x04 \x01(\x04\x12\x0b\n\x03\x63pu\x18\x05 \x01(\r\x12\x0b\n\x03\x64r6\x18\x06 \x01(\x04\x12\n\n\x02ip\x18\x07 \x01(\x04\x12\x0b\n\x03seq\x18\x08 \x01(\x04\x32\xe9\x02\n\x06Ptrace\x12\x39\n\x06\x41ttach\x12\x16.hwbp.v1.AttachRequest\x1a\x17.hwbp.v1.AttachResponse\x12\x39\n\x06\x44\x65tach\x12\x16.hwbp.v1.DetachRequest\x1a\x17.hwbp.v1.DetachResponse\x12\x36\n\x05\x46lush\x12\x15.hwbp.v1.FlushRequest\x1a\x16.hwbp.v1.FlushResponse\x12?\n\x08PokeUser\x12\x18.hwbp.v1.PokeUserRequest\x1a\x19.hwbp.v1.PokeUserResponse\x12?\n\x08PeekUser\x12\x18.hwbp.v1.PeekUserRequest\x1a\x19.hwbp.v1.PeekUserResponse\x12/\n\x05Traps\x12\x15.hwbp.v1.TrapsRequest\x1a\r.hwbp.v1.Trap0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,19 +38,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DETACHREQUEST']._serialized_start=162
   _globals['_DETACHREQUEST']._serialized_end=245
   _globals['_DETACHRESPONSE']._serialized_start=247
-  _globals['_DETACHRESPONSE']._serialized_end=281
-  _globals['_POKEUSERREQUEST']._serialized_start=283
-  _globals['_POKEUSERREQUEST']._serialized_end=396
-  _globals['_POKEUSERRESPONSE']._serialized_start=398
-  _globals['_POKEUSERRESPONSE']._serialized_end=436
-  _globals['_PEEKUSERREQUEST']._serialized_start=438
-  _globals['_PEEKUSERREQUEST']._serialized_end=536
-  _globals['_PEEKUSERRESPONSE']._serialized_start=538
-  _globals['_PEEKUSERRESPONSE']._serialized_end=571
-  _globals['_TRAPSREQUEST']._serialized_start=573
-  _globals['_TRAPSREQUEST']._serialized_end=635
-  _globals['_TRAP']._serialized_start=637
-  _globals['_TRAP']._serialized_end=758
-  _globals['_PTRACE']._serialized_start=761
-  _globals['_PTRACE']._serialized_end=1066
+  _globals['_DETACHRESPONSE']._serialized_end=295
+  _globals['_FLUSHREQUEST']._serialized_start=297
+  _globals['_FLUSHREQUEST']._serialized_end=379
+  _globals['_FLUSHRESPONSE']._serialized_start=381
+  _globals['_FLUSHRESPONSE']._serialized_end=414
+  _globals['_POKEUSERREQUEST']._serialized_start=416
+  _globals['_POKEUSERREQUEST']._serialized_end=529
+  _globals['_POKEUSERRESPONSE']._serialized_start=531
+  _globals['_POKEUSERRESPONSE']._serialized_end=569
+  _globals['_PEEKUSERREQUEST']._serialized_start=571
+  _globals['_PEEKUSERREQUEST']._serialized_end=669
+  _globals['_PEEKUSERRESPONSE']._serialized_start=671
+  _globals['_PEEKUSERRESPONSE']._serialized_end=704
+  _globals['_TRAPSREQUEST']._serialized_start=706
+  _globals['_TRAPSREQUEST']._serialized_end=768
+  _globals['_TRAP']._serialized_start=770
+  _globals['_TRAP']._serialized_end=891
+  _globals['_PTRACE']._serialized_start=894
+  _globals['_PTRACE']._serialized_end=1255
 # @@protoc_insertion_point(module_scope)

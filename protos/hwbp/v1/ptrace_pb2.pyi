@@ -35,6 +35,26 @@ class DetachRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., session_id: _Optional[str] = ..., host: _Optional[str] = ..., task: _Optional[int] = ...) -> None: ...
 
 class DetachResponse(_message.Message):
+    __slots__ = ("released", "kept")
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    released: int
+    kept: int
+    def __init__(self, released: _Optional[int] = ..., kept: _Optional[int] = ...) -> None: ...
+
+class FlushRequest(_message.Message):
+    __slots__ = ("request_id", "session_id", "host", "task")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    session_id: str
+    host: str
+    task: int
+    def __init__(self, request_id: _Optional[str] = ..., session_id: _Optional[str] = ..., host: _Optional[str] = ..., task: _Optional[int] = ...) -> None: ...
+
+class FlushResponse(_message.Message):
     __slots__ = ("released",)
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     released: int

@@ -44,6 +44,11 @@ class PtraceStub:
                 request_serializer=hwbp_dot_v1_dot_ptrace__pb2.DetachRequest.SerializeToString,
                 response_deserializer=hwbp_dot_v1_dot_ptrace__pb2.DetachResponse.FromString,
                 _registered_method=True)
+        self.Flush = channel.unary_unary(
+                '/hwbp.v1.Ptrace/Flush',
+                request_serializer=hwbp_dot_v1_dot_ptrace__pb2.FlushRequest.SerializeToString,
+                response_deserializer=hwbp_dot_v1_dot_ptrace__pb2.FlushResponse.FromString,
+                _registered_method=True)
         self.PokeUser = channel.unary_unary(
                 '/hwbp.v1.Ptrace/PokeUser',
                 request_serializer=hwbp_dot_v1_dot_ptrace__pb2.PokeUserRequest.SerializeToString,
@@ -65,13 +70,25 @@ class PtraceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Attach(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """PTRACE_ATTACH; a task detached earlier comes back with its registers as they were.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Detach(self, request, context):
-        """Drops the task's ptrace breakpoints, as the kernel's flush on exit does.
+        """PTRACE_DETACH: the task keeps its ptrace breakpoints, DR6 and DR7, and their slots
+        (the kernel drops them only at exit and exec: Flush does it on demand). They are
+        released with the tracer's session when it closes or its lease expires.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Flush(self, request, context):
+        """flush_ptrace_hw_breakpoint(), as the task's exit or exec would: unregisters all four
+        ptrace breakpoints and clears DR6 and DR7; the task is no longer traced. Allowed to
+        the tracer, or to anyone the policy lets act for a detached task's last tracer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,6 +125,11 @@ def add_PtraceServicer_to_server(servicer, server):
                     servicer.Detach,
                     request_deserializer=hwbp_dot_v1_dot_ptrace__pb2.DetachRequest.FromString,
                     response_serializer=hwbp_dot_v1_dot_ptrace__pb2.DetachResponse.SerializeToString,
+            ),
+            'Flush': grpc.unary_unary_rpc_method_handler(
+                    servicer.Flush,
+                    request_deserializer=hwbp_dot_v1_dot_ptrace__pb2.FlushRequest.FromString,
+                    response_serializer=hwbp_dot_v1_dot_ptrace__pb2.FlushResponse.SerializeToString,
             ),
             'PokeUser': grpc.unary_unary_rpc_method_handler(
                     servicer.PokeUser,
@@ -179,6 +201,33 @@ class Ptrace:
             '/hwbp.v1.Ptrace/Detach',
             hwbp_dot_v1_dot_ptrace__pb2.DetachRequest.SerializeToString,
             hwbp_dot_v1_dot_ptrace__pb2.DetachResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Flush(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hwbp.v1.Ptrace/Flush',
+            hwbp_dot_v1_dot_ptrace__pb2.FlushRequest.SerializeToString,
+            hwbp_dot_v1_dot_ptrace__pb2.FlushResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,7 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_CONTEXT_SWITCH: _ClassVar[EventKind]
     EVENT_KIND_AGENT_FENCED: _ClassVar[EventKind]
     EVENT_KIND_RESYNC_REFUSED: _ClassVar[EventKind]
+    EVENT_KIND_SUBSCRIBED: _ClassVar[EventKind]
 BREAKPOINT_TYPE_UNSPECIFIED: BreakpointType
 BREAKPOINT_TYPE_EXEC: BreakpointType
 BREAKPOINT_TYPE_WRITE: BreakpointType
@@ -74,6 +75,7 @@ EVENT_KIND_TASK_EXITED: EventKind
 EVENT_KIND_CONTEXT_SWITCH: EventKind
 EVENT_KIND_AGENT_FENCED: EventKind
 EVENT_KIND_RESYNC_REFUSED: EventKind
+EVENT_KIND_SUBSCRIBED: EventKind
 
 class Target(_message.Message):
     __slots__ = ("host", "scope", "cpu", "task")
@@ -186,7 +188,7 @@ class CpuInventory(_message.Message):
     def __init__(self, host: _Optional[str] = ..., cpu: _Optional[int] = ..., online: _Optional[bool] = ..., generation: _Optional[int] = ..., acked_generation: _Optional[int] = ..., current_task: _Optional[int] = ..., reported: _Optional[_Union[RegisterImage, _Mapping]] = ..., expected: _Optional[_Union[RegisterImage, _Mapping]] = ..., mismatch: _Optional[bool] = ..., used: _Optional[int] = ..., slots: _Optional[int] = ..., holders: _Optional[_Iterable[_Union[Holder, _Mapping]]] = ..., backend: _Optional[str] = ..., detail: _Optional[str] = ..., link: _Optional[str] = ..., link_reason: _Optional[str] = ..., pending: _Optional[bool] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("host", "cpu", "task", "reservation_id", "physical_index", "ptrace_index", "addr", "access_addr", "ip", "dr6", "seq")
+    __slots__ = ("host", "cpu", "task", "reservation_id", "physical_index", "ptrace_index", "addr", "access_addr", "ip", "dr6", "seq", "exception")
     HOST_FIELD_NUMBER: _ClassVar[int]
     CPU_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -198,6 +200,7 @@ class Hit(_message.Message):
     IP_FIELD_NUMBER: _ClassVar[int]
     DR6_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    EXCEPTION_FIELD_NUMBER: _ClassVar[int]
     host: str
     cpu: int
     task: int
@@ -209,7 +212,8 @@ class Hit(_message.Message):
     ip: int
     dr6: int
     seq: int
-    def __init__(self, host: _Optional[str] = ..., cpu: _Optional[int] = ..., task: _Optional[int] = ..., reservation_id: _Optional[str] = ..., physical_index: _Optional[int] = ..., ptrace_index: _Optional[int] = ..., addr: _Optional[int] = ..., access_addr: _Optional[int] = ..., ip: _Optional[int] = ..., dr6: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
+    exception: int
+    def __init__(self, host: _Optional[str] = ..., cpu: _Optional[int] = ..., task: _Optional[int] = ..., reservation_id: _Optional[str] = ..., physical_index: _Optional[int] = ..., ptrace_index: _Optional[int] = ..., addr: _Optional[int] = ..., access_addr: _Optional[int] = ..., ip: _Optional[int] = ..., dr6: _Optional[int] = ..., seq: _Optional[int] = ..., exception: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("kind", "host", "cpu", "generation", "request_id", "reservation", "hit", "reason", "task", "seq")
