@@ -26,7 +26,7 @@ lint: venv
 
 types: venv
 	$(BIN)/mypy --strict $(CORE)
-	$(BIN)/mypy -p hwbp.server -p hwbp.agent -p hwbp.client -p hwbp.bench -p hwbp.load -p hwbp.wire
+	$(BIN)/mypy -p hwbp.server -p hwbp.agent -p hwbp.client -p hwbp.bench -p hwbp.load -p hwbp.wire -p hwbp.gdbserver
 
 # Generated code (protos, and the sync SDK from its asyncio source) matches its source.
 protocheck: venv

@@ -6,6 +6,10 @@ exactly what the kernel accepted. Anything outside the arbiter (perf, gdb, ptrac
 holds registers shows up here as ENOSPC, which is why ``apply`` is all-or-nothing: a
 refused reload must leave the CPU as the arbiter last saw it.
 
+A tracer-applied breakpoint (``Breakpoint.tracer_applied``) is armed by the task's own
+tracer (hwbp-gdbserver opens its perf event), so this backend accounts it in its image
+but never opens an event for it: the kernel holds it once, not once per agent as well.
+
 The class is synchronous; the agent loop watches ``fds()`` for readability and then
 calls ``poll_hits()`` / ``exited_tasks()``.
 """
@@ -168,6 +172,7 @@ class PerfBackend:
         self.features = ps.host_features()  # what this machine's CPU and kernel offer
         self._ring_pages = ring_pages
         self._events: dict[str, _Event] = {}
+        self._traced: dict[str, Assignment] = {}  # armed by the task's tracer, not by us
         self._index: dict[str, int] = {}
         self._image = self._layout([])
         self._pidfds: dict[int, int] = {}
@@ -180,10 +185,11 @@ class PerfBackend:
     def apply(self, assignments: Sequence[Assignment]) -> RegisterImage:
         """Make the open set equal ``assignments``, all or nothing; return the accepted image."""
         wanted: dict[str, Assignment] = {}
+        traced: dict[str, Assignment] = {}
         for a in assignments:
-            if a.reservation_id in wanted:
+            if a.reservation_id in wanted or a.reservation_id in traced:
                 raise ValueError(f"reservation {a.reservation_id} assigned twice to cpu {self.cpu}")
-            wanted[a.reservation_id] = a
+            (traced if a.bp.tracer_applied else wanted)[a.reservation_id] = a
         removals = [ev for rid, ev in self._events.items() if rid not in wanted]
         opens: list[tuple[Assignment, _Event | None]] = []  # (new, the event it replaces)
         txn = _Txn()
@@ -216,8 +222,13 @@ class PerfBackend:
         for ev in txn.opened:
             self._events[ev.assignment.reservation_id] = ev
         self._events = {rid: self._events[rid] for rid in wanted}
-        self._image = self._layout([ev.assignment for ev in self._events.values()])
+        self._traced = traced
+        self._image = self._layout(self._accounted())
         return self._image
+
+    def _accounted(self) -> list[Assignment]:
+        """What this CPU's kernel holds: our events and the tracers' breakpoints."""
+        return [ev.assignment for ev in self._events.values()] + list(self._traced.values())
 
     def _open(self, a: Assignment) -> _Event:
         pid = -1 if a.task is None else a.task
@@ -288,7 +299,7 @@ class PerfBackend:
             again.base = ev.base
             self._events[rid] = again
         if shrunk:
-            self._image = self._layout([ev.assignment for ev in self._events.values()])
+            self._image = self._layout(self._accounted())
 
     def _refusal(self, a: Assignment, e: OSError) -> KernelRefused:
         err = e.errno or 0
@@ -345,13 +356,14 @@ class PerfBackend:
 
     def detail(self) -> str:
         """What the kernel accepted, for the inventory: one perf event per breakpoint."""
-        if not self._events:
+        if not self._events and not self._traced:
             return f"cpu {self.cpu}: kernel holds no breakpoint events"
         parts = [
             f"{rid} (pid {ev.assignment.task if ev.assignment.task is not None else -1}, "
             f"fd {ev.fd}, {ev.count()} hits)"
             for rid, ev in sorted(self._events.items())
         ]
+        parts += [f"{rid} (pid {a.task}, armed by its tracer)" for rid, a in self._traced.items()]
         return f"cpu {self.cpu}: kernel accepted " + ", ".join(parts)
 
     def image(self) -> RegisterImage:
@@ -449,6 +461,7 @@ class PerfBackend:
         for ev in self._events.values():
             ev.close()
         self._events.clear()
+        self._traced.clear()
         for fd in self._pidfds.values():
             os.close(fd)
         self._pidfds.clear()

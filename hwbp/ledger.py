@@ -186,6 +186,12 @@ class HostLedger:
                 f"modify of {res_id} cannot change kernel from {old.bp.kernel} to {bp.kernel}",
                 reservation_id=res_id,
             )
+        if bp.tracer_applied != old.bp.tracer_applied:
+            raise InvalidArgument(
+                f"modify of {res_id} cannot change who arms it (tracer_applied "
+                f"{old.bp.tracer_applied} to {bp.tracer_applied})",
+                reservation_id=res_id,
+            )
         old_cls = entry.cls
         new_cls = self._profile.slot_class(bp.type)
         if new_cls is not old_cls:  # modify_bp_slot(): release the old, reserve the new

@@ -68,6 +68,9 @@ class Breakpoint:
     type: BpType
     enabled: bool = True
     kernel: bool = False  # the request asked for a kernel address explicitly
+    # Armed by the task's tracer itself (hwbp-gdbserver), so agents account it but never
+    # arm it: one breakpoint, armed once. Task scopes only.
+    tracer_applied: bool = False
 
 
 @dataclass(frozen=True, slots=True)

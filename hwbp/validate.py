@@ -15,6 +15,7 @@ from hwbp.arch import ADDR_MASK, TASK_SIZE_MAX, X86_64, ArchProfile
 from hwbp.errors import (
     AddressOverflow,
     InvalidLength,
+    InvalidScope,
     InvalidType,
     KernelAddressNotAllowed,
     KernelAddressUnprivileged,
@@ -34,13 +35,15 @@ def validate_breakpoint(bp: Breakpoint, *, scope: Scope, profile: ArchProfile = 
     """Raise the error the kernel would give for ``bp``; return if it is valid.
 
     ``scope`` names where it applies; the kernel's rules do not depend on it (a task
-    breakpoint may watch a kernel address, given the privilege), but errors name it.
+    breakpoint may watch a kernel address, given the privilege), but errors name it. Our
+    one rule of our own does: only a task's breakpoint can be armed by its tracer.
     """
     _check_slot_class(bp, profile)
     _check_overflow(bp)
     _check_type(bp, profile)
     _check_length(bp, profile)
     _check_kernel(bp, scope, profile)
+    _check_tracer(bp, scope)
 
 
 def is_kernel_address(addr: int, length: int) -> bool:
@@ -176,5 +179,15 @@ def _check_kernel(bp: Breakpoint, scope: Scope, profile: ArchProfile) -> None:
             f"address {bp.addr:#x} is a kernel address, and this host's agent runs without "
             "CAP_SYS_ADMIN, so its kernel refuses it (EPERM)",
             addr=f"{bp.addr:#x}",
+            scope=scope.value,
+        )
+
+
+def _check_tracer(bp: Breakpoint, scope: Scope) -> None:
+    """Only a task has a tracer: a CPU-bound breakpoint must be armed by its agents."""
+    if bp.tracer_applied and not scope.is_task:
+        raise InvalidScope(
+            f"a tracer-applied breakpoint needs a task scope (task or task+cpu), "
+            f"not {scope.value}: only a task's tracer can arm it",
             scope=scope.value,
         )

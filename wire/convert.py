@@ -99,12 +99,18 @@ def bp_from(msg: pb.BreakpointSpec) -> Breakpoint:
         type=bp_type(msg.type),
         enabled=msg.enabled,
         kernel=msg.kernel,
+        tracer_applied=msg.tracer_applied,
     )
 
 
 def bp_to(bp: Breakpoint) -> pb.BreakpointSpec:
     return pb.BreakpointSpec(
-        addr=bp.addr, len=bp.length, type=BP_TYPE_PB[bp.type], enabled=bp.enabled, kernel=bp.kernel
+        addr=bp.addr,
+        len=bp.length,
+        type=BP_TYPE_PB[bp.type],
+        enabled=bp.enabled,
+        kernel=bp.kernel,
+        tracer_applied=bp.tracer_applied,
     )
 
 

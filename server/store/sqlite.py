@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS reservations (
     id TEXT PRIMARY KEY, host TEXT NOT NULL, scope TEXT NOT NULL, cpu INTEGER, task INTEGER,
     addr TEXT NOT NULL, len INTEGER NOT NULL, type TEXT NOT NULL, enabled INTEGER NOT NULL,
     kernel INTEGER NOT NULL, owner TEXT NOT NULL, session TEXT, ptrace_index INTEGER,
-    idempotency_key TEXT NOT NULL DEFAULT '');
+    idempotency_key TEXT NOT NULL DEFAULT '', tracer_applied INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS attachments (
     host TEXT NOT NULL, task INTEGER NOT NULL, session TEXT NOT NULL, owner TEXT NOT NULL,
     state TEXT NOT NULL, reservations TEXT NOT NULL, attached INTEGER NOT NULL DEFAULT 1,
@@ -80,6 +80,7 @@ class SqliteStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
             self.db.executescript(SCHEMA)
+            _add_missing_columns(self.db)
             row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -113,7 +114,6 @@ class SqliteStore:
         ids = [rid for (rid,) in self.db.execute("SELECT id FROM reservations")]
         highest = max((id_order(r)[0] for r in ids if r[1:].isdigit()), default=0)
         self.db.execute("BEGIN IMMEDIATE")
-        self.db.execute("ALTER TABLE attachments ADD COLUMN attached INTEGER NOT NULL DEFAULT 1")
         self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_id', ?)", (str(highest + 1),))
         self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
         self.db.execute("COMMIT")
@@ -142,7 +142,7 @@ class SqliteStore:
             _reservation(row)
             for row in db.execute(
                 "SELECT id, host, scope, cpu, task, addr, len, type, enabled, kernel, owner, "
-                "session, ptrace_index, idempotency_key FROM reservations"
+                "session, ptrace_index, idempotency_key, tracer_applied FROM reservations"
             )
         ]
         res.sort(key=lambda r: id_order(r.reservation.id))
@@ -238,7 +238,7 @@ class SqliteStore:
             )
             db.executemany(
                 "INSERT OR REPLACE INTO reservations VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [_row(r) for r in batch.reservations],
             )
             db.executemany(
@@ -321,6 +321,23 @@ def _what(err: sqlite3.Error) -> str:
     return f"{name}: {err}" if name else str(err)
 
 
+# Columns added after schema 1 was written: (table, column, its definition with the
+# default an older ledger's rows take). A schema 1 ledger's attachments were all attached.
+ADDED_COLUMNS = (
+    ("reservations", "tracer_applied", "INTEGER NOT NULL DEFAULT 0"),
+    ("attachments", "attached", "INTEGER NOT NULL DEFAULT 1"),
+)
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """A ledger from before a column was added gets it, defaulted (whichever tables the
+    older ledger had: one that lacked a table gets it whole from SCHEMA)."""
+    for table, column, definition in ADDED_COLUMNS:
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
 def _row(rec: ReservationRecord) -> tuple[object, ...]:
     r = rec.reservation
     return (
@@ -338,13 +355,15 @@ def _row(rec: ReservationRecord) -> tuple[object, ...]:
         r.session,
         r.ptrace_index,
         rec.idempotency_key,
+        int(r.bp.tracer_applied),
     )
 
 
 def _reservation(row: tuple[object, ...]) -> ReservationRecord:
     (rid, host, scope, cpu, task, addr, length, typ, enabled, kernel, owner, session, pidx, key) = (
-        row
+        row[:14]
     )
+    tracer = bool(row[14])
     res = Reservation(
         id=str(rid),
         host=str(host),
@@ -353,7 +372,9 @@ def _reservation(row: tuple[object, ...]) -> ReservationRecord:
             cpu=None if cpu is None else int(str(cpu)),
             task=None if task is None else int(str(task)),
         ),
-        bp=Breakpoint(int(str(addr)), int(str(length)), BpType(typ), bool(enabled), bool(kernel)),
+        bp=Breakpoint(
+            int(str(addr)), int(str(length)), BpType(typ), bool(enabled), bool(kernel), tracer
+        ),
         owner=str(owner),
         session=None if session is None else str(session),
         ptrace_index=None if pidx is None else int(str(pidx)),

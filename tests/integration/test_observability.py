@@ -232,6 +232,14 @@ def test_each_error_class_carries_error_info_with_the_request_id(
     # 'hslow' cpu 0 is stopped: it cannot answer a control (its reloads are not waited
     # for once it is fenced, but a context switch needs its answer).
     slow = procs.start_agent(arb.address, "hslow", 0, "--cpus", "1")
+    # "agent ready" can be printed before its resync's ack reaches the arbiter: stopped
+    # in between, it would be fenced and read as offline, not as slow to answer.
+    wait_until(
+        lambda: all(
+            c.online and c.acked_generation == c.generation for c in api.inventory("hslow")
+        ),
+        what="hslow's agent acknowledged its resync",
+    )
     os.kill(slow.pid, signal.SIGSTOP)
     try:
         cases: list[tuple[grpc.StatusCode, str, Any]] = [

@@ -15,6 +15,7 @@ from hwbp.errors import (
     InvalidArgument,
     InvalidCpu,
     InvalidLength,
+    InvalidScope,
     KernelAddressNotAllowed,
     LedgerCorrupt,
     MisalignedAddress,
@@ -458,6 +459,24 @@ def test_invalid_modify_changes_nothing(ledger: CheckedLedger) -> None:
     with pytest.raises(InvalidArgument, match="kernel"):
         ledger.modify(r.id, wp(0x1000, kernel=True))
     assert ledger.get(r.id) is r and ledger.used(0) == 1
+
+
+def test_a_tracer_applied_breakpoint_is_counted_like_any_task_breakpoint(
+    ledger: CheckedLedger,
+) -> None:
+    traced = res(task(3), wp(0x1000, tracer_applied=True))
+    ledger.reserve(traced)
+    assert ledger.used(0) == ledger.used(1) == 1
+    assert ledger.for_cpu(0)[0].bp.tracer_applied  # the agents are told who arms it
+    with pytest.raises(InvalidArgument, match="who arms it"):
+        ledger.modify(traced.id, wp(0x2000))
+    assert ledger.get(traced.id) is traced
+
+
+def test_only_a_task_breakpoint_can_be_tracer_applied(ledger: CheckedLedger) -> None:
+    with pytest.raises(InvalidScope, match="tracer-applied"):
+        ledger.reserve(res(cpu(0), wp(0x1000, tracer_applied=True)))
+    assert len(ledger) == 0 and ledger.used(0) == 0
 
 
 def test_modify_type_change_into_a_full_class_keeps_the_slot(make: MakeLedger) -> None:

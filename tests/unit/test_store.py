@@ -116,6 +116,46 @@ def test_deletes_and_updates(stores: tuple[Store, Reopen]) -> None:
     assert snap.hosts[0].generation == 2 and snap.sessions == () and snap.attachments == ()
 
 
+def test_a_tracer_applied_reservation_keeps_its_flag(stores: tuple[Store, Reopen]) -> None:
+    """Lost on a restart, the flag would make the agents arm a watchpoint its tracer
+    already armed: two kernel slots for one reservation."""
+    store, reopen = stores
+    traced = res("r3", bp=Breakpoint(0x601040, 4, BpType.WRITE, tracer_applied=True))
+    store.commit(Batch(hosts=[HostRecord("h1", 2, 1)], reservations=[ReservationRecord(traced)]))
+    assert [r.reservation for r in reopen().load().reservations] == [traced]
+
+
+def test_sqlite_opens_a_ledger_written_before_tracer_applied(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '1');
+        CREATE TABLE hosts (name TEXT PRIMARY KEY, ncpus INTEGER NOT NULL,
+            generation INTEGER NOT NULL);
+        INSERT INTO hosts VALUES ('h1', 2, 5);
+        CREATE TABLE reservations (
+            id TEXT PRIMARY KEY, host TEXT NOT NULL, scope TEXT NOT NULL, cpu INTEGER,
+            task INTEGER, addr TEXT NOT NULL, len INTEGER NOT NULL, type TEXT NOT NULL,
+            enabled INTEGER NOT NULL, kernel INTEGER NOT NULL, owner TEXT NOT NULL,
+            session TEXT, ptrace_index INTEGER, idempotency_key TEXT NOT NULL DEFAULT '');
+        INSERT INTO reservations VALUES
+            ('r1', 'h1', 'task', NULL, 42, '4096', 8, 'w', 1, 0, 'alice', NULL, NULL, '');
+        """
+    )
+    db.close()
+    store = SqliteStore(str(path))
+    try:
+        (old,) = store.load().reservations
+        assert old.reservation.bp == Breakpoint(4096, 8, BpType.WRITE)
+        traced = res("r2", bp=Breakpoint(0x2000, 8, BpType.WRITE, tracer_applied=True))
+        store.commit(Batch(reservations=[ReservationRecord(traced)]))
+        assert store.load().reservations[1].reservation == traced
+    finally:
+        store.close()
+
+
 def test_an_empty_batch_writes_nothing(stores: tuple[Store, Reopen]) -> None:
     store, reopen = stores
     store.commit(Batch())

@@ -90,18 +90,20 @@ class Target(_message.Message):
     def __init__(self, host: _Optional[str] = ..., scope: _Optional[_Union[Scope, str]] = ..., cpu: _Optional[int] = ..., task: _Optional[int] = ...) -> None: ...
 
 class BreakpointSpec(_message.Message):
-    __slots__ = ("addr", "len", "type", "enabled", "kernel")
+    __slots__ = ("addr", "len", "type", "enabled", "kernel", "tracer_applied")
     ADDR_FIELD_NUMBER: _ClassVar[int]
     LEN_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     KERNEL_FIELD_NUMBER: _ClassVar[int]
+    TRACER_APPLIED_FIELD_NUMBER: _ClassVar[int]
     addr: int
     len: int
     type: BreakpointType
     enabled: bool
     kernel: bool
-    def __init__(self, addr: _Optional[int] = ..., len: _Optional[int] = ..., type: _Optional[_Union[BreakpointType, str]] = ..., enabled: _Optional[bool] = ..., kernel: _Optional[bool] = ...) -> None: ...
+    tracer_applied: bool
+    def __init__(self, addr: _Optional[int] = ..., len: _Optional[int] = ..., type: _Optional[_Union[BreakpointType, str]] = ..., enabled: _Optional[bool] = ..., kernel: _Optional[bool] = ..., tracer_applied: _Optional[bool] = ...) -> None: ...
 
 class Reservation(_message.Message):
     __slots__ = ("id", "target", "spec", "owner", "session_id", "generation", "ptrace_index")

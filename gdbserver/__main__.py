@@ -1,0 +1,3 @@
+from hwbp.gdbserver.main import main
+
+raise SystemExit(main())
