@@ -147,6 +147,7 @@ def reservation_into(msg: pb.Reservation, res: Reservation, generation: int = 0)
     spec.type = BP_TYPE_PB[bp.type]
     spec.enabled = bp.enabled
     spec.kernel = bp.kernel
+    spec.tracer_applied = bp.tracer_applied
     msg.owner = res.owner
     msg.session_id = res.session or ""
     msg.generation = generation
@@ -177,6 +178,7 @@ def assignments_into(out: Any, assignments: Iterable[Assignment]) -> None:
         spec.type = types[bp.type]
         spec.enabled = bp.enabled
         spec.kernel = bp.kernel
+        spec.tracer_applied = bp.tracer_applied
 
 
 def assignment_from(msg: Any) -> Assignment:
