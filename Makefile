@@ -56,8 +56,9 @@ run-ha: venv
 certs: venv
 	$(BIN)/python scripts/make_certs.py --out $(CERTS)
 
+# `make bench QUICK=1`: every benchmark scaled down (minutes, not the full run).
 bench: venv
-	$(BIN)/python -m hwbp.bench
+	$(BIN)/python -m hwbp.bench $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

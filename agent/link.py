@@ -40,6 +40,10 @@ from hwbp.wire import convert
 __all__ = ["AgentLink", "AgentState", "Backend", "LinkRefused", "StreamLost"]
 
 log = logging.getLogger("hwbp.agent")
+# While the arbiter is away, a link waits this long for its channel to connect before it
+# tries (and fails) a call: the channel retries on its own, so a thousand links of a fleet
+# do not spin while the arbiter restarts (they would starve it on a small machine).
+READY_WAIT = 10.0
 # A session that stayed live this long was a real one: the next connect starts a fresh
 # backoff. One that ended sooner counts as a failure, so an arbiter that ends our stream
 # right after every resync is not answered with a reconnect spin.
@@ -113,6 +117,7 @@ class AgentLink:
         start_timeout: float = START_TIMEOUT,
         route: Route | None = None,
     ) -> None:
+        self.channel = channel
         self.stub = agent_pb2_grpc.AgentLinkStub(channel)
         self.route = route  # several arbiter replicas: which one leads
         self.host, self.cpu, self.ncpus = host, cpu, ncpus
@@ -126,6 +131,10 @@ class AgentLink:
         self.live_since: float | None = None  # monotonic time the current session went live
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # tests record it
         self._outbox: asyncio.Queue[agent_pb2.AgentMessage | None] = asyncio.Queue()
+        # What the arbiter assigned as of applied_generation: the base a delta is applied
+        # on, for a backend that only takes whole sets (it diffs them itself).
+        self._held: dict[str, Assignment] = {}
+        self._unreachable = False  # the last attempt failed to reach the arbiter
 
     def move(self, new: AgentState) -> None:
         if new is not self.state and new not in _MOVES[self.state]:
@@ -172,6 +181,8 @@ class AgentLink:
             self.route.failed(exc)
         seconds = state.next_action.sleep if state.next_action is not None else 0.0
         kind = classify(exc)
+        # The arbiter could not be reached: the next attempt waits for the channel.
+        self._unreachable = kind is Failure.BROKEN and isinstance(exc, grpc.RpcError)
         where = f"agent {self.host}/{self.cpu}"
         if kind is Failure.BROKEN:
             log.info(
@@ -189,7 +200,16 @@ class AgentLink:
 
     async def _session(self) -> None:
         if self.route is not None:
-            self.stub = agent_pb2_grpc.AgentLinkStub(self.route.channel(self.cpu))
+            self.channel = self.route.channel(self.cpu)
+            self.stub = agent_pb2_grpc.AgentLinkStub(self.channel)
+        # With replicas a failure has already moved us to another one: try it at once
+        # (waiting for a dead replica's channel would hold the link up to READY_WAIT).
+        if self._unreachable and self.route is None:
+            self._unreachable = False
+            with contextlib.suppress(TimeoutError):
+                # Resumes as soon as the channel is up; after READY_WAIT the call is
+                # tried anyway, so a channel that cannot connect (TLS refused) is reported.
+                await asyncio.wait_for(self.channel.channel_ready(), READY_WAIT)
         self.connects += 1
         self.live_since = None
         self._outbox = asyncio.Queue()
@@ -203,6 +223,7 @@ class AgentLink:
             slots=4,
             installed=[convert.assignment_to(a) for a in _installed(self.backend)],  # type: ignore[misc]
             features=convert.features_to(getattr(self.backend, "features", DEFAULT_FEATURES)),
+            deltas=True,
         )
         self._outbox.put_nowait(agent_pb2.AgentMessage(hello=hello))
         call = self.stub.Connect(self._outgoing())
@@ -278,15 +299,37 @@ class AgentLink:
     async def _reload(self, reload: agent_pb2.Reload) -> None:
         if self.ack_delay:
             await asyncio.sleep(self.ack_delay)
+        delta = reload.HasField("base_generation")
+        if delta and reload.base_generation != self.applied_generation:
+            self.send(
+                _nack(
+                    reload,
+                    f"this agent holds generation {self.applied_generation}, not the delta's "
+                    f"base {reload.base_generation}",
+                    0,
+                    needs_full=True,
+                )
+            )
+            return
         try:
             assignments = [convert.assignment_from(a) for a in reload.assignments]
-            image = self.backend.apply(assignments)
+            if delta:
+                removed = list(reload.removed)
+                image = self._apply_delta(assignments, removed)
+            else:
+                image = self.backend.apply(assignments)
         except KernelRefused as err:
             self.send(_nack(reload, str(err), err.kernel_errno))
             return
         except Exception as err:
             self.send(_nack(reload, str(err), 0))
             return
+        if delta:
+            for rid in removed:
+                self._held.pop(rid, None)
+            self._held.update((a.reservation_id, a) for a in assignments)
+        else:
+            self._held = {a.reservation_id: a for a in assignments}
         for a in assignments:
             if a.task is not None:
                 self.backend.watch_task(a.task)
@@ -306,6 +349,21 @@ class AgentLink:
             log.info("agent %s/%d live at generation %d", self.host, self.cpu, reload.generation)
             if self.on_live is not None:
                 self.on_live(self)
+
+    def _apply_delta(self, upserts: list[Assignment], removed: list[str]) -> RegisterImage:
+        """Apply a delta on what is held, all or nothing (the backend's own when it has one)."""
+        apply_delta = getattr(self.backend, "apply_delta", None)
+        if apply_delta is not None:  # it refuses a delta that names a reservation twice
+            image: RegisterImage = apply_delta(upserts, removed)
+            return image
+        named = {a.reservation_id for a in upserts}
+        if len(named) < len(upserts) or not named.isdisjoint(removed):
+            raise ValueError("a delta names a reservation twice")
+        merged = dict(self._held)
+        for rid in removed:
+            merged.pop(rid, None)
+        merged.update((a.reservation_id, a) for a in upserts)
+        return self.backend.apply(list(merged.values()))
 
     def _control(self, ctl: agent_pb2.Control) -> agent_pb2.ControlResult:
         out = agent_pb2.ControlResult(control_id=ctl.control_id)
@@ -395,11 +453,18 @@ def _call(backend: Backend, method: str, *args: Any) -> Any:
     return fn(*args)
 
 
-def _nack(reload: agent_pb2.Reload, reason: str, kernel_errno: int) -> agent_pb2.AgentMessage:
+def _nack(
+    reload: agent_pb2.Reload, reason: str, kernel_errno: int, *, needs_full: bool = False
+) -> agent_pb2.AgentMessage:
     if kernel_errno:
         name = errno_mod.errorcode.get(kernel_errno, str(kernel_errno))
         reason = reason if name in reason else f"{reason} ({name})"
     reason = convert.bounded(reason, "reason")
     return agent_pb2.AgentMessage(
-        nack=agent_pb2.Nack(generation=reload.generation, reason=reason, errno=kernel_errno)
+        nack=agent_pb2.Nack(
+            generation=reload.generation,
+            reason=reason,
+            errno=kernel_errno,
+            needs_full=needs_full,
+        )
     )

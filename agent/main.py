@@ -34,7 +34,7 @@ CHANNEL_OPTIONS = [
     # a CPU's registers must converge to the ledger quickly.
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_reconnect_backoff_ms", 500),
 ]
 STREAMS_PER_CHANNEL = 64  # fleet mode: spread streams over connections
 OPTIONS = CHANNEL_OPTIONS

@@ -41,6 +41,17 @@ class SimBackend:
         # after every step); re-checking here would cost a tenth of the agent's time.
         return self.regs.load(assignments)
 
+    def apply_delta(self, upserts: Sequence[Assignment], removed: Sequence[str]) -> RegisterImage:
+        """A delta reload, all or nothing, at the cost of what it names."""
+        refused = [a for a in upserts if a.bp.addr == self.refuse_addr]
+        if refused:
+            raise RefusedBySim(
+                f"cpu {self.cpu}: address {refused[0].bp.addr:#x} of "
+                f"{refused[0].reservation_id} is refused by this agent's fault injection "
+                "(--refuse-addr)"
+            )
+        return self.regs.update(upserts, removed)
+
     def switch(self, task: int | None) -> RegisterImage:
         return self.regs.switch(task)
 

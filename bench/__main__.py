@@ -1,4 +1,4 @@
-"""make bench: P1-P5 with same-run baselines; results in bench/results/.
+"""make bench: P1-P6 with same-run baselines; results in bench/results/.
 
 ``--quick`` scales everything down (for tests); ``--only P1,P3`` picks benchmarks.
 """
@@ -18,7 +18,7 @@ from hwbp.bench.png import line_chart
 from hwbp.bench.report import machine, table
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ALL = ("P1", "P2", "P3", "P4", "P5")
+ALL = ("P1", "P2", "P3", "P4", "P5", "P6")
 
 
 def _p1(quick: bool) -> dict[str, Any]:
@@ -51,19 +51,26 @@ def _p5(quick: bool) -> dict[str, Any]:
     return ha.run(quick)
 
 
+def _p6(quick: bool) -> dict[str, Any]:
+    from hwbp.bench import p6
+
+    return p6.run(quick)
+
+
 RUNNERS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "P1": _p1,
     "P2": _p2,
     "P3": _p3,
     "P4": _p4,
     "P5": _p5,
+    "P6": _p6,
 }
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="scaled down, seconds not minutes")
-    p.add_argument("--only", default=",".join(ALL), help="comma-separated subset of P1..P5")
+    p.add_argument("--only", default=",".join(ALL), help="comma-separated subset of P1..P6")
     p.add_argument("--out", type=Path, default=RESULTS, help="directory for the results")
     args = p.parse_args(argv)
     args.only = [s.strip().upper() for s in args.only.split(",") if s.strip()]

@@ -5,7 +5,8 @@ so 32 in flight never run out of slots); every one waits for the 1-CPU fleet's A
 The baseline is the *relay* (``bench/echo.py``): the same two requests, each forwarded
 over one bidi stream to a bare agent process and back, which is the floor of an
 arbiter that must hear its agent before it answers. A bare unary echo (one hop) is kept
-as a second reference. Afterwards the arbiter is run again under cProfile to see where
+as a second reference. The arbiter is also measured on uvloop's event loop in the same
+run (when uvloop is installed). Afterwards it is run again under cProfile to see where
 its time goes.
 """
 
@@ -83,9 +84,24 @@ async def echo_runs(
     return out
 
 
-def _with_fleet(profile: str = "") -> tuple[list[procs.Child], str]:
-    arb, address = procs.start_arbiter(profile=profile)
+def _with_fleet(profile: str = "", uvloop: bool = False) -> tuple[list[procs.Child], str]:
+    if uvloop:
+        argv = ["hwbp.server", "--listen", "127.0.0.1:0", "--log-level", "WARNING"]
+        arb, line = procs.start(
+            ["-m", "hwbp.bench.uvrun", *argv, "--db", ":memory:"],
+            "arbiter on uvloop",
+            wait_for="listening on",
+        )
+        address = line.rsplit(" ", 1)[-1]
+    else:
+        arb, address = procs.start_arbiter(profile=profile)
     return [arb, procs.start_fleet(address, "p1", 1)], address
+
+
+def _has_uvloop() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("uvloop") is not None
 
 
 def profile_summary(path: str, top: int = 12) -> dict[str, Any]:
@@ -165,6 +181,13 @@ def run(quick: bool) -> dict[str, Any]:
         arb = asyncio.run(arbiter_runs(address, seconds, warmup))
     finally:
         procs.stop_all(children)
+    uv: dict[int, Run] = {}
+    if _has_uvloop():
+        children, address = _with_fleet(uvloop=True)
+        try:
+            uv = asyncio.run(arbiter_runs(address, seconds, warmup))
+        finally:
+            procs.stop_all(children)
     echo_child, echo_addr = start_echo()
     try:
         relay_agent = start_relay_agent(echo_addr)
@@ -175,7 +198,11 @@ def run(quick: bool) -> dict[str, Any]:
         echo = asyncio.run(echo_runs(echo_addr, seconds, warmup))
     finally:
         echo_child.stop()
-    out: dict[str, Any] = {"seconds_per_point": seconds, "points": {}}
+    out: dict[str, Any] = {
+        "seconds_per_point": seconds,
+        "uvloop": "measured" if uv else "not installed",
+        "points": {},
+    }
     for n in IN_FLIGHT:
         a, r, e = arb[n], relay[n], echo[n]
         ratio = a.ops_per_s / r.ops_per_s if r.ops_per_s else 0.0
@@ -195,6 +222,14 @@ def run(quick: bool) -> dict[str, Any]:
             "target": TARGETS[n],
             "met": ratio >= TARGETS[n],
         }
+        if n in uv:
+            u = uv[n]
+            out["points"][str(n)].update(
+                arbiter_uvloop_ops_per_s=round(u.ops_per_s, 1),
+                arbiter_uvloop_p50_ms=round(u.median_ms, 3),
+                arbiter_uvloop_p99_ms=round(u.pct_ms(99), 3),
+                uvloop_vs_asyncio=round(u.ops_per_s / a.ops_per_s if a.ops_per_s else 0.0, 3),
+            )
     out["profile"] = _profiled(seconds, warmup)
     return out
 

@@ -5,12 +5,15 @@ Reserve then a Release of a system-scope breakpoint are timed: each is one broad
 that returns after all N ACKs. The baseline is bench.echo's fan-out: one Broadcast
 writes a reload-sized message to N open streams and waits for N ack-sized replies.
 Both measure from a client in this process through a server process to N stream ends
-in a third process, so the ratio isolates what the arbiter adds.
+in a third process, so the ratio isolates what the arbiter adds. At N = 64 the pair is
+measured five times, alternating, and the ratio is reported as the median of the five
+with its spread (the target: median <= 1.5x, no run above 1.8x).
 """
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from typing import Any
 
@@ -25,8 +28,11 @@ from hwbp.wire import convert
 
 SIZES = (1, 16, 64, 256)
 QUICK_SIZES = (1, 16)
-TARGET = 1.5  # at N = 64
+TARGET = 1.5  # at N = 64, the median of RUNS
+WORST = 1.8  # no run above this
 TARGET_N = 64
+RUNS = 5
+QUICK_TARGET_N = 16
 
 
 def reload_payload() -> bytes:
@@ -83,37 +89,70 @@ async def echo_broadcasts(address: str, reps: int) -> Run:
     return Run(len(lat), sum(lat), lat)
 
 
+def _pair(address: str, echo_addr: str, host: str, n: int, reps: int) -> tuple[Run, Run]:
+    """One arbiter measurement and one fan-out measurement, never running at once."""
+    fleet = procs.start_fleet(address, host, n)
+    try:
+        a = asyncio.run(arbiter_broadcasts(address, host, reps))
+    finally:
+        fleet.stop()
+    agents = start_echo_agents(echo_addr, n)
+    try:
+        b = asyncio.run(echo_broadcasts(echo_addr, reps))
+    finally:
+        agents.stop()
+    return a, b
+
+
+def _pool(runs: list[Run]) -> Run:
+    return Run(
+        sum(r.ops for r in runs),
+        sum(r.seconds for r in runs),
+        [x for r in runs for x in r.latencies],
+    )
+
+
 def run(quick: bool) -> dict[str, Any]:
     sizes = QUICK_SIZES if quick else SIZES
     reps = 5 if quick else 25
+    target_n = QUICK_TARGET_N if quick else TARGET_N
+    runs_at_target = 3 if quick else RUNS
     arb, address = procs.start_arbiter("--ack-timeout", "30")
     echo, echo_addr = start_echo()
     points: dict[str, Any] = {}
     try:
         for n in sizes:
-            fleet = procs.start_fleet(address, f"p3n{n}", n)
-            try:
-                a = asyncio.run(arbiter_broadcasts(address, f"p3n{n}", reps))
-            finally:
-                fleet.stop()
-            agents = start_echo_agents(echo_addr, n)
-            try:
-                b = asyncio.run(echo_broadcasts(echo_addr, reps))
-            finally:
-                agents.stop()
-            ratio = a.median_ms / b.median_ms if b.median_ms else 0.0
+            pairs = [
+                _pair(address, echo_addr, f"p3n{n}", n, reps)
+                for _ in range(runs_at_target if n == target_n else 1)
+            ]
+            ratios = [a.median_ms / b.median_ms if b.median_ms else 0.0 for a, b in pairs]
+            a, b = _pool([p[0] for p in pairs]), _pool([p[1] for p in pairs])
+            ratio = statistics.median(ratios)
+            targeted = n == target_n
             points[str(n)] = {
                 "n": n,
+                "runs": len(pairs),
                 "broadcasts": a.ops,
-                "arbiter_p50_ms": round(a.median_ms, 3),
-                "arbiter_p95_ms": round(a.pct_ms(95), 3),
-                "echo_p50_ms": round(b.median_ms, 3),
-                "echo_p95_ms": round(b.pct_ms(95), 3),
+                "arbiter_p50_ms": round(statistics.median(x.median_ms for x, _ in pairs), 3),
+                "arbiter_p99_ms": round(a.pct_ms(99), 3),
+                "arbiter_us_per_agent": round(
+                    1000 * statistics.median(x.median_ms for x, _ in pairs) / n, 1
+                ),
+                "echo_p50_ms": round(statistics.median(y.median_ms for _, y in pairs), 3),
+                "echo_p99_ms": round(b.pct_ms(99), 3),
+                "echo_us_per_agent": round(
+                    1000 * statistics.median(y.median_ms for _, y in pairs) / n, 1
+                ),
                 "ratio": round(ratio, 3),
-                "target": TARGET if n == TARGET_N else None,
-                "met": (ratio <= TARGET) if n == TARGET_N else None,
+                "ratios": [round(r, 3) for r in ratios],
+                "ratio_min": round(min(ratios), 3),
+                "ratio_max": round(max(ratios), 3),
+                "target": TARGET if targeted else None,
+                "worst_allowed": WORST if targeted else None,
+                "met": (ratio <= TARGET and max(ratios) <= WORST) if targeted else None,
             }
     finally:
         echo.stop()
         arb.stop()
-    return {"reps_per_n": 2 * reps, "points": points}
+    return {"reps_per_run": 2 * reps, "target_n": target_n, "points": points}

@@ -29,12 +29,22 @@ from hwbp.validate import validate_breakpoint
 class _Entry:
     """A live reservation with its admission number and the slot class it is counted in."""
 
-    __slots__ = ("cls", "res", "seq")
+    __slots__ = ("_sent", "cls", "res", "seq")
 
     def __init__(self, res: Reservation, seq: int, cls: SlotClass) -> None:
         self.res = res
         self.seq = seq
         self.cls = cls
+        self._sent: Assignment | None = None
+
+    @property
+    def assignment(self) -> Assignment:
+        """What agents are sent for it: made once, shared by every CPU it applies to."""
+        sent = self._sent
+        if sent is None or sent.bp is not self.res.bp:  # a modify replaced the breakpoint
+            res = self.res
+            sent = self._sent = Assignment(res.id, res.target.task, res.bp)
+        return sent
 
 
 def _seq(entry: _Entry) -> int:
@@ -57,6 +67,7 @@ class HostLedger:
     """The kernel's slot accounting for one host with ``ncpus`` CPUs."""
 
     __slots__ = (
+        "_bound_on",
         "_by_session",
         "_by_task",
         "_counters",
@@ -73,6 +84,7 @@ class HostLedger:
         "_on_cpu",
         "_ordered",
         "_profile",
+        "_system",
     )
 
     def __init__(self, host: str, ncpus: int, profile: ArchProfile = X86_64) -> None:
@@ -88,6 +100,10 @@ class HostLedger:
         self._next_seq = 0
         self._on_cpu: list[dict[str, _Entry]] = [{} for _ in range(ncpus)]  # CPU, TASK_CPU
         self._everywhere: dict[str, _Entry] = {}  # SYSTEM, TASK
+        # CPU-bound ones apart (SYSTEM; CPU per cpu): the kernel caps them at the slots, so
+        # what a refusal names or a context switch installs is found without walking tasks.
+        self._system: dict[str, _Entry] = {}
+        self._bound_on: list[dict[str, _Entry]] = [{} for _ in range(ncpus)]
         self._by_task: dict[int, dict[str, _Entry]] = {}
         self._by_session: dict[str, dict[str, _Entry]] = {}
         self._journal: list[_Undo] = []
@@ -209,11 +225,35 @@ class HostLedger:
 
     def for_cpu(self, cpu: int) -> list[Assignment]:
         """What an agent must install on ``cpu``: everything that applies there."""
-        return [Assignment(e.res.id, e.res.target.task, e.res.bp) for e in self._applying(cpu)]
+        return [_assignment(e) for e in self._applying(cpu)]
 
     def holders(self, cpu: int) -> list[Reservation]:
         """Every reservation counting on ``cpu`` (cpu-bound on it or a task's there)."""
         return [e.res for e in self._applying(cpu)]
+
+    def installable(self, cpu: int, task: int | None) -> list[Assignment]:
+        """What can be in ``cpu``'s registers while ``task`` runs there: its CPU-bound
+        breakpoints and that task's, in admission order. Bounded by the slots, whatever
+        other tasks hold."""
+        entries = self._bound(cpu)
+        if task is not None:
+            entries += [e for e in self._by_task.get(task, {}).values() if _applies(e, cpu)]
+        return [_assignment(e) for e in _in_order(entries)]
+
+    def delta(self, cpu: int, ids: Iterable[str]) -> tuple[list[Assignment], list[str]]:
+        """The state of ``ids`` on ``cpu``: those that apply there (admission order), and
+        those that do not, or no longer exist (sorted). The cost is that of ``ids``."""
+        self._check_cpu(cpu)
+        here: list[_Entry] = []
+        gone: list[str] = []
+        entries = self._entries
+        for rid in ids:
+            entry = entries.get(rid)
+            if entry is not None and _applies(entry, cpu):
+                here.append(entry)
+            else:
+                gone.append(rid)
+        return [_assignment(e) for e in _in_order(here)], sorted(gone)
 
     def affected_cpus(self, target: Target) -> range | tuple[int, ...]:
         if target.cpu is None:
@@ -226,6 +266,17 @@ class HostLedger:
         self._check_cpu(cpu)
         counters = self._counters[self._profile.classes[0] if cls is None else cls]
         return counters.used(cpu)
+
+    def count(self, scope: Scope) -> int:
+        """Reservations of ``scope``, from the indexes: O(cpus), not O(reservations)."""
+        if scope is Scope.SYSTEM:
+            return len(self._system)
+        if scope is Scope.TASK:
+            return len(self._everywhere) - len(self._system)
+        cpu_scoped = sum(len(b) for b in self._bound_on)
+        if scope is Scope.CPU:
+            return cpu_scoped
+        return sum(len(d) for d in self._on_cpu) - cpu_scoped
 
     def by_task(self, task: int) -> list[Reservation]:
         return [e.res for e in _in_order(self._by_task.get(task, {}).values())]
@@ -267,6 +318,18 @@ class HostLedger:
             raise InvalidArgument(f"checkpoint {token} is not open", token=token)
         return {entry.res.id for _, entry, _, _ in self._journal[start - self._journal_base :]}
 
+    def touched_where(self, token: int) -> dict[str, int | None]:
+        """Like ``touched_since``, with where each applies: its cpu, or None for every
+        cpu (a reservation's target never changes, so one answer holds for all its
+        journal records)."""
+        start = self._marks.get(token)
+        if start is None:
+            raise InvalidArgument(f"checkpoint {token} is not open", token=token)
+        return {
+            entry.res.id: entry.res.target.cpu
+            for _, entry, _, _ in self._journal[start - self._journal_base :]
+        }
+
     def before(self, token: int) -> dict[str, Reservation | None]:
         """What each reservation touched since ``token`` was at that point (None: it did
         not exist yet): the committed view while a change waits for acknowledgements."""
@@ -294,6 +357,8 @@ class HostLedger:
         fresh = {c: SlotCounters(self._profile.slots(c), self._ncpus) for c in self._counters}
         on_cpu: list[set[str]] = [set() for _ in range(self._ncpus)]
         everywhere: set[str] = set()
+        bound_on: list[set[str]] = [set() for _ in range(self._ncpus)]
+        system: set[str] = set()
         tasks: dict[int, set[str]] = {}
         sessions: dict[str, set[str]] = {}
         for e in self._all():
@@ -310,6 +375,8 @@ class HostLedger:
             except LedgerCorrupt as exc:
                 problems.append(f"{res.id}: {exc}")
             (everywhere if target.cpu is None else on_cpu[target.cpu]).add(res.id)
+            if target.cpu_bound:
+                (system if target.cpu is None else bound_on[target.cpu]).add(res.id)
             if target.task is not None:
                 tasks.setdefault(target.task, set()).add(res.id)
             if res.session is not None:
@@ -321,6 +388,9 @@ class HostLedger:
                     problems.append(f"cpu {c} uses {counters.used(c)} of {counters.slots}")
         if on_cpu != [set(d) for d in self._on_cpu] or everywhere != set(self._everywhere):
             problems.append("per-cpu index differs from the reservations")
+        if bound_on != [set(d) for d in self._bound_on] or system != set(self._system):
+            problems.append("cpu-bound index differs from the reservations")
+
         if tasks != {k: set(v) for k, v in self._by_task.items()}:
             problems.append("per-task index differs from the reservations")
         if sessions != {k: set(v) for k, v in self._by_session.items()}:
@@ -357,14 +427,17 @@ class HostLedger:
 
     def _no_space(self, target: Target, cls: SlotClass, cpu: int, used: int) -> NoFreeSlot:
         """Name the cpu-bound holders and the one task whose breakpoints filled ``cpu``."""
-        here = [e for e in self._applying(cpu) if e.cls is cls]
         task = target.task
         if target.cpu_bound:
             counters = self._counters[cls]
             busiest = counters.max_task(cpu)  # 0: no task there, so none is named
-            tasks = (e.res.target.task for e in here if not e.res.target.cpu_bound)
+            # The first task (in admission order) that holds the busiest count here.
+            here = (e for e in self._applying(cpu) if e.cls is cls and not e.res.target.cpu_bound)
+            tasks = (e.res.target.task for e in here) if busiest else iter(())
             task = next((t for t in tasks if counters.task_on(t, cpu) == busiest), None)
-        holders = [e.res for e in here if e.res.target.cpu_bound or e.res.target.task == task]
+        mine = [] if task is None else list(self._by_task.get(task, {}).values())
+        entries = _in_order(self._bound(cpu) + [e for e in mine if _applies(e, cpu)])
+        holders = [e.res for e in entries if e.cls is cls]
         return NoFreeSlot(
             host=self._host,
             cpu=cpu,
@@ -398,6 +471,10 @@ class HostLedger:
             self._ordered = True
         return self._entries.values()
 
+    def _bound(self, cpu: int) -> list[_Entry]:
+        self._check_cpu(cpu)
+        return [*self._system.values(), *self._bound_on[cpu].values()]
+
     def _applying(self, cpu: int) -> list[_Entry]:
         self._check_cpu(cpu)
         return _in_order(chain(self._on_cpu[cpu].values(), self._everywhere.values()))
@@ -412,6 +489,8 @@ class HostLedger:
         self._entries[res.id] = entry
         place = self._everywhere if target.cpu is None else self._on_cpu[target.cpu]
         place[res.id] = entry
+        if target.task is None:
+            (self._system if target.cpu is None else self._bound_on[target.cpu])[res.id] = entry
         if target.task is not None:
             self._by_task.setdefault(target.task, {})[res.id] = entry
         if res.session is not None:
@@ -424,6 +503,8 @@ class HostLedger:
         del self._entries[res.id]
         place = self._everywhere if target.cpu is None else self._on_cpu[target.cpu]
         del place[res.id]
+        if target.task is None:
+            del (self._system if target.cpu is None else self._bound_on[target.cpu])[res.id]
         if target.task is not None:
             _discard(self._by_task, target.task, res.id)
         if res.session is not None:
@@ -441,6 +522,15 @@ class HostLedger:
         keep_from = min(self._marks.values(), default=self._journal_base + len(self._journal))
         del self._journal[: keep_from - self._journal_base]
         self._journal_base = keep_from
+
+
+def _applies(entry: _Entry, cpu: int) -> bool:
+    where = entry.res.target.cpu
+    return where is None or where == cpu
+
+
+def _assignment(entry: _Entry) -> Assignment:
+    return entry.assignment
 
 
 def _discard(index: dict[_K, dict[str, _Entry]], key: _K, res_id: str) -> None:

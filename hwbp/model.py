@@ -8,7 +8,15 @@ from enum import Enum
 from hwbp.errors import InvalidCpu, InvalidScope, InvalidTask
 
 
-class BpType(Enum):
+class _Member(Enum):
+    """Members are singletons compared by identity, so identity hashing is equivalent;
+    Enum's own hashes the member's name in Python on every dict lookup, and the ledger,
+    the counters and the wire conversions look these up for every breakpoint."""
+
+    __hash__ = object.__hash__
+
+
+class BpType(_Member):
     """perf's bp_type: what kind of access triggers the breakpoint."""
 
     EXEC = "x"
@@ -22,14 +30,14 @@ class BpType(Enum):
         return self is not BpType.EXEC
 
 
-class SlotClass(Enum):
+class SlotClass(_Member):
     """The kernel's slot classes (find_slot_idx); x86 shares one pool for both."""
 
     INST = "inst"
     DATA = "data"
 
 
-class Scope(Enum):
+class Scope(_Member):
     """Where a breakpoint applies, as the kernel's (pid, cpu) pair."""
 
     SYSTEM = "system"  # every CPU of the host, all-or-nothing
@@ -39,10 +47,13 @@ class Scope(Enum):
 
     @property
     def is_task(self) -> bool:
-        return self in (Scope.TASK, Scope.TASK_CPU)
+        return self in _TASK_SCOPES
 
 
-class AccessType(Enum):
+_TASK_SCOPES = (Scope.TASK, Scope.TASK_CPU)
+
+
+class AccessType(_Member):
     READ = "r"
     WRITE = "w"
     EXEC = "x"

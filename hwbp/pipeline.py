@@ -9,7 +9,14 @@ carries out the instructions. The contract:
   and the rest go out together as one new *generation*.
 - **Broadcast.** That generation is sent to the agent of every CPU it touches whose link
   is resyncing or live. An agent has at most one reload in flight; a newer state waits and
-  goes out when it answers (reloads are full state, so the newest supersedes).
+  goes out when it answers, carrying everything that changed meanwhile.
+- **Deltas.** A reload is the CPU's full state only when its agent (re)connects, cannot
+  apply deltas, or said it does not hold the base a delta was computed on. Otherwise it
+  is a *delta* on the generation the agent last acknowledged (its ``base``): the current
+  state of every reservation touched on that CPU since then, as upserts and removals,
+  which the agent applies all-or-nothing and only on that base. Each CPU keeps the ids
+  touched since its base (``dirty``), so a change costs what it touched, not what the host
+  holds.
 - **Commit.** The batch commits once every agent it waits for acknowledged its
   generation, or stopped counting: it disconnected, or missed its ack deadline and was
   fenced. The batch is then made durable (``Persist``), and only when that succeeds does
@@ -37,6 +44,7 @@ carries out the instructions. The contract:
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -115,6 +123,7 @@ class AgentConnected:
     cpu: int
     link: int  # unique per connection, so answers on an old stream are recognised
     now: float
+    deltas: bool = False  # the agent applies delta reloads (else: full state every time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +144,9 @@ class Answered:
     now: float
     reason: str = ""
     errno: int = 0
+    # A refusal of a delta because the agent does not hold its base: not a refusal of
+    # the change; the CPU is sent its full state instead.
+    needs_full: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,11 +178,17 @@ Event = (
 
 @dataclass(frozen=True, slots=True)
 class SendReload:
+    """The CPU's state at ``generation``: whole (``base`` None), or as a delta on ``base``:
+    ``assignments`` added or changed, ``removed`` gone (or never there: removing is
+    idempotent)."""
+
     cpu: int
     link: int
     generation: int
     request_id: str
-    assignments: tuple[Assignment, ...]  # the CPU's whole state at this generation
+    assignments: tuple[Assignment, ...]
+    base: int | None = None
+    removed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +269,14 @@ class CpuLink:
     acked: int = 0  # newest generation it acknowledged
     answered: int = 0  # newest generation it answered, acknowledged or refused
     reason: str = ""  # why it is fenced, offline or mismatched
+    deltas: bool = False  # its agent applies deltas
+    full: bool = True  # the next reload must be full state (no known base)
+    sent_full: bool = False  # the reload in flight is full state
+    # Reservation ids touched on this CPU since the state it acknowledged (what a delta
+    # on ``acked`` carries), and since the last reload was sent (what stays dirty once
+    # that reload is acknowledged). Tracked only while the link is waited for.
+    dirty: set[str] = field(default_factory=set)
+    fresh: set[str] = field(default_factory=set)
 
 
 @dataclass(eq=False)
@@ -305,6 +331,9 @@ class HostPipeline:
         self._batch: _Batch | None = None
         self._undone: list[_Undone] = []
         self._tickets: dict[int, _Ticket] = {}  # waiter -> its change
+        # (deadline, cpu, generation) of reloads sent; entries whose reload was answered
+        # are dropped lazily, so the next deadline costs O(log n), not a scan of the CPUs.
+        self._deadlines: list[tuple[float, int, int]] = []
         self._label = "resync"  # request ids behind the newest generation
         self._out: list[Instruction] = []
 
@@ -315,8 +344,14 @@ class HostPipeline:
         return self._batch is None and not self._queue and not self._undone
 
     def next_deadline(self) -> float | None:
-        deadlines = [c.deadline for c in self.cpus if c.in_flight is not None]
-        return min(deadlines) if deadlines else None
+        heap = self._deadlines
+        while heap:
+            deadline, index, generation = heap[0]
+            cpu = self.cpus[index]
+            if cpu.in_flight == generation and cpu.deadline == deadline:
+                return deadline
+            heapq.heappop(heap)
+        return None
 
     def committed_view(self) -> dict[str, Reservation | None]:
         """Reservations the batch in flight changed, as they were committed (None: it
@@ -344,17 +379,18 @@ class HostPipeline:
             if cpu.link == event.link and cpu.state in WAITED:
                 cpu.state = Link.FENCED if event.fenced else Link.OFFLINE
                 cpu.reason = event.reason
-                cpu.in_flight, cpu.deadline, cpu.stale = None, math.inf, False
+                _unlink(cpu)
+                self._settled(event.cpu)
         elif isinstance(event, Answered):
             self._answered(event)
         elif isinstance(event, Tick):
-            for i, cpu in enumerate(self.cpus):
-                if cpu.in_flight is not None and cpu.deadline <= event.now:
-                    self._fence(
-                        i,
-                        f"did not acknowledge generation {cpu.in_flight} within "
-                        f"{self.ack_timeout:g}s",
-                    )
+            while (deadline := self.next_deadline()) is not None and deadline <= event.now:
+                i = heapq.heappop(self._deadlines)[1]
+                self._fence(
+                    i,
+                    f"did not acknowledge generation {self.cpus[i].in_flight} within "
+                    f"{self.ack_timeout:g}s",
+                )
         elif isinstance(event, Persisted):
             self._persisted(event)
         elif isinstance(event, PersistFailed):
@@ -389,7 +425,7 @@ class HostPipeline:
         self._queue.append(ticket)
 
     def _connected(self, ev: AgentConnected) -> None:
-        self.cpus[ev.cpu] = CpuLink(state=Link.RESYNCING, link=ev.link)
+        self.cpus[ev.cpu] = CpuLink(state=Link.RESYNCING, link=ev.link, deltas=ev.deltas)
         self._push(ev.cpu, ev.now)
         batch = self._batch
         if batch is not None and not batch.persisting and ev.cpu in batch.affected:
@@ -400,10 +436,20 @@ class HostPipeline:
         if cpu.link != ev.link or cpu.in_flight != ev.generation or cpu.state not in WAITED:
             return  # an old stream's, or a superseded generation's: nothing waits for it
         cpu.in_flight, cpu.deadline = None, math.inf
+        if ev.needs_full and not ev.ok and not cpu.sent_full:
+            # It does not hold the base the delta was computed on: nothing was refused,
+            # it gets its whole state (still at the generation it is waited for).
+            cpu.full, cpu.stale = True, False
+            self._push(ev.cpu, ev.now)
+            return
         cpu.answered = ev.generation
         stale, cpu.stale = cpu.stale, False
         if ev.ok:
             cpu.acked = ev.generation
+            self._settled(ev.cpu)
+            cpu.full = False
+            cpu.dirty = cpu.fresh  # what changed after that reload was sent
+            cpu.fresh = set(cpu.fresh)
             if cpu.reason.startswith("refused"):
                 cpu.reason = ""
         else:
@@ -462,12 +508,7 @@ class HostPipeline:
             batch = self._batch
             if batch.persisting:
                 return
-            batch.waiting = {
-                c
-                for c in batch.waiting
-                if self.cpus[c].state in WAITED and self.cpus[c].acked < batch.generation
-            }
-            if batch.waiting:
+            if batch.waiting:  # kept exact as agents answer or go (see _settled)
                 return
             keys = []
             for ticket, result, cpus in batch.admitted:
@@ -510,6 +551,7 @@ class HostPipeline:
             return
         self.generation += 1
         affected = frozenset().union(*(cpus for _, _, cpus in admitted))
+        self._touched(self.ledger.touched_where(token))
         batch = _Batch(self.generation, token, admitted, affected, set())
         self._batch = batch
         self._label = batch.request_ids
@@ -519,7 +561,9 @@ class HostPipeline:
                 self._push(cpu, now)
 
     def _rollback(self, batch: _Batch, error: HwbpError, now: float, *, split: bool) -> None:
+        touched = self.ledger.touched_where(batch.token)
         self.ledger.rollback(batch.token)
+        self._touched(touched)  # their restored state differs from what went out
         for ticket, _, _ in reversed(batch.admitted):
             if ticket.change.undo is not None:
                 try:
@@ -553,21 +597,58 @@ class HostPipeline:
             return
         cpu.in_flight = cpu.sent = self.generation
         cpu.deadline = now + self.ack_timeout
-        self._out.append(
-            SendReload(
+        heapq.heappush(self._deadlines, (cpu.deadline, index, self.generation))
+        cpu.sent_full = cpu.full or not cpu.deltas
+        if cpu.sent_full:
+            ins = SendReload(
+                index, cpu.link, self.generation, self._label, tuple(self.ledger.for_cpu(index))
+            )
+        else:
+            upserts, removed = self.ledger.delta(index, cpu.dirty)
+            ins = SendReload(
                 index,
                 cpu.link,
                 self.generation,
                 self._label,
-                tuple(self.ledger.for_cpu(index)),
+                tuple(upserts),
+                base=cpu.acked,
+                removed=tuple(removed),
             )
-        )
+        cpu.fresh = set()
+        self._out.append(ins)
+
+    def _touched(self, where: dict[str, int | None]) -> None:
+        """Mark reservation ids dirty on every CPU they apply to whose agent takes deltas
+        (a CPU without a live link is sent its full state when it connects)."""
+        tracked: list[CpuLink] | None = None
+        for rid, cpu_index in where.items():
+            if cpu_index is None:
+                if tracked is None:
+                    tracked = [c for c in self.cpus if c.deltas and c.state in WAITED]
+                cpus: Iterable[CpuLink] = tracked
+            else:
+                one = self.cpus[cpu_index]
+                cpus = (one,) if one.deltas and one.state in WAITED else ()
+            for cpu in cpus:
+                cpu.dirty.add(rid)
+                cpu.fresh.add(rid)
 
     def _fence(self, index: int, reason: str) -> None:
         cpu = self.cpus[index]
         cpu.state, cpu.reason = Link.FENCED, reason
-        cpu.in_flight, cpu.deadline, cpu.stale = None, math.inf, False
+        _unlink(cpu)
+        self._settled(index)
         self._out.append(Fence(index, cpu.link, reason))
+
+    def _settled(self, index: int) -> None:
+        """The batch stops waiting for a CPU that acknowledged it or is no longer waited
+        for (each answer costs O(1), not a pass over every CPU the batch waits for)."""
+        batch = self._batch
+        if batch is None or batch.persisting or index not in batch.waiting:
+            return
+        cpu = self.cpus[index]
+        if cpu.state not in WAITED or cpu.acked >= batch.generation:
+            batch.waiting.discard(index)
 
     def _fail(self, ticket: _Ticket, error: HwbpError) -> None:
         if ticket.change.key:
@@ -598,6 +679,10 @@ class HostPipeline:
                 problems.append(f"cpu {i} has a reload in flight while {cpu.state.value}")
             if cpu.in_flight is None and cpu.stale:
                 problems.append(f"cpu {i} is marked stale with nothing in flight")
+            if cpu.dirty and (cpu.state not in WAITED or not cpu.deltas):
+                problems.append(f"cpu {i} tracks changes while {cpu.state.value}")
+            if not cpu.fresh <= cpu.dirty:
+                problems.append(f"cpu {i} has changes since its last reload it would not send")
         live: list[_Ticket] = list(self._queue)
         for undone in self._undone:
             live += undone.tickets
@@ -607,6 +692,15 @@ class HostPipeline:
             live += [t for t, _, _ in batch.admitted]
             if not batch.waiting <= batch.affected:
                 problems.append("the batch waits for cpus it does not touch")
+            owed = {
+                c
+                for c in batch.affected
+                if self.cpus[c].state in WAITED and self.cpus[c].acked < batch.generation
+            }
+            if not batch.persisting and batch.waiting != owed:
+                problems.append(
+                    f"the batch waits for cpus {sorted(batch.waiting)}, not {sorted(owed)}"
+                )
             if batch.generation > self.generation:
                 problems.append("the batch is ahead of the host's generation")
         if len({id(t) for t in live}) != len(live):
@@ -626,6 +720,12 @@ class HostPipeline:
                 f"pipeline of host {self.ledger.host}: " + "; ".join(problems[:8]),
                 host=self.ledger.host,
             )
+
+
+def _unlink(cpu: CpuLink) -> None:
+    """Nothing is in flight or tracked for a link that is not waited for."""
+    cpu.in_flight, cpu.deadline, cpu.stale = None, math.inf, False
+    cpu.dirty, cpu.fresh = set(), set()
 
 
 def _refusal(host: str, ev: Answered) -> HwbpError:

@@ -85,7 +85,10 @@ class RegisterFile:
                 profile=profile.name,
             )
         self._profile = profile
-        self._assignments: tuple[Assignment, ...] = ()
+        self._all: dict[str, Assignment] = {}  # every assignment, in the order loaded
+        # The same by task (None: CPU-bound): placement reads only the CPU-bound ones and
+        # the running task's, so a change costs what it names, not what the CPU holds.
+        self._homes: dict[int | None, dict[str, Assignment]] = {}
         self._current: int | None = None
         self._slots: tuple[Assignment | None, ...] = (None,) * HBP_NUM
         self._dr: tuple[int, int, int, int] = (0, 0, 0, 0)
@@ -107,7 +110,7 @@ class RegisterFile:
     @property
     def assignments(self) -> tuple[Assignment, ...]:
         """Every breakpoint that applies to this CPU, installed or not, as last loaded."""
-        return self._assignments
+        return tuple(self._all.values())
 
     @property
     def installed(self) -> tuple[Assignment | None, ...]:
@@ -128,15 +131,51 @@ class RegisterFile:
     def load(self, assignments: Iterable[Assignment]) -> RegisterImage:
         """Replace every breakpoint that applies to this CPU; all or nothing."""
         new = tuple(assignments)
-        seen: set[str] = set()
+        every: dict[str, Assignment] = {}
+        homes: dict[int | None, dict[str, Assignment]] = {}
         for a in new:
-            if a.reservation_id in seen:
+            if a.reservation_id in every:
                 raise InvalidArgument(
                     f"reservation {a.reservation_id} is assigned twice to one CPU",
                     reservation=a.reservation_id,
                 )
-            seen.add(a.reservation_id)
-        self._commit(new, self._current)
+            every[a.reservation_id] = a
+            homes.setdefault(a.task, {})[a.reservation_id] = a
+        task = self._current
+        self._commit(self._place(_wanted(homes, task), task), task)
+        self._all = every
+        self._homes = homes
+        return self.image()
+
+    def update(self, upserts: Iterable[Assignment], removed: Iterable[str]) -> RegisterImage:
+        """Apply a delta, all or nothing: drop ``removed`` (one not held is no error),
+        then add or replace ``upserts``. Costs what the delta names plus the CPU-bound
+        and the running task's breakpoints (what placement reads), whatever else the CPU
+        holds."""
+        changes: dict[str, Assignment | None] = dict.fromkeys(removed)
+        for a in upserts:
+            if a.reservation_id in changes:
+                raise InvalidArgument(
+                    f"reservation {a.reservation_id} is named twice in one update",
+                    reservation=a.reservation_id,
+                )
+            changes[a.reservation_id] = a
+        task = self._current
+        placed = (None, task)  # the homes placement reads: CPU-bound, the running task's
+        if any(
+            _touches(self._all.get(rid), placed) or _touches(new, placed)
+            for rid, new in changes.items()
+        ):
+            trial = {key: dict(self._homes.get(key, {})) for key in placed}
+            for rid, new in changes.items():
+                _move(trial, rid, self._all.get(rid), new)
+            self._commit(self._place(_wanted(trial, task), task), task)  # raises: no change
+        for rid, new in changes.items():
+            _move(self._homes, rid, self._all.get(rid), new, create=True)
+            if new is None:
+                self._all.pop(rid, None)
+            else:
+                self._all[rid] = new
         return self.image()
 
     def switch(self, task: int | None) -> RegisterImage:
@@ -145,7 +184,7 @@ class RegisterFile:
         CPU-bound breakpoints keep their registers; the incoming task's take the lowest
         free ones, wherever the outgoing task's used to be. All or nothing.
         """
-        self._commit(self._assignments, task)
+        self._commit(self._place(_wanted(self._homes, task), task), task)
         return self.image()
 
     def access(self, addr: int, length: int, kind: AccessType) -> list[HitRecord]:
@@ -183,14 +222,8 @@ class RegisterFile:
     def clear_dr6(self) -> None:
         self._dr6 = dr7.DR6_RESERVED
 
-    def _wanted(self, assignments: tuple[Assignment, ...], task: int | None) -> list[Assignment]:
-        """What must be installed: enabled CPU-bound ones, then the task's, in given order."""
-        cpu_bound = [a for a in assignments if a.bp.enabled and a.task is None]
-        mine = [a for a in assignments if a.bp.enabled and task is not None and a.task == task]
-        return cpu_bound + mine
-
-    def _commit(self, assignments: tuple[Assignment, ...], task: int | None) -> None:
-        wanted = self._wanted(assignments, task)
+    def _place(self, wanted: list[Assignment], task: int | None) -> _Placed:
+        """Where ``wanted`` goes, keeping what stays in its register; changes nothing."""
         registers = self._profile.registers
         if len(wanted) > registers:
             raise RegisterFileFull(
@@ -211,10 +244,13 @@ class RegisterFile:
                 slots[next(free)] = a
         # Compute everything before changing anything: encode may refuse a breakpoint.
         value = dr7.encode([None if a is None else a.bp for a in slots])
+        return tuple(slots), value
+
+    def _commit(self, placed: _Placed, task: int | None) -> None:
+        slots, value = placed
         self._dr = _four(0 if a is None else a.bp.addr for a in slots)
         self._dr7 = value
-        self._slots = tuple(slots)
-        self._assignments = assignments
+        self._slots = slots
         self._current = task
 
     # --- invariants --------------------------------------------------------------------
@@ -222,7 +258,12 @@ class RegisterFile:
     def validate(self) -> None:
         """Check every invariant; raise LedgerCorrupt naming the first one broken."""
         registers = self._profile.registers
-        wanted = {a.reservation_id: a for a in self._wanted(self._assignments, self._current)}
+        homes: dict[int | None, dict[str, Assignment]] = {}
+        for held in self._all.values():
+            homes.setdefault(held.task, {})[held.reservation_id] = held
+        if homes != self._homes:
+            _corrupt("the per-task index differs from the assignments")
+        wanted = {a.reservation_id: a for a in _wanted(homes, self._current)}
         seen: dict[str, int] = {}
         for index, a in enumerate(self._slots):
             where = f"DR{index}"
@@ -268,6 +309,46 @@ class RegisterFile:
         expected = dr7.encode([None if a is None else a.bp for a in self._slots])
         if self._dr7 != expected:
             _corrupt(f"DR7 is {self._dr7:#x}, the installed set encodes to {expected:#x}")
+
+
+_Placed = tuple[tuple[Assignment | None, ...], int]  # (DR0-DR3 holders, DR7)
+
+
+def _wanted(homes: dict[int | None, dict[str, Assignment]], task: int | None) -> list[Assignment]:
+    """What must be installed: enabled CPU-bound ones, then the task's, in given order."""
+    cpu_bound = [a for a in homes.get(None, {}).values() if a.bp.enabled]
+    if task is None:
+        return cpu_bound
+    return cpu_bound + [a for a in homes.get(task, {}).values() if a.bp.enabled]
+
+
+def _touches(a: Assignment | None, homes: tuple[int | None, ...]) -> bool:
+    return a is not None and a.task in homes
+
+
+def _move(
+    homes: dict[int | None, dict[str, Assignment]],
+    rid: str,
+    old: Assignment | None,
+    new: Assignment | None,
+    *,
+    create: bool = False,
+) -> None:
+    """Update the by-task index for ``rid`` going from ``old`` to ``new`` (None: absent).
+    A replacement keeps its place; ``create``: add (and drop) task entries as needed,
+    else only the entries ``homes`` already has are kept up to date."""
+    if old is not None and (new is None or old.task != new.task):
+        home = homes.get(old.task)
+        if home is not None:
+            home.pop(rid, None)
+            if create and not home:
+                del homes[old.task]
+    if new is not None:
+        home = homes.get(new.task)
+        if home is None and create:
+            home = homes[new.task] = {}
+        if home is not None:
+            home[rid] = new
 
 
 def _four(values: Iterable[_T]) -> tuple[_T, _T, _T, _T]:

@@ -107,6 +107,7 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
         )
         channel.reported(convert.bounded_image(hello.image))
         channel.acked_generation = hello.last_applied_generation
+        channel.deltas = hello.deltas
         log.info(
             "host %s cpu %d: agent online (%s backend, last applied generation %d)",
             name,
@@ -141,11 +142,13 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
                 elif kind == "nack":
                     n = msg.nack
                     reason = convert.bounded(n.reason, "nack.reason")
-                    log.warning(
-                        "host %s cpu %d: NACK generation %d: %s",
+                    log.log(
+                        logging.INFO if n.needs_full else logging.WARNING,
+                        "host %s cpu %d: NACK generation %d%s: %s",
                         host.name,
                         channel.cpu,
                         n.generation,
+                        " (it needs the full state)" if n.needs_full else "",
                         reason,
                     )
                     host.answered(
@@ -158,6 +161,7 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
                             reservation_id=convert.bounded(
                                 n.reservation_id, "nack.reservation_id", convert.MAX_NAME
                             ),
+                            needs_full=n.needs_full,
                         ),
                     )
                 elif kind == "control_result":

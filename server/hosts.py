@@ -145,7 +145,9 @@ class Host:
             Submitted(waiter, Change(request_id, apply, undo, key, fingerprint), loop.time())
         )
         try:
-            return await asyncio.shield(future)
+            # Not shielded: only this call awaits the future, and the pipeline answers a
+            # waiter only if its future is still pending (one hop fewer per call).
+            return await future
         except asyncio.CancelledError:
             if self._futures.pop(waiter, None) is not None:
                 self._requests.pop(waiter, None)
@@ -195,7 +197,7 @@ class Host:
             old.close("replaced by a new connection")
         self.channels[channel.cpu] = channel
         self.backends[channel.cpu] = channel.backend
-        self._feed(AgentConnected(channel.cpu, channel.link, _now()))
+        self._feed(AgentConnected(channel.cpu, channel.link, _now(), deltas=channel.deltas))
 
     def disconnect(self, channel: AgentChannel, reason: str) -> bool:
         """The stream ended; returns whether it was the CPU's current one."""
@@ -218,6 +220,7 @@ class Host:
                     _now(),
                     result.reason,
                     result.errno,
+                    needs_full=result.needs_full,
                 )
             )
 
@@ -276,7 +279,7 @@ class Host:
         current = channel.image.current_task if channel and channel.image else None
         regs.switch(current)
         if cpu not in self.pipeline.pending_cpus():
-            return regs.load(self.ledger.for_cpu(cpu))
+            return regs.load(self.ledger.installable(cpu, current))
         return regs.load([Assignment(r.id, r.target.task, r.bp) for r in self.holders(cpu)])
 
     def publish(
@@ -339,7 +342,9 @@ class Host:
             if channel is None or channel.link != ins.link or not channel.open:
                 return  # it is gone; the pipeline hears AgentGone from its stream
             try:
-                channel.send_reload(ins.generation, ins.request_id, ins.assignments)
+                channel.send_reload(
+                    ins.generation, ins.request_id, ins.assignments, ins.base, ins.removed
+                )
             except StreamStuck as err:
                 self.fence(channel, str(err))
         elif isinstance(ins, Resolve):

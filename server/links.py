@@ -42,6 +42,7 @@ class AckResult:
     errno: int = 0
     detail: str = ""
     reservation_id: str = ""
+    needs_full: bool = False  # a delta refused for its base: send the full state
 
 
 class Disconnected(Exception):
@@ -61,6 +62,7 @@ class AgentChannel:
         self.cpu = cpu
         self.backend = backend
         self.peer = peer
+        self.deltas = False  # its hello said it applies delta reloads
         # None ends the writer; the limit is checked by _put so close() always gets in.
         self.outbox: asyncio.Queue[agent_pb2.ArbiterMessage | None] = asyncio.Queue()
         self.closed = asyncio.Event()
@@ -98,16 +100,23 @@ class AgentChannel:
     # --- reloads -----------------------------------------------------------------
 
     def send_reload(
-        self, generation: int, request_id: str, assignments: Sequence[Assignment]
+        self,
+        generation: int,
+        request_id: str,
+        assignments: Sequence[Assignment],
+        base: int | None = None,
+        removed: Sequence[str] = (),
     ) -> None:
-        """Queue the full state for ``generation``; raise StreamStuck if it cannot be."""
-        msg = agent_pb2.ArbiterMessage(
-            reload=agent_pb2.Reload(
-                generation=generation,
-                request_id=request_id,
-                assignments=[convert.assignment_to(a) for a in assignments],  # type: ignore[misc]
-            )
-        )
+        """Queue the state for ``generation``: full, or a delta on ``base`` (assignments
+        added or changed, ids removed); raise StreamStuck if it cannot be queued."""
+        msg = agent_pb2.ArbiterMessage()
+        reload = msg.reload
+        reload.generation = generation
+        reload.request_id = request_id
+        convert.assignments_into(reload.assignments, assignments)
+        if base is not None:
+            reload.base_generation = base
+            reload.removed.extend(removed)
         self._put(msg)
         self.sent_generation = generation
         self._sent_at = time.monotonic()

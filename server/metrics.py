@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from hwbp.model import Scope
+from hwbp.pipeline import Link
 from hwbp.server import links
 from hwbp.server.events import WatcherTooSlow
 from hwbp.server.fleet import Fleet
@@ -50,6 +51,7 @@ class HostSnapshot:
     slots: int
     used: tuple[int, ...]
     connected: int
+    synced: int  # live agents that acknowledged the newest generation sent to them
     by_scope: dict[str, int]
     ack_timeouts: int
 
@@ -59,9 +61,7 @@ def snapshot(fleet: Fleet) -> list[HostSnapshot]:
     out = []
     for name in sorted(fleet.hosts):
         host = fleet.hosts[name]
-        by_scope = {s.value: 0 for s in Scope}
-        for res in host.ledger:
-            by_scope[res.target.scope.value] += 1
+        by_scope = {s.value: host.ledger.count(s) for s in Scope}
         out.append(
             HostSnapshot(
                 name=name,
@@ -69,6 +69,11 @@ def snapshot(fleet: Fleet) -> list[HostSnapshot]:
                 slots=host.profile.registers,
                 used=tuple(host.ledger.used(cpu) for cpu in range(host.ncpus)),
                 connected=sum(1 for ch in host.channels if ch is not None and ch.open),
+                synced=sum(
+                    1
+                    for c in host.pipeline.cpus
+                    if c.state is Link.LIVE and c.in_flight is None and c.acked == c.sent
+                ),
                 by_scope=by_scope,
                 ack_timeouts=host.timeouts,
             )
@@ -119,6 +124,11 @@ class FleetCollector(Collector):
         agents = GaugeMetricFamily(
             "hwbp_agents_connected", "CPU agents with an open stream", labels=["host"]
         )
+        synced = GaugeMetricFamily(
+            "hwbp_agents_synced",
+            "CPU agents live and acknowledging the newest generation sent to them",
+            labels=["host"],
+        )
         reservations = GaugeMetricFamily(
             "hwbp_reservations", "Reservations held, by scope", labels=["host", "scope"]
         )
@@ -135,11 +145,12 @@ class FleetCollector(Collector):
                 used.add_metric([h.name, str(cpu)], n)
                 total.add_metric([h.name, str(cpu)], h.slots)
             agents.add_metric([h.name], h.connected)
+            synced.add_metric([h.name], h.synced)
             for scope, n in h.by_scope.items():
                 reservations.add_metric([h.name, scope], n)
             generation.add_metric([h.name], h.generation)
             timeouts.add_metric([h.name], h.ack_timeouts)
-        yield from (used, total, agents, reservations, generation, timeouts)
+        yield from (used, total, agents, synced, reservations, generation, timeouts)
 
 
 def nack_class(result: AckResult) -> str:

@@ -145,9 +145,9 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
             f", pending on cpus {list(outcome.pending)}" if outcome.pending else "",
         )
         self._event(host, types_pb2.EVENT_KIND_RESERVED, rid_req, res, outcome.generation)
-        return arbiter_pb2.ReserveResponse(
-            reservation=convert.reservation_to(res, outcome.generation), **_placed(outcome)
-        )
+        reply = arbiter_pb2.ReserveResponse(**_placed(outcome))
+        convert.reservation_into(reply.reservation, res, outcome.generation)
+        return reply
 
     @rpc
     async def Release(self, request: Any, context: Any) -> Any:
@@ -172,9 +172,9 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
             gen,
         )
         self._event(host, types_pb2.EVENT_KIND_RELEASED, request.request_id, gone, gen)
-        return arbiter_pb2.ReleaseResponse(
-            reservation=convert.reservation_to(gone, gen), **_placed(outcome)
-        )
+        reply = arbiter_pb2.ReleaseResponse(**_placed(outcome))
+        convert.reservation_into(reply.reservation, gone, gen)
+        return reply
 
     @rpc
     async def Modify(self, request: Any, context: Any) -> Any:
@@ -213,9 +213,9 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
             gen,
         )
         self._event(host, types_pb2.EVENT_KIND_MODIFIED, request.request_id, new, gen)
-        return arbiter_pb2.ModifyResponse(
-            reservation=convert.reservation_to(new, gen), **_placed(outcome)
-        )
+        reply = arbiter_pb2.ModifyResponse(**_placed(outcome))
+        convert.reservation_into(reply.reservation, new, gen)
+        return reply
 
     @rpc
     async def List(self, request: Any, context: Any) -> Any:

@@ -1,7 +1,9 @@
 """A host pipeline with fake agents and a fake clock, for the pipeline's unit tests.
 
 Nothing here imitates our server: the pipeline is the real one, and this harness only
-plays the shell's part (feeding events, keeping the answers it was given).
+plays the shell's part (feeding events, keeping the answers it was given) and the
+agents' (each holds what it applied: a full state replaces it, a delta applies only on
+the base it names, all or nothing, else it is refused as ``needs_full``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 from hwbp.errors import HwbpError, LedgerWriteFailed
 from hwbp.keys import KeyTable
 from hwbp.ledger import HostLedger
-from hwbp.model import BpType, Breakpoint, Reservation, Target
+from hwbp.model import Assignment, BpType, Breakpoint, Reservation, Target
 from hwbp.pipeline import (
     AgentConnected,
     AgentGone,
@@ -40,6 +42,30 @@ TIMEOUT = 2.0
 
 
 @dataclass
+class FakeAgent:
+    """What one CPU's agent process holds; it outlives its links (a reconnect keeps it)."""
+
+    generation: int | None = None  # None: it holds nothing the arbiter sent
+    held: dict[str, Assignment] = field(default_factory=dict)
+    deltas: bool = True
+
+    def apply(self, reload: SendReload) -> bool:
+        """Apply ``reload`` all or nothing; False if it is a delta on another base."""
+        if reload.base is None:
+            held = {a.reservation_id: a for a in reload.assignments}
+        elif reload.base != self.generation:
+            return False
+        else:
+            held = dict(self.held)
+            for rid in reload.removed:
+                held.pop(rid, None)
+            for a in reload.assignments:
+                held[a.reservation_id] = a
+        self.held, self.generation = held, reload.generation
+        return True
+
+
+@dataclass
 class Harness:
     ncpus: int = 3
     now: float = 0.0
@@ -48,6 +74,8 @@ class Harness:
     pipe: HostPipeline = field(init=False)
     links: dict[int, int] = field(default_factory=dict)  # cpu -> connected link id
     in_flight: dict[int, SendReload] = field(default_factory=dict)  # cpu -> unanswered
+    agents: dict[int, FakeAgent] = field(default_factory=dict)  # cpu -> its agent process
+    refused: set[int] = field(default_factory=set)  # cpus whose last answer was a NACK
     persist: Persist | None = None
     answers: dict[int, Resolve | Fail] = field(default_factory=dict)
     twice: list[int] = field(default_factory=list)  # waiters answered more than once
@@ -71,6 +99,7 @@ class Harness:
             if isinstance(ins, SendReload):
                 assert self.links.get(ins.cpu) == ins.link, f"reload to a dead link {ins}"
                 assert ins.cpu not in self.in_flight, f"second reload in flight on {ins.cpu}"
+                assert ins.base is None or self.agents[ins.cpu].deltas, "a delta to a full agent"
                 self.in_flight[ins.cpu] = ins
             elif isinstance(ins, Persist):
                 assert self.persist is None, "a second write while one is out"
@@ -85,11 +114,17 @@ class Harness:
                 self.in_flight.pop(ins.cpu, None)
         return out
 
-    def connect(self, cpu: int) -> int:
+    def connect(self, cpu: int, *, deltas: bool = True, restarted: bool = False) -> int:
+        """An agent (re)connects; ``restarted``: a new process that holds nothing."""
         link = next(self._links)
         self.links[cpu] = link
         self.in_flight.pop(cpu, None)
-        self.feed(AgentConnected(cpu, link, self.now))
+        agent = self.agents.get(cpu)
+        if agent is None or restarted:
+            agent = self.agents[cpu] = FakeAgent()
+        agent.deltas = deltas
+        self.refused.discard(cpu)
+        self.feed(AgentConnected(cpu, link, self.now, deltas=deltas))
         return link
 
     def gone(self, cpu: int) -> None:
@@ -98,8 +133,22 @@ class Harness:
         self.feed(AgentGone(cpu, link, "stream ended", self.now))
 
     def answer(self, cpu: int, ok: bool = True, *, reason: str = "", errno: int = 0) -> None:
+        """The agent answers what is in flight: it applies it and acks (``ok``), or refuses
+        it (its state unchanged). A delta on a base it does not hold is always refused."""
         sent = self.in_flight.pop(cpu)
+        if ok and not self.agents[cpu].apply(sent):
+            self.feed(
+                Answered(cpu, sent.link, sent.generation, False, self.now, "base", needs_full=True)
+            )
+            again = self.in_flight.get(cpu)
+            assert again is not None and again.base is None, "no full state after needs_full"
+            return
+        (self.refused.discard if ok else self.refused.add)(cpu)
         self.feed(Answered(cpu, sent.link, sent.generation, ok, self.now, reason, errno))
+
+    def holds(self, cpu: int) -> dict[str, Assignment]:
+        """What the ledger says ``cpu`` holds now (the change in flight included)."""
+        return {a.reservation_id: a for a in self.ledger.for_cpu(cpu)}
 
     def tick(self, dt: float) -> None:
         self.now += dt

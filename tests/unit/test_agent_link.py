@@ -332,3 +332,111 @@ async def test_a_live_stream_may_stay_quiet(channel: grpc.aio.Channel) -> None:
     session.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await session
+
+
+# --- delta reloads ----------------------------------------------------------------------
+
+
+def _reload(
+    generation: int, *assignments: Assignment, base: int | None = None, removed: Sequence[str] = ()
+) -> agent_pb2.Reload:
+    msg = agent_pb2.Reload(
+        generation=generation, assignments=[convert.assignment_to(a) for a in assignments]
+    )
+    if base is not None:
+        msg.base_generation = base
+        msg.removed.extend(removed)
+    return msg
+
+
+def _wp(rid: str, addr: int, task: int | None = None) -> Assignment:
+    return Assignment(rid, task, Breakpoint(addr, 8, BpType.WRITE))
+
+
+class WholeSetBackend(SimBackend):
+    """A backend that only takes whole sets, as the perf backend (it diffs them)."""
+
+    apply_delta = None  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.sets: list[set[str]] = []
+
+    def apply(self, assignments: Sequence[Assignment]) -> RegisterImage:
+        self.sets.append({a.reservation_id for a in assignments})
+        return super().apply(assignments)
+
+
+async def test_a_delta_on_the_held_base_is_applied_and_acknowledged(
+    channel: grpc.aio.Channel,
+) -> None:
+    backend = SimBackend(0)
+    link = AgentLink(channel, "h1", 0, 1, backend)
+    await link._reload(_reload(3, _wp("r1", 0x1000), _wp("r2", 0x2000), _wp("r4", 0x4000, 7)))
+    await link._reload(_reload(4, _wp("r3", 0x3000), base=3, removed=["r1", "never-held"]))
+    acks = sent(link)
+    assert [m.ack.generation for m in acks] == [3, 4]
+    assert list(acks[1].ack.image.slot_reservation) == ["r3", "r2", "", ""]  # r2 stays put
+    assert {a.reservation_id for a in backend.installed()} == {"r2", "r3", "r4"}
+    assert link.applied_generation == 4
+
+
+async def test_a_delta_on_another_base_is_refused_as_needing_full_state(
+    channel: grpc.aio.Channel,
+) -> None:
+    backend = SimBackend(0)
+    link = AgentLink(channel, "h1", 0, 1, backend)
+    await link._reload(_reload(3, _wp("r1", 0x1000)))
+    sent(link)
+    await link._reload(_reload(6, _wp("r2", 0x2000), base=5))
+    (msg,) = sent(link)
+    assert msg.nack.generation == 6 and msg.nack.needs_full and "base 5" in msg.nack.reason
+    assert {a.reservation_id for a in backend.installed()} == {"r1"}
+    assert link.applied_generation == 3
+
+
+async def test_a_refused_delta_changes_nothing(channel: grpc.aio.Channel) -> None:
+    backend = SimBackend(0, refuse_addr=0x9000)
+    link = AgentLink(channel, "h1", 0, 1, backend)
+    await link._reload(_reload(3, _wp("r1", 0x1000)))
+    before = backend.image()
+    await link._reload(_reload(4, _wp("r2", 0x2000), _wp("r3", 0x9000), base=3, removed=["r1"]))
+    await link._reload(_reload(4, _wp("r2", 0x2000), _wp("r2", 0x2008), base=3))
+    nacks = sent(link)[1:]
+    assert [(m.nack.generation, m.nack.needs_full) for m in nacks] == [(4, False), (4, False)]
+    assert backend.image() == before and link.applied_generation == 3
+    await link._reload(_reload(5, _wp("r2", 0x2000), base=3))  # still on its base
+    assert sent(link)[0].ack.generation == 5
+    assert {a.reservation_id for a in backend.installed()} == {"r1", "r2"}
+
+
+async def test_a_backend_without_deltas_is_given_the_whole_resulting_set(
+    channel: grpc.aio.Channel,
+) -> None:
+    backend = WholeSetBackend()
+    link = AgentLink(channel, "h1", 0, 1, backend)
+    await link._reload(_reload(1, _wp("r1", 0x1000), _wp("r2", 0x2000)))
+    await link._reload(_reload(2, _wp("r3", 0x3000), base=1, removed=["r1"]))
+    assert backend.sets == [{"r1", "r2"}, {"r2", "r3"}]
+    assert [m.ack.generation for m in sent(link)] == [1, 2]
+
+
+async def test_a_link_waits_for_its_channel_instead_of_spinning(
+    channel: grpc.aio.Channel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the arbiter restarts, a fleet's thousand links once retried in a loop and
+    starved it of CPU: each now waits for the channel (which retries on its own) and
+    only tries a call, to report why it cannot connect, once in a while."""
+    from hwbp.agent import link as link_mod
+
+    monkeypatch.setattr(link_mod, "READY_WAIT", 0.3)
+    link = AgentLink(channel, "h1", 0, 1, SimBackend(0))
+    waits: list[float] = []
+
+    async def no_backoff(seconds: float) -> None:  # only the readiness wait holds it back
+        waits.append(seconds)
+
+    link.sleep = no_backoff
+    asyncio.get_running_loop().call_later(1.0, link.stop)
+    await asyncio.wait_for(link.run(), 10)
+    assert 2 <= link.connects <= 5 and len(waits) == link.connects

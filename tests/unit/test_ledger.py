@@ -402,6 +402,39 @@ def test_queries(ledger: CheckedLedger) -> None:
     assert ledger.by_session("s1") == [s] and ledger.by_task(4) == [tc2]
 
 
+def test_lookups_cost_what_they_name_not_what_the_host_holds(ledger: CheckedLedger) -> None:
+    """A change on a host full of other tasks' breakpoints reads only its own."""
+    s, c1 = res(SYSTEM), res(cpu(1))
+    mine, mine_on_2 = res(task(4), wp(0x3000)), res(task(4, 2), wp(0x4000))
+    for r in (s, c1, mine, mine_on_2):
+        ledger.reserve(r)
+    others = [res(task(100 + i)) for i in range(200)]
+    for r in others:
+        ledger.reserve(r)
+    a = {r.id: Assignment(r.id, r.target.task, r.bp) for r in (s, c1, mine, mine_on_2)}
+    assert ledger.installable(1, None) == [a[s.id], a[c1.id]]
+    assert ledger.installable(1, 4) == [a[s.id], a[c1.id], a[mine.id]]
+    assert ledger.installable(2, 4) == [a[s.id], a[mine.id], a[mine_on_2.id]]
+    # delta: present ones in admission order, the rest (absent, or elsewhere) sorted
+    assert ledger.delta(2, [mine_on_2.id, "r-gone", c1.id, s.id]) == (
+        [a[s.id], a[mine_on_2.id]],
+        sorted([c1.id, "r-gone"]),
+    )
+    token = ledger.checkpoint()
+    ledger.release(c1.id)
+    extra = res(task(9, 3))
+    ledger.reserve(extra)
+    ledger.modify(mine.id, wp(0x3008))
+    assert ledger.touched_where(token) == {c1.id: 1, extra.id: 3, mine.id: None}
+    ledger.rollback(token)
+    with pytest.raises(InvalidArgument, match="not open"):
+        ledger.touched_where(token)
+    counts = {scope: ledger.count(scope) for scope in Scope}
+    assert counts == {Scope.SYSTEM: 1, Scope.CPU: 1, Scope.TASK: 201, Scope.TASK_CPU: 1}
+    ledger.release(s.id)  # the cpu-bound index follows releases
+    assert ledger.installable(0, None) == [] and ledger.count(Scope.SYSTEM) == 0
+
+
 # --- modify --------------------------------------------------------------------------
 
 

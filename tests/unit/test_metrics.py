@@ -119,6 +119,20 @@ async def test_agent_answers_feed_ack_latency_and_nack_reasons(
     assert metrics.on_answer not in links.ANSWER_HOOKS
 
 
+async def test_an_agent_counts_as_synced_once_it_acknowledged_the_newest_state(
+    fleet: Fleet, metrics: Metrics
+) -> None:
+    host = fleet.hosts["h"]
+    host.generation = 7  # restored: the agent's hello says it applied 7 before the restart
+    channel = AgentChannel("h", 0, "sim")
+    channel.acked_generation = 7
+    host.connect(channel)  # the resync (generation 7) is out, not acknowledged
+    assert _value(metrics, "hwbp_agents_connected", host="h") == 1
+    assert _value(metrics, "hwbp_agents_synced", host="h") == 0
+    host.answered(channel, AckResult(7, True))
+    assert _value(metrics, "hwbp_agents_synced", host="h") == 1
+
+
 def test_nack_class_follows_the_arbiters_refusal_codes() -> None:
     assert nack_class(AckResult(1, False)) == "AGENT_REFUSED"
     assert nack_class(AckResult(1, False, errno=28)) == "KERNEL_NO_FREE_SLOT"

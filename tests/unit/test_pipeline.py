@@ -258,3 +258,102 @@ def test_a_refused_admission_fails_alone_and_sends_nothing(h: Harness) -> None:
     assert isinstance(h.error(w), NoFreeSlot)
     assert len([i for i in h.log if isinstance(i, SendReload)]) == sent
     assert sum(isinstance(i, Committed) for i in h.log) >= 1
+
+
+# --- deltas ---------------------------------------------------------------------------
+
+
+def converged(h: Harness) -> None:
+    """Every agent holds exactly what the ledger holds for its CPU."""
+    for c in range(h.ncpus):
+        assert h.agents[c].held == h.holds(c), f"cpu {c} holds other than the ledger"
+
+
+def test_a_change_sends_only_what_it_touched_whatever_the_host_holds(h: Harness) -> None:
+    for i in range(50):
+        h.submit(h.reserve(Target(Scope.TASK, task=100 + i)))
+    h.settle()
+    base = h.pipe.generation
+    w = h.submit(h.reserve(Target(Scope.TASK, task=7)))
+    for c in range(3):
+        sent = h.in_flight[c]
+        assert (sent.base, sent.removed) == (base, ())
+        assert [a.reservation_id for a in sent.assignments] == ["r51"]
+    h.settle()
+    rid = h.result(w).id
+    h.submit(h.release(rid))
+    assert all((s.assignments, s.removed) == ((), (rid,)) for s in h.in_flight.values())
+    h.settle()
+    converged(h)
+    assert len(h.agents[0].held) == 50
+
+
+def test_a_cpu_that_acked_a_refused_change_is_sent_its_undoing(h: Harness) -> None:
+    w = h.submit(h.reserve(SYSTEM))
+    gen = h.pipe.generation
+    h.answer(0)  # cpu 0 holds r1 now
+    h.answer(1, ok=False, reason="no")
+    assert (h.in_flight[0].base, h.in_flight[0].removed) == (gen, ("r1",))
+    h.settle()
+    assert isinstance(h.error(w), AgentRefused)
+    converged(h)
+    assert not any(a.held for a in h.agents.values())
+
+
+def test_changes_behind_a_reload_in_flight_go_out_when_it_is_answered(h: Harness) -> None:
+    h.submit(h.reserve(SYSTEM))
+    h.answer(0, ok=False, reason="no")  # the restored state is now in flight on cpu 0
+    nxt = h.submit(h.reserve(cpu(0), addr=0x2000))
+    h.answer(0)  # the restored state acked: the new change follows as a delta on it
+    sent = h.in_flight[0]
+    assert sent.base == h.pipe.cpus[0].acked
+    assert [a.bp.addr for a in sent.assignments] == [0x2000]
+    h.settle()
+    assert h.result(nxt).id in h.committed()
+    converged(h)
+
+
+def test_an_agent_that_lost_its_base_is_sent_its_full_state(h: Harness) -> None:
+    kept = h.submit(h.reserve(cpu(1)))
+    h.settle()
+    h.agents[1].generation = -1  # it no longer holds what it acknowledged
+    w = h.submit(h.reserve(SYSTEM, addr=0x2000))
+    h.answer(1)  # the delta is refused for its base; the full state goes out instead
+    sent = h.in_flight[1]
+    assert sent.base is None and sent.generation == h.pipe.generation
+    assert {a.reservation_id for a in sent.assignments} == {h.result(kept).id, "r2"}
+    h.settle()
+    assert h.result(w).id == "r2" and not any(isinstance(i, RolledBack) for i in h.log)
+    converged(h)
+
+
+def test_an_agent_without_deltas_is_sent_its_full_state_every_time(h: Harness) -> None:
+    h.gone(2)
+    h.connect(2, deltas=False)
+    h.settle()
+    h.submit(h.reserve(cpu(2)))
+    h.submit(h.reserve(SYSTEM, addr=0x2000))
+    h.settle()
+    reloads = [i for i in h.log if isinstance(i, SendReload) and i.cpu == 2]
+    assert reloads and all(i.base is None for i in reloads)
+    assert {a.reservation_id for a in reloads[-1].assignments} == {"r1", "r2"}
+    converged(h)
+
+
+def test_a_restarted_agent_is_resynced_in_full_then_sent_deltas(h: Harness) -> None:
+    h.submit(h.reserve(Target(Scope.TASK, task=5)))
+    h.settle()
+    h.gone(1)
+    h.submit(h.reserve(Target(Scope.TASK, task=6)))  # pending on cpu 1
+    h.settle()
+    h.connect(1, restarted=True)
+    sent = h.in_flight[1]
+    assert sent.base is None and {a.reservation_id for a in sent.assignments} == {"r1", "r2"}
+    h.settle()
+    h.submit(h.reserve(Target(Scope.TASK, task=7)))
+    sent = h.in_flight[1]
+    assert sent.base == h.pipe.cpus[1].acked and [a.reservation_id for a in sent.assignments] == [
+        "r3"
+    ]
+    h.settle()
+    converged(h)

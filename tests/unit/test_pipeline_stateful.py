@@ -1,8 +1,9 @@
 """The pipeline under every event order Hypothesis can find, with faults.
 
-Agents connect, vanish, ACK, NACK or say nothing; writes succeed or fail; callers
-cancel and retry with the same idempotency key (or reuse one for another request);
-applies and undos raise. After every step:
+Agents connect (taking deltas or only full state; a restarted process holding nothing),
+vanish, ACK, NACK, say nothing, or lose track of the base they hold; writes succeed or
+fail; callers cancel and retry with the same idempotency key (or reuse one for another
+request); applies and undos raise. After every step:
 
 - ``validate_state()`` holds (the ledger's own invariants included);
 - what a reader sees is exactly what committed: a reference model built only from
@@ -10,10 +11,14 @@ applies and undos raise. After every step:
   never visible;
 - committed state never exceeds a CPU's four slots;
 - no idempotency key ever answered with two different reservations, and no waiter was
-  answered twice.
+  answered twice;
+- every agent that acknowledged the last reload it was sent holds, from applying the full
+  states and deltas it was sent, exactly what the ledger holds for its CPU (and, when no
+  change is in flight there, exactly the committed state).
 
-At the end everything still out is answered (agents ACK, writes succeed) and every
-waiter that did not cancel must have had exactly one answer.
+At the end everything still out is answered (agents ACK, writes succeed), every waiter
+that did not cancel must have had exactly one answer, and every agent holds the
+committed state of its CPU.
 """
 
 from __future__ import annotations
@@ -57,9 +62,17 @@ class PipelineMachine(RuleBasedStateMachine):
 
     # --- rules -----------------------------------------------------------------------
 
-    @rule(cpu=st.integers(0, NCPUS - 1))
-    def connect(self, cpu: int) -> None:
-        self.h.connect(cpu)
+    @rule(cpu=st.integers(0, NCPUS - 1), deltas=st.booleans(), restarted=st.booleans())
+    def connect(self, cpu: int, deltas: bool, restarted: bool) -> None:
+        self.h.connect(cpu, deltas=deltas, restarted=restarted)
+
+    @precondition(lambda self: self.h.links)
+    @rule(data=st.data())
+    def lose_base(self, data: st.DataObject) -> None:
+        """An agent that no longer holds the generation it acknowledged (a bug, a reset
+        register file): the next delta is refused and it must get its full state."""
+        cpu = data.draw(st.sampled_from(sorted(self.h.links)))
+        self.h.agents[cpu].generation = -1
 
     @precondition(lambda self: self.h.links)
     @rule(data=st.data())
@@ -178,6 +191,19 @@ class PipelineMachine(RuleBasedStateMachine):
         assert set(view) == set(self.reference), "a reader sees something that did not commit"
         for c in range(NCPUS):
             assert used(view.values(), c) <= 4
+        self.agents_converged(view)
+
+    def agents_converged(self, view: dict[str, Reservation]) -> None:
+        h = self.h
+        for c in h.links:
+            cpu = h.pipe.cpus[c]
+            agent = h.agents[c]
+            if cpu.in_flight is not None or cpu.acked != cpu.sent or agent.generation != cpu.acked:
+                continue  # a reload is out, or the last one was refused or not applied
+            assert agent.held == h.holds(c), f"cpu {c}: the agent holds other than the ledger"
+            if c not in h.pipe.pending_cpus():
+                committed = {r.id for r in view.values() if r.target.applies_to(c)}
+                assert set(agent.held) == committed, f"cpu {c} differs from the committed state"
 
     def teardown(self) -> None:
         h = self.h
@@ -188,6 +214,19 @@ class PipelineMachine(RuleBasedStateMachine):
         self.consistent()
         assert not self.waiting, f"waiters never answered: {sorted(self.waiting)}"
         assert h.pipe.idle
+        # A CPU whose agent refused the last state it was sent keeps what it held (the
+        # refusal was reported); reconnecting it resyncs it. Then every CPU converged.
+        for c in sorted(h.refused):
+            h.gone(c)
+            h.connect(c)
+        h.settle()
+        view = h.committed()
+        for c in range(NCPUS):
+            cpu, agent = h.pipe.cpus[c], h.agents[c]
+            assert cpu.acked == cpu.sent, f"cpu {c} did not acknowledge its last reload"
+            held = {rid: (a.task, a.bp) for rid, a in agent.held.items()}
+            want = {r.id: (r.target.task, r.bp) for r in view.values() if r.target.applies_to(c)}
+            assert held == want, f"cpu {c} did not converge to the committed state"
 
 
 TestPipeline = PipelineMachine.TestCase

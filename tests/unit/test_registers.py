@@ -298,6 +298,23 @@ def test_refuses_split_pool_profile() -> None:
 # --- validate() catches corruption -------------------------------------------------------
 
 
+def test_update_adds_replaces_and_removes_all_or_nothing(rf: RegisterFile) -> None:
+    rf.load([cpu("c1", 0x1000), task("a1", A, 0x2000), task("b1", B, 0x3000)])
+    rf.switch(A)
+    image = rf.update([cpu("c2", 0x4000), task("a1", A, 0x2008, 8)], ["b1", "never-held"])
+    assert image.slots == ("c1", "a1", "c2", None)
+    assert image.dr == (0x1000, 0x2008, 0x4000, 0)
+    assert {a.reservation_id for a in rf.assignments} == {"c1", "a1", "c2"}
+    with pytest.raises(RegisterFileFull):  # a fifth for the running task: nothing changes
+        rf.update([task("a2", A, 0x5000), task("a3", A, 0x6000)], ["c2"] * 0)
+    assert rf.image() == image and len(rf.assignments) == 3
+    with pytest.raises(InvalidArgument, match="named twice"):
+        rf.update([cpu("c3", 0x7000)], ["c3"])
+    assert rf.image() == image
+    rf.switch(B)  # another task's breakpoints never count against the running one's
+    assert rf.image().slots == ("c1", None, "c2", None)
+
+
 def test_validate_catches_stale_dr7(rf: RegisterFile) -> None:
     rf.load([cpu("c1", 0x1000)])
     rf._dr7 |= dr7.encode_slot(2, Breakpoint(0, 4, BpType.WRITE))
@@ -354,6 +371,21 @@ _ops = st.lists(
                 max_size=8,
             ),
         ),
+        st.tuples(
+            st.just("update"),
+            st.tuples(
+                st.lists(
+                    st.tuples(
+                        st.sampled_from(["c1", "c2", "c3", "a1", "a2", "a3", "b1", "b2"]),
+                        st.booleans(),
+                        st.sampled_from([(4, BpType.WRITE), (8, BpType.RW)]),
+                    ),
+                    unique_by=lambda t: t[0],
+                    max_size=3,
+                ),
+                st.lists(st.sampled_from(["c1", "c2", "a1", "a3", "b2", "x9"]), max_size=3),
+            ),
+        ),
     ),
     max_size=25,
 )
@@ -368,18 +400,36 @@ def _assignment(rid: str, enabled: bool, shape: tuple[int, BpType]) -> Assignmen
 @settings(max_examples=200, deadline=None)
 @given(_ops)
 def test_random_sequences_keep_invariants(ops: list[tuple[object, object]]) -> None:
-    rf = RegisterFile()
+    """Loads, switches and updates keep every invariant, and an update leaves the CPU
+    exactly as loading the whole resulting set would (``ref`` only ever loads)."""
+    rf, ref = RegisterFile(), RegisterFile()
     for op, arg in ops:
         before = rf.installed
         try:
             if op == "switch":
                 assert arg is None or isinstance(arg, int)
                 rf.switch(arg)
-            else:
+                ref.switch(arg)
+            elif op == "load":
                 assert isinstance(arg, list)
                 rf.load(_assignment(*item) for item in arg)
+                ref.load(_assignment(*item) for item in arg)
+            else:
+                assert isinstance(arg, tuple)
+                items, removed = arg
+                upserts = [_assignment(*item) for item in items]
+                removed = [r for r in removed if r not in {a.reservation_id for a in upserts}]
+                merged = {a.reservation_id: a for a in rf.assignments}
+                for rid in removed:
+                    merged.pop(rid, None)
+                merged.update((a.reservation_id, a) for a in upserts)
+                rf.update(upserts, removed)
+                ref.load(merged.values())
         except RegisterFileFull:
             assert rf.installed == before
+            assert ref.installed == before
+        assert set(rf.assignments) == set(ref.assignments)
+        assert rf.installed == ref.installed and rf.image() == ref.image()
         rf.validate()
         image = rf.image()
         assert dr7.decode(image.dr7) == expect_dr7(rf)

@@ -78,3 +78,44 @@ def test_many_hits_in_one_report_are_capped() -> None:
     assert len(convert.bounded_hits(hits)) == convert.MAX_HITS
     few = hits[:3]
     assert convert.bounded_hits(few) == few
+
+
+def test_assignments_built_in_place_encode_as_converted_ones() -> None:
+    """The resync's fast path must carry every field, including any added later."""
+    import dataclasses
+
+    from hwbp.model import Assignment, BpType, Breakpoint
+
+    values: dict[str, object] = {"addr": 0xFFFF800000001000, "length": 4, "type": BpType.RW}
+    for f in dataclasses.fields(Breakpoint):
+        if f.name not in values:
+            assert isinstance(f.default, bool), f"new field {f.name}: extend this test"
+            values[f.name] = not f.default  # every flag away from its default
+    bp = Breakpoint(**values)  # type: ignore[arg-type]
+    items = [Assignment("r7", 4242, bp), Assignment("r8", None, Breakpoint(0x1000, 8, BpType.EXEC))]
+    built = agent_pb2.Reload()
+    convert.assignments_into(built.assignments, items)
+    converted = agent_pb2.Reload(assignments=[convert.assignment_to(a) for a in items])
+    assert built.SerializeToString() == converted.SerializeToString()
+    assert [convert.assignment_from(m) for m in built.assignments] == items
+
+
+def test_a_reservation_filled_in_place_encodes_as_a_converted_one() -> None:
+    import dataclasses
+
+    from hwbp.model import BpType, Breakpoint, Reservation, Scope, Target
+
+    values: dict[str, object] = {"addr": 0x7FFC1000, "length": 2, "type": BpType.WRITE}
+    for f in dataclasses.fields(Breakpoint):
+        if f.name not in values:
+            assert isinstance(f.default, bool), f"new field {f.name}: extend this test"
+            values[f.name] = not f.default
+    bp = Breakpoint(**values)  # type: ignore[arg-type]
+    for target, session, index in (
+        (Target(Scope.TASK_CPU, cpu=3, task=77), "s1", 2),
+        (Target(Scope.SYSTEM), None, None),
+    ):
+        res = Reservation("r9", "h1", target, bp, owner="bob", session=session, ptrace_index=index)
+        built = pb.Reservation()
+        convert.reservation_into(built, res, 12)
+        assert built.SerializeToString() == convert.reservation_to(res, 12).SerializeToString()

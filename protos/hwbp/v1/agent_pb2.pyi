@@ -18,7 +18,7 @@ class Assignment(_message.Message):
     def __init__(self, reservation_id: _Optional[str] = ..., task: _Optional[int] = ..., spec: _Optional[_Union[_types_pb2.BreakpointSpec, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("host", "cpu", "ncpus", "backend", "last_applied_generation", "image", "installed", "slots", "features")
+    __slots__ = ("host", "cpu", "ncpus", "backend", "last_applied_generation", "image", "installed", "slots", "features", "deltas")
     HOST_FIELD_NUMBER: _ClassVar[int]
     CPU_FIELD_NUMBER: _ClassVar[int]
     NCPUS_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class Hello(_message.Message):
     INSTALLED_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    DELTAS_FIELD_NUMBER: _ClassVar[int]
     host: str
     cpu: int
     ncpus: int
@@ -37,7 +38,8 @@ class Hello(_message.Message):
     installed: _containers.RepeatedCompositeFieldContainer[Assignment]
     slots: int
     features: HostFeatures
-    def __init__(self, host: _Optional[str] = ..., cpu: _Optional[int] = ..., ncpus: _Optional[int] = ..., backend: _Optional[str] = ..., last_applied_generation: _Optional[int] = ..., image: _Optional[_Union[_types_pb2.RegisterImage, _Mapping]] = ..., installed: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., slots: _Optional[int] = ..., features: _Optional[_Union[HostFeatures, _Mapping]] = ...) -> None: ...
+    deltas: bool
+    def __init__(self, host: _Optional[str] = ..., cpu: _Optional[int] = ..., ncpus: _Optional[int] = ..., backend: _Optional[str] = ..., last_applied_generation: _Optional[int] = ..., image: _Optional[_Union[_types_pb2.RegisterImage, _Mapping]] = ..., installed: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., slots: _Optional[int] = ..., features: _Optional[_Union[HostFeatures, _Mapping]] = ..., deltas: _Optional[bool] = ...) -> None: ...
 
 class HostFeatures(_message.Message):
     __slots__ = ("bpext", "kprobes", "privileged")
@@ -60,16 +62,18 @@ class Ack(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., image: _Optional[_Union[_types_pb2.RegisterImage, _Mapping]] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Nack(_message.Message):
-    __slots__ = ("generation", "reason", "errno", "reservation_id")
+    __slots__ = ("generation", "reason", "errno", "reservation_id", "needs_full")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     ERRNO_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    NEEDS_FULL_FIELD_NUMBER: _ClassVar[int]
     generation: int
     reason: str
     errno: int
     reservation_id: str
-    def __init__(self, generation: _Optional[int] = ..., reason: _Optional[str] = ..., errno: _Optional[int] = ..., reservation_id: _Optional[str] = ...) -> None: ...
+    needs_full: bool
+    def __init__(self, generation: _Optional[int] = ..., reason: _Optional[str] = ..., errno: _Optional[int] = ..., reservation_id: _Optional[str] = ..., needs_full: _Optional[bool] = ...) -> None: ...
 
 class ControlResult(_message.Message):
     __slots__ = ("control_id", "ok", "image", "hits", "error")
@@ -114,14 +118,18 @@ class AgentMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., control_result: _Optional[_Union[ControlResult, _Mapping]] = ..., hits: _Optional[_Union[HitReport, _Mapping]] = ..., task_exited: _Optional[_Union[TaskExited, _Mapping]] = ...) -> None: ...
 
 class Reload(_message.Message):
-    __slots__ = ("generation", "request_id", "assignments")
+    __slots__ = ("generation", "request_id", "assignments", "base_generation", "removed")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    BASE_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
     generation: int
     request_id: str
     assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
-    def __init__(self, generation: _Optional[int] = ..., request_id: _Optional[str] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
+    base_generation: int
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, generation: _Optional[int] = ..., request_id: _Optional[str] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., base_generation: _Optional[int] = ..., removed: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SwitchTask(_message.Message):
     __slots__ = ("task",)
