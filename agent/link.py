@@ -69,6 +69,13 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+class Route(Protocol):
+    """The replicas of a replicated arbiter: the channel to use, moved on by failures."""
+
+    def channel(self, cpu: int) -> grpc.aio.Channel: ...
+    def failed(self, exc: BaseException) -> None: ...
+
+
 class AgentState(Enum):
     CONNECTING = "connecting"
     RESYNCING = "resyncing"
@@ -108,9 +115,11 @@ class AgentLink:
         ack_delay: float = 0.0,
         on_live: Callable[[AgentLink], None] | None = None,
         start_timeout: float = START_TIMEOUT,
+        route: Route | None = None,
     ) -> None:
         self.channel = channel
         self.stub = agent_pb2_grpc.AgentLinkStub(channel)
+        self.route = route  # several arbiter replicas: which one leads
         self.host, self.cpu, self.ncpus = host, cpu, ncpus
         self.backend = backend
         self.state = AgentState.CONNECTING
@@ -168,6 +177,8 @@ class AgentLink:
         exc = state.outcome.exception() if state.outcome is not None else None
         if exc is None:
             return
+        if self.route is not None:
+            self.route.failed(exc)
         seconds = state.next_action.sleep if state.next_action is not None else 0.0
         kind = classify(exc)
         # The arbiter could not be reached: the next attempt waits for the channel.
@@ -188,7 +199,12 @@ class AgentLink:
             log.error("%s: %s; reconnecting in %.1f s", where, describe(exc), seconds, exc_info=exc)
 
     async def _session(self) -> None:
-        if self._unreachable:
+        if self.route is not None:
+            self.channel = self.route.channel(self.cpu)
+            self.stub = agent_pb2_grpc.AgentLinkStub(self.channel)
+        # With replicas a failure has already moved us to another one: try it at once
+        # (waiting for a dead replica's channel would hold the link up to READY_WAIT).
+        if self._unreachable and self.route is None:
             self._unreachable = False
             with contextlib.suppress(TimeoutError):
                 # Resumes as soon as the channel is up; after READY_WAIT the call is

@@ -10,10 +10,15 @@ import signal
 import sys
 from collections.abc import Sequence
 
+import grpc
+
+from hwbp.agent.failures import error_info
 from hwbp.agent.link import START_TIMEOUT, AgentLink, Backend
 from hwbp.agent.sim import SimBackend
 from hwbp.agent.supervise import run_all
 from hwbp.arch import DEFAULT_FEATURES, HostFeatures
+from hwbp.client.endpoints import EndpointError, Endpoints
+from hwbp.client.endpoints import parse as parse_endpoints
 from hwbp.wire import tls
 
 log = logging.getLogger("hwbp.agent")
@@ -32,6 +37,39 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 500),
 ]
 STREAMS_PER_CHANNEL = 64  # fleet mode: spread streams over connections
+OPTIONS = CHANNEL_OPTIONS
+
+
+class Replicas:
+    """``--arbiter A,B,C``: the replicas of a replicated arbiter. Every link uses the one
+    believed to lead; a NOT_LEADER refusal naming the leader, or a broken stream, moves
+    them on (``client.endpoints`` decides where). Streams share a channel per replica,
+    at most STREAMS_PER_CHANNEL each."""
+
+    def __init__(self, spec: str, cfg: tls.TlsConfig | None) -> None:
+        self.endpoints = Endpoints.of(spec)
+        self.cfg = cfg
+        self._channels: dict[tuple[str, int], grpc.aio.Channel] = {}
+
+    def channel(self, cpu: int) -> grpc.aio.Channel:
+        key = (self.endpoints.current, cpu // STREAMS_PER_CHANNEL)
+        ch = self._channels.get(key)
+        if ch is None:
+            ch = self._channels[key] = tls.aio_channel(key[0], self.cfg, CHANNEL_OPTIONS)
+        return ch
+
+    def failed(self, exc: BaseException) -> None:
+        info = error_info(exc)
+        before = self.endpoints.current
+        after = self.endpoints.after(
+            info.reason if info else "", dict(info.metadata) if info else {}
+        )
+        if after is not None and after != before:
+            log.info("arbiter replica %s refused or failed; trying %s", before, after)
+
+    async def close(self) -> None:
+        for ch in self._channels.values():
+            await ch.close()
 
 
 def _int(text: str) -> int:
@@ -40,7 +78,12 @@ def _int(text: str) -> int:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="hwbp-agent", description=__doc__)
-    p.add_argument("--arbiter", default=os.environ.get("HWBP_ARBITER", "127.0.0.1:50051"))
+    p.add_argument(
+        "--arbiter",
+        default=os.environ.get("HWBP_ARBITER", "127.0.0.1:50051"),
+        help="HOST:PORT, or the replicas of a replicated arbiter as A,B,C (the agent "
+        "follows the leader); default $HWBP_ARBITER",
+    )
     p.add_argument("--host", default=os.uname().nodename, help="host name (default: this host)")
     p.add_argument("--cpu", type=int, help="the CPU this agent serves")
     p.add_argument(
@@ -98,6 +141,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             args.tls.read()
     except tls.TlsConfigError as err:
         p.error(str(err))
+    try:
+        parse_endpoints(args.arbiter)
+    except EndpointError as err:
+        p.error(f"--arbiter: {err}")
     if not args.fleet and args.cpu is None:
         p.error("give --cpu N, or --fleet to run --cpus simulated CPUs")
     if args.cpus < 1:
@@ -137,8 +184,11 @@ async def run(args: argparse.Namespace) -> int:
             os.sched_setaffinity(0, {args.cpu})
         except OSError as err:
             log.warning("cannot pin to cpu %d: %s", args.cpu, err)
+    route = Replicas(args.arbiter, args.tls) if "," in args.arbiter else None
     channels = [
-        tls.aio_channel(args.arbiter, args.tls, CHANNEL_OPTIONS)
+        tls.aio_channel(
+            route.endpoints.current if route else args.arbiter, args.tls, CHANNEL_OPTIONS
+        )
         for _ in range(0, len(cpus), STREAMS_PER_CHANNEL)
     ]
     live: set[int] = set()
@@ -161,6 +211,7 @@ async def run(args: argparse.Namespace) -> int:
             ack_delay=args.ack_delay,
             on_live=on_live,
             start_timeout=args.start_timeout,
+            route=route,
         )
         for i, cpu in enumerate(cpus)
     ]
@@ -178,6 +229,8 @@ async def run(args: argparse.Namespace) -> int:
             link.backend.close()
         for ch in channels:
             await ch.close()
+        if route is not None:
+            await route.close()
     return code
 
 

@@ -1,4 +1,4 @@
-"""make bench: P1-P4 and P6 with same-run baselines; results in bench/results/.
+"""make bench: P1-P6 with same-run baselines; results in bench/results/.
 
 ``--quick`` scales everything down (for tests); ``--only P1,P3`` picks benchmarks.
 """
@@ -18,7 +18,7 @@ from hwbp.bench.png import line_chart
 from hwbp.bench.report import machine, table
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ALL = ("P1", "P2", "P3", "P4", "P6")
+ALL = ("P1", "P2", "P3", "P4", "P5", "P6")
 
 
 def _p1(quick: bool) -> dict[str, Any]:
@@ -45,6 +45,12 @@ def _p4(quick: bool) -> dict[str, Any]:
     return p4.run(quick)
 
 
+def _p5(quick: bool) -> dict[str, Any]:
+    from hwbp.bench import ha
+
+    return ha.run(quick)
+
+
 def _p6(quick: bool) -> dict[str, Any]:
     from hwbp.bench import p6
 
@@ -56,6 +62,7 @@ RUNNERS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "P2": _p2,
     "P3": _p3,
     "P4": _p4,
+    "P5": _p5,
     "P6": _p6,
 }
 
@@ -63,7 +70,7 @@ RUNNERS: dict[str, Callable[[bool], dict[str, Any]]] = {
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="scaled down, seconds not minutes")
-    p.add_argument("--only", default=",".join(ALL), help="comma-separated subset of P1..P4, P6")
+    p.add_argument("--only", default=",".join(ALL), help="comma-separated subset of P1..P6")
     p.add_argument("--out", type=Path, default=RESULTS, help="directory for the results")
     args = p.parse_args(argv)
     args.only = [s.strip().upper() for s in args.only.split(",") if s.strip()]

@@ -145,7 +145,11 @@ def rows(results: dict[str, Any]) -> list[Row]:
             f">= {pt['target']}x",
             _miss(pt["ratio"], pt["target"], True),
         ))  # fmt: skip
-    for pid in ("P1", "P2", "P3", "P4", "P6"):
+    if "P5" in results and "error" not in results["P5"]:
+        from hwbp.bench.ha import rows as ha_rows
+
+        out.extend(ha_rows(results["P5"]))
+    for pid in ("P1", "P2", "P3", "P4", "P5", "P6"):
         err = results.get(pid, {}).get("error")
         if err:
             out.append((pid, "failed to run", err[:120], "-", "-", "-", "no"))

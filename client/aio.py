@@ -21,7 +21,7 @@ differs between the two flavours is ``client.concurrency``.
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -29,9 +29,11 @@ import grpc
 from hwbp.client import calls, paging, wire
 from hwbp.client.aio_handles import AsyncReservationHandle, AsyncSession, AsyncTracer
 from hwbp.client.concurrency import async_attempts
-from hwbp.client.errors import from_rpc_error
-from hwbp.client.retry import Deadlines, RetryPolicy
+from hwbp.client.endpoints import NOT_LEADER, Endpoints
+from hwbp.client.errors import RemoteError, from_rpc_error
+from hwbp.client.retry import FAILOVER_RETRY, Deadlines, RetryPolicy
 from hwbp.client.values import AccessResult, Change, CpuInfo, EventInfo, EventKind, ReservationInfo
+from hwbp.errors import HwbpError
 from hwbp.model import AccessType, BpType
 from hwbp.registers import RegisterImage
 from hwbp.v1 import session_pb2, simulation_pb2
@@ -46,25 +48,46 @@ class AsyncClient:
 
     def __init__(
         self,
-        endpoint: str | None = None,
+        endpoint: str | Sequence[str] | None = None,
         *,
         retry: RetryPolicy | None = None,
         tls: TlsConfig | None = None,
         deadlines: Deadlines | None = None,
     ) -> None:
-        """``tls``: client certificate, key and CA; default $HWBP_TLS_*, else plaintext.
+        """``endpoint``: "HOST:PORT", or the replicas of a replicated arbiter as
+        "a:1,b:2,c:3" or a list (calls follow the leader); default $HWBP_ARBITER.
+        ``tls``: client certificate, key and CA; default $HWBP_TLS_*, else plaintext.
         ``deadlines``: seconds per kind of call (``retry.Deadlines``' defaults)."""
-        self.endpoint = wire.endpoint_or_default(endpoint)
-        self.retry = retry or RetryPolicy()
+        self.endpoints = Endpoints.of(endpoint)
+        self.endpoint = self.endpoints.current
+        # Several replicas: ride out a failover (a lease ttl and an election) on retries.
+        self.retry = retry or (FAILOVER_RETRY if self.endpoints.several else RetryPolicy())
         self.deadlines = deadlines or Deadlines()
         self.tls = tls if tls is not None else TlsConfig.resolve()
         self.closed = False
+        self._retired: list[Any] = []  # channels to replicas we moved away from
         self._channel = aio_channel(self.endpoint, self.tls)
         self._stubs = calls.stubs(self._channel)
 
     async def close(self) -> None:
         self.closed = True
-        await self._channel.close()
+        for ch in [*self._retired, self._channel]:
+            await ch.close()
+
+    def _follow(self, err: HwbpError) -> None:
+        """A follower named the leader, or a replica is gone: use the next one
+        (``client.endpoints`` decides). The old channel is closed with the client, not
+        now: a session's keep-alive may still be reading from it."""
+        reason = err.remote_reason if isinstance(err, RemoteError) else ""
+        metadata = err.metadata if isinstance(err, RemoteError) else {}
+        if reason in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            reason = ""  # a transport failure: no ErrorInfo from an arbiter
+        target = self.endpoints.after(reason, metadata)
+        if target is not None and target != self.endpoint:
+            self._retired.append(self._channel)
+            self.endpoint = target
+            self._channel = aio_channel(target, self.tls)
+            self._stubs = calls.stubs(self._channel)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -76,17 +99,28 @@ class AsyncClient:
 
     async def _call(self, rpc: calls.Rpc, request: Any) -> Any:
         """One unary call under ``rpc``'s rules: its deadline, transient failures retried
-        when it is safe to, and None when a repeat finds ``rpc.gone`` (done already)."""
-        method = getattr(self._stubs[rpc.service], rpc.method)
+        when it is safe to, and None when a repeat finds ``rpc.gone`` (done already).
+        A follower's NOT_LEADER refusal is repeated once on the leader it names, even
+        for a call never retried: it was refused before anything was done."""
+        try:
+            return await self._attempts(rpc, request)
+        except RemoteError as err:
+            if rpc.retry or err.remote_reason != NOT_LEADER or not self.endpoints.several:
+                raise
+        return await self._attempts(rpc, request)
+
+    async def _attempts(self, rpc: calls.Rpc, request: Any) -> Any:
         timeout = calls.timeout(rpc, self.deadlines)
         attempts = 0
         async for attempt in async_attempts(self.retry, rpc.retry):
             with attempt:
                 attempts += 1
+                method = getattr(self._stubs[rpc.service], rpc.method)  # the leader may move
                 try:
                     return await method(request, timeout=timeout)
                 except grpc.RpcError as e:
                     err = from_rpc_error(e)
+                    self._follow(err)
                     if rpc.gone is not None and attempts > 1 and isinstance(err, rpc.gone):
                         return None
                     raise err from None

@@ -132,9 +132,11 @@ class AsyncSession:
             except grpc.RpcError as e:
                 if self._stop.is_set():
                     return
-                if isinstance(from_rpc_error(e), SessionNotFound):
+                err = from_rpc_error(e)
+                if isinstance(err, SessionNotFound):
                     self.expired = True
                     return
+                self._client._follow(err)  # replicas: the leader may have moved
             except Exception:  # a bug of ours must not end the lease: report, go on
                 log.exception("keep-alive of session %s failed; reconnecting", self.id)
             # The stream broke (arbiter restart, network blip): reconnect soon enough

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO, TypeVar
 
 from hwbp.client import cli_render as render
-from hwbp.client import top
+from hwbp.client import cluster, top
 from hwbp.client.cli_args import parse
 from hwbp.client.errors import ExitCode, NoFreeSlot, Unavailable, exit_code_for
 from hwbp.client.sdk import Client
@@ -160,6 +160,13 @@ def _warn_pending(verb: str, change: Change) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
+def _cluster(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
+    found = cluster.members(c.endpoints.addresses, c.tls)
+    if all(m.role == "unreachable" for m in found):
+        raise Unavailable(f"no replica answered: {', '.join(m.address for m in found)}")
+    return _show(a, out, cluster.document(found), cluster.table(found))
+
+
 def _ls(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
     items = c.list(a.host)
     return _show(a, out, render.jsonable(items), render.reservations_table(items))
@@ -238,6 +245,7 @@ _HANDLERS: dict[str, Handler] = {
     "reserve": _reserve,
     "release": _release,
     "modify": _modify,
+    "cluster": _cluster,
     "ls": _ls,
     "cpus": _cpus,
     "top": _top,

@@ -66,7 +66,10 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> Parser:
     p = Parser(prog="hwbpctl", description="Reserve and inspect x86 hardware debug registers.")
     p.add_argument(
-        "--arbiter", metavar="HOST:PORT", help="default $HWBP_ARBITER or 127.0.0.1:50051"
+        "--arbiter",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="the arbiter, or the replicas of a replicated one (calls follow the leader); "
+        "default $HWBP_ARBITER or 127.0.0.1:50051",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--tls-cert", metavar="PEM", help="client certificate (default $HWBP_TLS_CERT)")
@@ -102,6 +105,7 @@ def build_parser() -> Parser:
     onoff.add_argument("--disable", dest="enabled", action="store_const", const=False)
     _add_expect_owner(m)
 
+    cmds.add_parser("cluster", help="the replicas of a replicated arbiter and their roles")
     ls = cmds.add_parser("ls", help="list reservations")
     ls.add_argument("--host")
     cpus = cmds.add_parser("cpus", help="per-CPU inventory")

@@ -73,6 +73,9 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(attempts=1)
+# Several replicas: a failover takes up to a lease ttl (5 s by default) and an election;
+# these attempts (jittered backoff up to 1 s) span about 13 s on average.
+FAILOVER_RETRY = RetryPolicy(attempts=30, initial=0.05, maximum=1.0)
 
 
 def is_transient(exc: BaseException) -> bool:

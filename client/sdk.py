@@ -22,17 +22,19 @@ differs between the two flavours is ``client.concurrency``.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
 from hwbp.client import calls, paging, wire
 from hwbp.client.concurrency import sync_attempts
-from hwbp.client.errors import from_rpc_error
+from hwbp.client.endpoints import NOT_LEADER, Endpoints
+from hwbp.client.errors import RemoteError, from_rpc_error
 from hwbp.client.handles import ReservationHandle, Session, Tracer
-from hwbp.client.retry import Deadlines, RetryPolicy
+from hwbp.client.retry import FAILOVER_RETRY, Deadlines, RetryPolicy
 from hwbp.client.values import AccessResult, Change, CpuInfo, EventInfo, EventKind, ReservationInfo
+from hwbp.errors import HwbpError
 from hwbp.model import AccessType, BpType
 from hwbp.registers import RegisterImage
 from hwbp.v1 import session_pb2, simulation_pb2
@@ -47,25 +49,46 @@ class Client:
 
     def __init__(
         self,
-        endpoint: str | None = None,
+        endpoint: str | Sequence[str] | None = None,
         *,
         retry: RetryPolicy | None = None,
         tls: TlsConfig | None = None,
         deadlines: Deadlines | None = None,
     ) -> None:
-        """``tls``: client certificate, key and CA; default $HWBP_TLS_*, else plaintext.
+        """``endpoint``: "HOST:PORT", or the replicas of a replicated arbiter as
+        "a:1,b:2,c:3" or a list (calls follow the leader); default $HWBP_ARBITER.
+        ``tls``: client certificate, key and CA; default $HWBP_TLS_*, else plaintext.
         ``deadlines``: seconds per kind of call (``retry.Deadlines``' defaults)."""
-        self.endpoint = wire.endpoint_or_default(endpoint)
-        self.retry = retry or RetryPolicy()
+        self.endpoints = Endpoints.of(endpoint)
+        self.endpoint = self.endpoints.current
+        # Several replicas: ride out a failover (a lease ttl and an election) on retries.
+        self.retry = retry or (FAILOVER_RETRY if self.endpoints.several else RetryPolicy())
         self.deadlines = deadlines or Deadlines()
         self.tls = tls if tls is not None else TlsConfig.resolve()
         self.closed = False
+        self._retired: list[Any] = []  # channels to replicas we moved away from
         self._channel = channel(self.endpoint, self.tls)
         self._stubs = calls.stubs(self._channel)
 
     def close(self) -> None:
         self.closed = True
-        self._channel.close()
+        for ch in [*self._retired, self._channel]:
+            ch.close()
+
+    def _follow(self, err: HwbpError) -> None:
+        """A follower named the leader, or a replica is gone: use the next one
+        (``client.endpoints`` decides). The old channel is closed with the client, not
+        now: a session's keep-alive may still be reading from it."""
+        reason = err.remote_reason if isinstance(err, RemoteError) else ""
+        metadata = err.metadata if isinstance(err, RemoteError) else {}
+        if reason in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            reason = ""  # a transport failure: no ErrorInfo from an arbiter
+        target = self.endpoints.after(reason, metadata)
+        if target is not None and target != self.endpoint:
+            self._retired.append(self._channel)
+            self.endpoint = target
+            self._channel = channel(target, self.tls)
+            self._stubs = calls.stubs(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -77,17 +100,28 @@ class Client:
 
     def _call(self, rpc: calls.Rpc, request: Any) -> Any:
         """One unary call under ``rpc``'s rules: its deadline, transient failures retried
-        when it is safe to, and None when a repeat finds ``rpc.gone`` (done already)."""
-        method = getattr(self._stubs[rpc.service], rpc.method)
+        when it is safe to, and None when a repeat finds ``rpc.gone`` (done already).
+        A follower's NOT_LEADER refusal is repeated once on the leader it names, even
+        for a call never retried: it was refused before anything was done."""
+        try:
+            return self._attempts(rpc, request)
+        except RemoteError as err:
+            if rpc.retry or err.remote_reason != NOT_LEADER or not self.endpoints.several:
+                raise
+        return self._attempts(rpc, request)
+
+    def _attempts(self, rpc: calls.Rpc, request: Any) -> Any:
         timeout = calls.timeout(rpc, self.deadlines)
         attempts = 0
         for attempt in sync_attempts(self.retry, rpc.retry):
             with attempt:
                 attempts += 1
+                method = getattr(self._stubs[rpc.service], rpc.method)  # the leader may move
                 try:
                     return method(request, timeout=timeout)
                 except grpc.RpcError as e:
                     err = from_rpc_error(e)
+                    self._follow(err)
                     if rpc.gone is not None and attempts > 1 and isinstance(err, rpc.gone):
                         return None
                     raise err from None

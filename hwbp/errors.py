@@ -288,6 +288,19 @@ class LedgerWriteFailed(HwbpError):
     error_class = ErrorClass.UNAVAILABLE
 
 
+class LeadershipLost(LedgerWriteFailed):
+    """A replicated arbiter's write was fenced: it no longer leads, nothing was stored."""
+
+    reason = "LEADERSHIP_LOST"
+
+
+class NotLeader(HwbpError):
+    """This replica is a follower; ErrorInfo metadata ``leader`` names the leader."""
+
+    reason = "NOT_LEADER"
+    error_class = ErrorClass.UNAVAILABLE
+
+
 class Draining(HwbpError):
     reason = "DRAINING"
     error_class = ErrorClass.UNAVAILABLE

@@ -89,6 +89,10 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
                 cpu=hello.cpu,
             )
         host = self.fleet.ensure_host(name, hello.ncpus, convert.features_from(hello))
+        if hello.last_applied_generation > host.generation and host.pipeline.idle:
+            # It applied a generation this arbiter never stored (a previous leader's
+            # rolled-back state): keep generations monotonic as its CPU saw them.
+            host.generation = hello.last_applied_generation
         holder = host.live_channel(hello.cpu)
         if holder is not None:
             raise AgentAlreadyConnected(

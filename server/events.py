@@ -208,6 +208,14 @@ class EventBus:
                 sub, WatcherTooSlow(f"watcher fell {QUEUE_LIMIT} events behind and was cut off")
             )
 
+    def cut_watchers(self, error: HwbpError) -> int:
+        """End every caller's stream (not the arbiter's own subscribers) with ``error``:
+        a replica that stops leading has nothing more to tell them."""
+        subs = {s for bucket in self._index.values() for s in bucket if s.identity is not None}
+        for sub in subs:
+            self._cut(sub, error)
+        return len(subs)
+
     def _cut(self, sub: Subscription, error: HwbpError) -> None:
         """Stop offering ``sub`` anything; its reader gets what was queued, then ``error``.
         It stays counted against the caps until its stream unsubscribes."""

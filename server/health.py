@@ -27,7 +27,8 @@ FAILURES: Counter[str] = Counter()  # background task name -> exceptions survive
 
 
 class Health:
-    """Sets every service's health from three facts: started, draining, ledger problem."""
+    """Sets every service's health from three facts: started, draining, ledger problem
+    (and, for a replicated arbiter, a fourth: whether this replica leads)."""
 
     def __init__(self, servicer: health.aio.HealthServicer, names: Iterable[str]) -> None:
         self.servicer = servicer
@@ -35,6 +36,7 @@ class Health:
         self.started = False
         self.draining = False
         self.ledger_problem = ""
+        self.leading = True  # a replicated arbiter's follower: False (server/ha.py)
         self._refreshing: set[asyncio.Task[None]] = set()
 
     @property
@@ -42,12 +44,14 @@ class Health:
         return self.started and not self.draining and not self.ledger_problem
 
     async def apply(self) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if self.serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
         for name in self.names:
+            # A follower is up ("" SERVING) but serves none of the services.
+            on = self.serving and (self.leading or name == "")
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if on
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
             await self.servicer.set(name, status)
 
     def ledger(self, problem: str) -> None:

@@ -158,6 +158,22 @@ class Host:
         """Wait until nothing is queued, in flight or being written."""
         await self._idle.wait()
 
+    def abandon(self, err: HwbpError) -> None:
+        """This arbiter stopped leading: answer every waiting caller ``err``, stop the
+        ack timer and close every agent stream. The host is then dropped; nothing here
+        is written (the next leader reloads the ledger from the store)."""
+        for future in self._futures.values():
+            if not future.done():
+                future.set_exception(err)
+        self._futures.clear()
+        self._requests.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self._timer_at = None
+        for channel in self.channels:
+            if channel is not None:
+                channel.close(err.message)
+
     # --- agents ------------------------------------------------------------------
 
     def link_state(self, cpu: int) -> tuple[Link, str]:

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hwbp.errors import LedgerCorrupt, LedgerInUse, LedgerWriteFailed
+from hwbp.server import ha
 from hwbp.server.agent_link import AgentLinkServicer
 from hwbp.server.authz import AuditLog, Authz, Policy, PolicyError
 from hwbp.server.errors import MalformedRequests
@@ -31,7 +32,7 @@ from hwbp.server.ptrace_service import PtraceServicer
 from hwbp.server.reservations import ArbiterServicer
 from hwbp.server.sessions import SessionsServicer, SessionTable, reaper
 from hwbp.server.simulation import SimulationServicer
-from hwbp.server.store import open_store
+from hwbp.server.store import Store, open_store
 from hwbp.server.store.writer import LedgerWriter
 from hwbp.v1 import (
     agent_pb2,
@@ -123,6 +124,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sec.add_argument("--tls-ca", metavar="PEM", help="CA bundle that signs agent and client certs")
     sec.add_argument("--policy", metavar="TOML", help="identities and roles (needs TLS)")
     sec.add_argument("--audit-log", metavar="PATH", help="append every decision as a JSON line")
+    ha.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -155,33 +157,47 @@ async def serve(
     fleet.authz = authz or fleet.authz
     fleet.paranoid = args.paranoid
     sessions = SessionTable()
+    replication = None
+    store: Store
     try:
-        writer = LedgerWriter(open_store(args.db, sync=args.db_sync))
+        if ha.enabled(args):  # the ledger is loaded when this replica takes over
+            etcd = ha.open_store(args)
+            replication, store = ha.Replication(args, etcd), etcd
+        else:
+            store = open_store(args.db, sync=args.db_sync)
+        writer = LedgerWriter(store)
         persistence = Persistence(writer, fleet, sessions)
         fleet.on_commit = persistence.host_committed
-        restored = persistence.restore(asyncio.get_running_loop().time())
+        loop_now = asyncio.get_running_loop().time()
+        restored = persistence.restore(loop_now) if replication is None else None
+    except ha.StoreConfigError as err:
+        print(f"hwbp-arbiter: {err}", file=sys.stderr)
+        return 2
     except (LedgerCorrupt, LedgerInUse, LedgerWriteFailed) as err:
         print(f"hwbp-arbiter: refusing to start: {err}", file=sys.stderr)
         return 3
     fleet.on_host_created = persistence.host_created
     sessions.on_open = persistence.session_opened
     sessions.on_end = persistence.session_ended
-    log.info(
-        "ledger %s: %d hosts, %d reservations, %d ptrace attachments, %d sessions, "
-        "%d idempotency keys restored; next id r%d",
-        args.db,
-        restored.hosts,
-        restored.reservations,
-        restored.attachments,
-        restored.sessions,
-        restored.keys,
-        fleet.next_id,
-    )
+    if restored is not None:
+        log.info(
+            "ledger %s: %d hosts, %d reservations, %d ptrace attachments, %d sessions, "
+            "%d idempotency keys restored; next id r%d",
+            args.db,
+            restored.hosts,
+            restored.reservations,
+            restored.attachments,
+            restored.sessions,
+            restored.keys,
+            fleet.next_id,
+        )
     metrics = Metrics(fleet)
     metrics.start()
     metrics.registry.register(HealthCollector(writer))
+    gate = [] if replication is None else [replication.interceptor]
     server = grpc.aio.server(
-        options=SERVER_OPTIONS, interceptors=[MalformedRequests(), MetricsInterceptor(metrics)]
+        options=SERVER_OPTIONS,
+        interceptors=[*gate, MalformedRequests(), MetricsInterceptor(metrics)],
     )
     arbiter_pb2_grpc.add_ArbiterServicer_to_server(ArbiterServicer(fleet, sessions), server)
     session_pb2_grpc.add_SessionsServicer_to_server(SessionsServicer(fleet, sessions), server)
@@ -226,6 +242,8 @@ async def serve(
     address = f"{args.listen.rsplit(':', 1)[0]}:{port}"
     await writer.probe()  # a ledger that cannot take writes is not SERVING from the start
     status.started = True
+    if replication is not None:  # the services serve on the leader only
+        await replication.start(address, persistence, status, metrics)
     await status.apply()
     print(f"hwbp-arbiter listening on {address}", flush=True)
 
@@ -244,6 +262,8 @@ async def serve(
     status.draining = True
     await status.apply()
     await asyncio.wait_for(asyncio.gather(*(h.drain() for h in fleet.hosts.values())), timeout=10)
+    if replication is not None:
+        await replication.stop()
     for task in background:
         task.cancel()
     for host in fleet.hosts.values():  # end agent streams cleanly; they reconnect elsewhere

