@@ -221,7 +221,7 @@ class AgentLink:
             last_applied_generation=self.applied_generation,
             image=convert.image_to(self.backend.image()),
             slots=4,
-            installed=[convert.assignment_to(a) for a in _installed(self.backend)],  # type: ignore[misc]
+            installed=[convert.assignment_to(a) for a in _installed(self.backend)],
             features=convert.features_to(getattr(self.backend, "features", DEFAULT_FEATURES)),
             deltas=True,
         )

@@ -35,7 +35,7 @@ from hwbp.wire import convert
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
 EXEC_LEN = 8  # exec breakpoints are sizeof(long), as the kernel insists
 
-_KINDS: Mapping[EventKind, types_pb2.EventKind] = {
+_KINDS: Mapping[EventKind, types_pb2.EventKind.ValueType] = {
     kind: getattr(types_pb2, f"EVENT_KIND_{kind.name}") for kind in EventKind
 }
 _KINDS_BACK = {v: k for k, v in _KINDS.items()}

@@ -58,7 +58,7 @@ def failure(err: grpc.aio.AioRpcError) -> Failure:
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
             status = status_pb2.Status.FromString(value)
             for detail in status.details:
-                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                if detail.TypeName() == error_details_pb2.ErrorInfo.DESCRIPTOR.full_name:
                     info = error_details_pb2.ErrorInfo()
                     detail.Unpack(info)
                     reason, meta = info.reason, dict(info.metadata)

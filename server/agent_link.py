@@ -205,13 +205,13 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
         except HwbpError as err:
             log.error("host %s: flushing exited task %d failed: %s", host.name, task, err)
 
-    def _event(self, host: Host, kind: types_pb2.EventKind, cpu: int) -> None:
+    def _event(self, host: Host, kind: types_pb2.EventKind.ValueType, cpu: int) -> None:
         self.fleet.bus.publish(
             types_pb2.Event(
                 kind=kind,
                 host=host.name,
                 cpu=cpu,
-                generation=host.generation,  # type: ignore[arg-type]
+                generation=host.generation,
                 seq=self.fleet.bus.next_seq(),
             )
         )

@@ -18,6 +18,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -97,7 +98,9 @@ def to_status(
     metadata = dict(err.details())
     if request_id:
         metadata["request_id"] = request_id[:MAX_REQUEST_ID]
-    details = [error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=metadata)]
+    details: list[Message] = [
+        error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=metadata)
+    ]
     if isinstance(err, NoFreeSlot):
         details.append(
             error_details_pb2.QuotaFailure(
@@ -126,7 +129,7 @@ def to_status(
 
 
 def grpc_status(err: HwbpError, request_id: str, leases: Leases | None = None) -> grpc.Status:
-    return rpc_status.to_status(to_status(err, request_id, leases))  # type: ignore[no-any-return]
+    return rpc_status.to_status(to_status(err, request_id, leases))
 
 
 async def abort(
@@ -215,7 +218,7 @@ def _safe(deserialize: Callable[[bytes], Any], type_name: str) -> Callable[[byte
     return parse
 
 
-class MalformedRequests(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class MalformedRequests(grpc.aio.ServerInterceptor):
     """Wrap every method's request parser with ``_safe`` (once per method)."""
 
     def __init__(self) -> None:

@@ -284,7 +284,7 @@ class Host:
 
     def publish(
         self,
-        kind: types_pb2.EventKind,
+        kind: types_pb2.EventKind.ValueType,
         request_id: str,
         *,
         reason: str = "",
@@ -431,7 +431,7 @@ class Host:
             else:
                 self._feed(Persisted(ins.generation, _now()))
         finally:
-            self._writes.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._writes.discard(asyncio.current_task())
             if self.pipeline.idle and not self._writes:
                 self._idle.set()
 

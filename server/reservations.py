@@ -308,7 +308,7 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
     def _event(
         self,
         host: Host,
-        kind: types_pb2.EventKind,
+        kind: types_pb2.EventKind.ValueType,
         request_id: str,
         res: Reservation,
         generation: int,
@@ -318,7 +318,7 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
         ev = types_pb2.Event(
             kind=kind,
             host=host.name,
-            generation=generation,  # type: ignore[arg-type]
+            generation=generation,
             request_id=request_id,
             seq=self.fleet.bus.next_seq(),
             task=res.target.task,
