@@ -260,7 +260,18 @@ def _check_request_id(request_id: str) -> None:
 
 def _refuse_malformed(request: object) -> None:
     if isinstance(request, Malformed):
-        raise InvalidArgument(
-            f"the request bytes for {request.type_name} do not parse: {request.problem}",
-            method=request.type_name,
-        )
+        raise _unparsed(request)
+
+
+def well_formed(request: Req | Malformed) -> Req:
+    """A streamed request as its message; INVALID_ARGUMENT if its bytes did not parse."""
+    if isinstance(request, Malformed):
+        raise _unparsed(request)
+    return request
+
+
+def _unparsed(request: Malformed) -> InvalidArgument:
+    return InvalidArgument(
+        f"the request bytes for {request.type_name} do not parse: {request.problem}",
+        method=request.type_name,
+    )

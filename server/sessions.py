@@ -24,7 +24,7 @@ from grpc.aio import ServicerContext
 
 from hwbp.errors import HwbpError, InvalidArgument, SessionNotFound
 from hwbp.server.authz import Action, Peer, Target
-from hwbp.server.errors import rpc
+from hwbp.server.errors import Malformed, abort, rpc, well_formed
 from hwbp.server.fleet import Fleet
 from hwbp.v1 import session_pb2_grpc
 from hwbp.v1.session_pb2 import (
@@ -203,17 +203,16 @@ class SessionsServicer(session_pb2_grpc.SessionsServicer):
 
     async def KeepAlive(
         self,
-        request_iterator: AsyncIterator[KeepAliveRequest],
+        request_iterator: AsyncIterator[KeepAliveRequest | Malformed],
         context: ServicerContext[KeepAliveRequest, KeepAliveResponse],
     ) -> AsyncIterator[KeepAliveResponse]:
-        async for ping in request_iterator:
+        async for sent in request_iterator:
             try:
+                ping = well_formed(sent)
                 self._guard(context, ping, Action.SESSION_KEEPALIVE)
                 session = self.table.renew(ping.session_id)
             except HwbpError as err:
-                from hwbp.server.errors import abort
-
-                await abort(context, err, ping.request_id)
+                await abort(context, err, sent.request_id)
             yield KeepAliveResponse(
                 session_id=session.id,
                 remaining_seconds=max(0.0, session.expires_at - self.table.clock()),

@@ -342,6 +342,23 @@ def test_malformed_bytes_on_the_wire(
     _still_sound(ch)
 
 
+def test_malformed_bytes_on_a_keep_alive_stream(
+    fuzz_target: tuple[grpc.Channel, dict[str, Callable[..., Any]]],
+) -> None:
+    """A ping that does not parse ends the stream with INVALID_ARGUMENT naming the message
+    type, as on unary calls (it once ended with UNKNOWN and the server's exception)."""
+    ch, _ = fuzz_target
+    raw = ch.stream_stream(
+        "/hwbp.v1.Sessions/KeepAlive", request_serializer=None, response_deserializer=None
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        list(raw(iter([b"\xff" * 7]), timeout=10))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+    assert _check_refusal("KeepAlive", refused.value) == "INVALID_ARGUMENT"
+    assert "KeepAlive" in (refused.value.details() or "")
+    _still_sound(ch)
+
+
 def test_enough_requests_were_fuzzed() -> None:
     """Runs last in this module: the figure the README quotes."""
     if SENT["requests"] == 0:
