@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
-from typing import Any
+
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from hwbp.arch import DEFAULT_FEATURES, HostFeatures
 from hwbp.errors import InvalidArgument, InvalidCpu, InvalidScope, InvalidType, ValueOutOfRange
@@ -161,7 +162,9 @@ def assignment_to(a: Assignment) -> agent_pb2.Assignment:
     return agent_pb2.Assignment(reservation_id=a.reservation_id, task=a.task, spec=bp_to(a.bp))
 
 
-def assignments_into(out: Any, assignments: Iterable[Assignment]) -> None:
+def assignments_into(
+    out: RepeatedCompositeFieldContainer[agent_pb2.Assignment], assignments: Iterable[Assignment]
+) -> None:
     """Append ``assignments`` to the repeated Assignment field ``out``, each built in place.
 
     A resync carries every breakpoint of a CPU, none of them converted before (after a
@@ -181,7 +184,7 @@ def assignments_into(out: Any, assignments: Iterable[Assignment]) -> None:
         spec.tracer_applied = bp.tracer_applied
 
 
-def assignment_from(msg: Any) -> Assignment:
+def assignment_from(msg: agent_pb2.Assignment) -> Assignment:
     task_ = msg.task if msg.HasField("task") else None
     return Assignment(
         reservation_id=msg.reservation_id,
