@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from hwbp.v1 import (
+    arbiter_pb2,
     arbiter_pb2_grpc,
     ptrace_pb2_grpc,
     simulation_pb2_grpc,
@@ -65,10 +66,17 @@ def failure(err: grpc.aio.AioRpcError) -> Failure:
     return Failure(err.code().name, reason, err.details() or "", meta)
 
 
-Msg = Any  # generated protobuf messages carry no static types
+# The paged reads: List and Inventory.
+Page = TypeVar("Page", arbiter_pb2.ListRequest, arbiter_pb2.InventoryRequest)
+Paged = TypeVar("Paged", arbiter_pb2.ListResponse, arbiter_pb2.InventoryResponse)
 
 
-async def all_pages(method: Any, request: Msg, field: str, timeout: float = RPC_TIMEOUT) -> Msg:
+async def all_pages(
+    method: grpc.aio.UnaryUnaryMultiCallable[Page, Paged],
+    request: Page,
+    field: str,
+    timeout: float = RPC_TIMEOUT,
+) -> Paged:
     """Every page of a paged List or Inventory, merged into one response of its type.
 
     The arbiter pages both; a check that read one page would miss most of a big fleet.
@@ -76,7 +84,7 @@ async def all_pages(method: Any, request: Msg, field: str, timeout: float = RPC_
     """
     req = type(request)()
     req.CopyFrom(request)
-    merged: Msg = None
+    merged: Paged | None = None
     seen: set[str] = set()
     while True:
         resp = await method(req, timeout=timeout)

@@ -12,13 +12,13 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 import grpc
 
 from hwbp.dr7 import encode
 from hwbp.load.invariants import Checker, Granted
-from hwbp.load.rpc import RPC_TIMEOUT, Msg, Stubs, failure
+from hwbp.load.rpc import RPC_TIMEOUT, Stubs, failure
 from hwbp.load.stats import Stats
 from hwbp.model import BpType, Breakpoint
 from hwbp.v1 import arbiter_pb2, ptrace_pb2, simulation_pb2, types_pb2
@@ -40,6 +40,8 @@ ACTIONS = [
 SHARED_TASKS = range(1001, 1009)  # reserve and switch targets: small, so clients collide
 LENGTHS = (1, 2, 4, 8)
 TYPES = (types_pb2.BREAKPOINT_TYPE_WRITE, types_pb2.BREAKPOINT_TYPE_READ_WRITE)
+
+T = TypeVar("T")
 
 
 class Budget:
@@ -79,7 +81,7 @@ class Client:
         self.calls += 1
         return f"{self.owner}-{self.calls}"
 
-    async def _call(self, op: str, fn: Callable[[], Awaitable[Any]]) -> Any | None:
+    async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T | None:
         """Time one RPC; a refusal is checked and recorded, and returns None."""
         t0 = time.perf_counter()
         try:
@@ -216,7 +218,7 @@ class Client:
             len=length,
             type=types_pb2.ACCESS_TYPE_WRITE,
         )
-        resp: Msg = await self._call(
+        resp = await self._call(
             "memory_access", lambda: self.stubs.sim.MemoryAccess(req, timeout=RPC_TIMEOUT)
         )
         if resp is not None:
