@@ -24,9 +24,10 @@ lint: venv
 
 # mypy --strict (strict = true in pyproject) on every package: -p hwbp is the core and,
 # through the links under hwbp/, each shell (hwbp.server, .agent, .client, .wire, .load,
-# .bench, .gdbserver) and the generated hwbp.v1, typed by the committed mypy-protobuf stubs.
+# .bench, .gdbserver) and the generated hwbp.v1, typed by the committed mypy-protobuf stubs;
+# -p tests holds the tests to the same rules.
 types: venv
-	$(BIN)/mypy -p hwbp
+	$(BIN)/mypy -p hwbp -p tests
 
 # Generated code (protos, and the sync SDK from its asyncio source) matches its source.
 protocheck: venv

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -67,12 +69,12 @@ def failure(err: grpc.aio.AioRpcError) -> Failure:
 
 
 # The paged reads: List and Inventory.
-Page = TypeVar("Page", arbiter_pb2.ListRequest, arbiter_pb2.InventoryRequest)
-Paged = TypeVar("Paged", arbiter_pb2.ListResponse, arbiter_pb2.InventoryResponse)
+Page = TypeVar("Page", bound=arbiter_pb2.ListRequest | arbiter_pb2.InventoryRequest)
+Paged = TypeVar("Paged", bound=arbiter_pb2.ListResponse | arbiter_pb2.InventoryResponse)
 
 
 async def all_pages(
-    method: grpc.aio.UnaryUnaryMultiCallable[Page, Paged],
+    method: Callable[..., Awaitable[Paged]],
     request: Page,
     field: str,
     timeout: float = RPC_TIMEOUT,
@@ -82,8 +84,7 @@ async def all_pages(
     The arbiter pages both; a check that read one page would miss most of a big fleet.
     An arbiter that does not page answers with an empty token: one call.
     """
-    req = type(request)()
-    req.CopyFrom(request)
+    req = copy.deepcopy(request)  # the caller's request stays as it was
     merged: Paged | None = None
     seen: set[str] = set()
     while True:

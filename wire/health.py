@@ -15,6 +15,8 @@ if TYPE_CHECKING:  # the stubs' generic; grpc's own class takes no parameters
     HealthCheck: TypeAlias = grpc.UnaryUnaryMultiCallable[
         health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
     ]
+else:
+    HealthCheck = grpc.UnaryUnaryMultiCallable
 
 CHECK = "/grpc.health.v1.Health/Check"
 
