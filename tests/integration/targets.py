@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 TARGET = Path(__file__).with_name("perf_target.py")
 ROOT = TARGET.parents[2]
 WAIT = 10.0
@@ -59,3 +61,19 @@ class Target:
         for f in (self.proc.stdin, self.proc.stdout):
             if f is not None:
                 f.close()
+
+
+def need_every_register(cpu: int, slots: int = 4) -> None:
+    """Skip (with the reason) when another process on this machine holds debug registers
+    of ``cpu``: tests that count what the kernel grants need the CPU's registers to
+    themselves, and the kernel would refuse what they expect to be granted."""
+    probe = Target(cpu)
+    try:
+        free = int(probe.ask(f"h {cpu}"))
+    finally:
+        probe.kill()
+    if free < slots:
+        pytest.skip(
+            f"another process on this machine holds {slots - free} of cpu {cpu}'s {slots} "
+            "debug registers; this test counts what the kernel grants and needs them all"
+        )

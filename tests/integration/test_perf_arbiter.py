@@ -18,7 +18,7 @@ from hwbp.v1 import arbiter_pb2 as a
 from hwbp.v1 import types_pb2 as t
 from tests.integration import procs
 from tests.integration.stubs import Api, error_info, wait_until
-from tests.integration.targets import Target
+from tests.integration.targets import Target, need_every_register
 
 _reason = probe()
 if _reason is not None:
@@ -130,6 +130,7 @@ def test_exec_breakpoint_fires_on_each_call(
 def test_registers_held_outside_the_arbiter_give_a_clear_nack(
     channel: grpc.Channel, real_host: str, target: Target
 ) -> None:
+    need_every_register(0)
     api = Api(channel)
     before = api.ids(real_host)
     holder = Target(0)

@@ -18,7 +18,7 @@ import pytest
 from hwbp.agent.perf import PerfBackend, probe
 from hwbp.errors import KernelNoSpace, KernelRefused
 from hwbp.model import Assignment, BpType, Breakpoint
-from tests.integration.targets import WAIT, Target
+from tests.integration.targets import WAIT, Target, need_every_register
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(30)]
 
@@ -152,6 +152,7 @@ def test_exec_breakpoint_counts_calls(
 def test_registers_held_outside_give_enospc_and_keep_previous_set(
     targets: list[Target], backends: list[PerfBackend]
 ) -> None:
+    need_every_register(0)
     t = Target(0)
     holder = Target(0)
     targets += [t, holder]
