@@ -178,19 +178,26 @@ class Client:
         task = 5000 + self.index * 10 + self.rng.randrange(4)
         used = sorted(self.rng.sample(range(4), self.rng.randint(1, 4)))
         slots: list[Breakpoint | None] = [None] * 4
+        landed = False
         for i in used:
             addr = self._addr()
             slots[i] = Breakpoint(addr, self.rng.choice(LENGTHS), BpType.WRITE)
-            await self._poke(host, task, i, addr)
-        await self._poke(host, task, 7, encode(slots))
+            landed |= await self._poke(host, task, i, addr)
+        landed |= await self._poke(host, task, 7, encode(slots))
+        if not landed:  # every poke was refused: the task has no ptrace state to flush
+            return
         req = ptrace_pb2.FlushRequest(request_id=self._rid(), host=host, task=task)
         await self._call("flush", lambda: self.stubs.ptrace.Flush(req, timeout=RPC_TIMEOUT))
 
-    async def _poke(self, host: str, task: int, reg: int, value: int) -> None:
+    async def _poke(self, host: str, task: int, reg: int, value: int) -> bool:
+        """Whether the poke landed (a refusal is checked and recorded by ``_call``)."""
         req = ptrace_pb2.PokeUserRequest(
             request_id=self._rid(), host=host, task=task, reg=reg, value=value
         )
-        await self._call("poke", lambda: self.stubs.ptrace.PokeUser(req, timeout=RPC_TIMEOUT))
+        done = await self._call(
+            "poke", lambda: self.stubs.ptrace.PokeUser(req, timeout=RPC_TIMEOUT)
+        )
+        return done is not None
 
     async def context_switch(self) -> None:
         host, ncpus = self._pick_host()
