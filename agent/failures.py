@@ -117,7 +117,7 @@ def error_info(exc: BaseException) -> error_details_pb2.ErrorInfo | None:
         except Exception:  # a corrupt detail is no ErrorInfo, not a new failure
             return None
         for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            if detail.TypeName() == error_details_pb2.ErrorInfo.DESCRIPTOR.full_name:
                 info = error_details_pb2.ErrorInfo()
                 detail.Unpack(info)
                 return info

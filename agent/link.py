@@ -14,7 +14,7 @@ import contextlib
 import errno as errno_mod
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from enum import Enum
 from typing import Any, Protocol
 
@@ -60,7 +60,7 @@ class Backend(Protocol):
     name: str
     polls: bool  # reports hits and task exits on its own (fds to watch)
 
-    def apply(self, assignments: Any) -> RegisterImage: ...
+    def apply(self, assignments: Sequence[Assignment]) -> RegisterImage: ...
     def image(self) -> RegisterImage: ...
     def poll_hits(self) -> list[Any]: ...
     def fds(self) -> list[int]: ...
@@ -221,7 +221,7 @@ class AgentLink:
             last_applied_generation=self.applied_generation,
             image=convert.image_to(self.backend.image()),
             slots=4,
-            installed=[convert.assignment_to(a) for a in _installed(self.backend)],  # type: ignore[misc]
+            installed=[convert.assignment_to(a) for a in _installed(self.backend)],
             features=convert.features_to(getattr(self.backend, "features", DEFAULT_FEATURES)),
             deltas=True,
         )
@@ -252,7 +252,9 @@ class AgentLink:
             raise StreamLost(f"stream ended {lived:.1f} s after going live ({ended})")
         log.info("agent %s/%d: stream ended (%s); reconnecting", self.host, self.cpu, ended)
 
-    async def _messages(self, call: Any) -> AsyncIterator[agent_pb2.ArbiterMessage]:
+    async def _messages(
+        self, call: AsyncIterable[agent_pb2.ArbiterMessage]
+    ) -> AsyncIterator[agent_pb2.ArbiterMessage]:
         """The stream's messages. Until the CPU is live each wait is bounded by
         ``start_timeout``: a start that hears nothing says so and starts again."""
         stream = aiter(call)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from hwbp.agent.failures import LinkRefused
 
@@ -64,7 +64,7 @@ async def run_all(
     ]
     stopper = asyncio.create_task(stop.wait(), name="stop")
     try:
-        pending: set[asyncio.Task[Any]] = {stopper, *tasks}
+        pending: set[asyncio.Task[object]] = {stopper, *tasks}
         while not stopper.done() and not all(t.done() for t in tasks):
             _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         if stopper.done():

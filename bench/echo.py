@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import signal
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 import grpc
 
@@ -38,7 +37,9 @@ class Fanout:
     def __init__(self) -> None:
         self.streams: list[tuple[asyncio.Queue[bytes], list[asyncio.Future[bytes]]]] = []
 
-    async def connect(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+    async def connect(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
         outbox: asyncio.Queue[bytes] = asyncio.Queue()
         waiting: list[asyncio.Future[bytes]] = []
         entry = (outbox, waiting)
@@ -58,7 +59,9 @@ class Fanout:
             reader.cancel()
             self.streams.remove(entry)
 
-    async def broadcast(self, payload: bytes, context: Any) -> bytes:
+    async def broadcast(
+        self, payload: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes:
         loop = asyncio.get_running_loop()
         futures = []
         for outbox, waiting in self.streams:
@@ -78,7 +81,9 @@ class Relay:
         self.waiting: dict[int, asyncio.Future[bytes]] = {}
         self.ids = 0
 
-    async def connect(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+    async def connect(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
         outbox: asyncio.Queue[bytes] = asyncio.Queue()
         self.outbox = outbox
 
@@ -97,7 +102,7 @@ class Relay:
             reader.cancel()
             self.outbox = None
 
-    async def relay(self, payload: bytes, context: Any) -> bytes:
+    async def relay(self, payload: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         if self.outbox is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no relay agent connected")
         assert self.outbox is not None
@@ -111,7 +116,7 @@ class Relay:
 async def serve(kind: str, listen: str) -> None:
     server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 100_000)])
 
-    async def echo(request: bytes, context: Any) -> bytes:
+    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         return request
 
     fan = Fanout()

@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from hwbp.bench.harness import Run, closed_loop
 from hwbp.load import procs
 from hwbp.load.etcd import Etcd
 from hwbp.v1 import arbiter_pb2, arbiter_pb2_grpc, types_pb2
+from hwbp.wire.health import health_check
 
 TTL = 2.0
 IN_FLIGHT = (1, 8)
@@ -54,7 +55,7 @@ def _start_replica(etcd: Etcd, port: int = 0) -> tuple[procs.Child, str]:
 def _leads(address: str) -> bool:
     try:
         with grpc.insecure_channel(address) as ch:
-            got = health_pb2_grpc.HealthStub(ch).Check(
+            got = health_check(ch)(
                 health_pb2.HealthCheckRequest(service="hwbp.v1.Arbiter"), timeout=1
             )
     except grpc.RpcError:

@@ -73,7 +73,9 @@ async def echo_runs(
     ).SerializeToString()
     out: dict[int, Run] = {}
     async with grpc.aio.insecure_channel(address) as ch:
-        echo = ch.unary_unary(f"/bench.Echo/{method}")
+        echo: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = ch.unary_unary(
+            f"/bench.Echo/{method}"
+        )
 
         async def op(w: int) -> None:
             await echo(big, timeout=30)

@@ -80,7 +80,9 @@ async def echo_broadcasts(address: str, reps: int) -> Run:
     payload = reload_payload()
     lat: list[float] = []
     async with grpc.aio.insecure_channel(address) as ch:
-        broadcast = ch.unary_unary("/bench.Echo/Broadcast")
+        broadcast: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = ch.unary_unary(
+            "/bench.Echo/Broadcast"
+        )
         for i in range(2 * reps + 2):
             t0 = time.perf_counter()
             await broadcast(payload, timeout=60)

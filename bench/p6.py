@@ -15,6 +15,7 @@ import asyncio
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -38,7 +39,9 @@ def _spec(addr: int) -> types_pb2.BreakpointSpec:
     )
 
 
-async def fill(stub: Any, want: int, workers: int = 64) -> dict[str, Any]:
+async def fill(
+    stub: arbiter_pb2_grpc.ArbiterAsyncStub, want: int, workers: int = 64
+) -> dict[str, Any]:
     """``want`` task reservations on the full host, one task each (tasks 100000...)."""
     next_k, made = [0], [0]
     errors: Counter[str] = Counter()
@@ -70,14 +73,16 @@ async def fill(stub: Any, want: int, workers: int = 64) -> dict[str, Any]:
     }
 
 
-async def measure(address: str, want: int, seconds: float, warmup: float, rounds: int) -> Any:
+async def measure(
+    address: str, want: int, seconds: float, warmup: float, rounds: int
+) -> tuple[dict[str, Any], dict[tuple[str, int], list[Run]]]:
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as ch:
         stub = arbiter_pb2_grpc.ArbiterStub(ch)
         filled = await fill(stub, want)
         print(f"[bench P6] {filled['held']} held in {filled['fill_s']} s", file=sys.stderr)
         counter = [0]
 
-        def op_on(host: str) -> Any:
+        def op_on(host: str) -> Callable[[int], Awaitable[None]]:
             async def op(w: int) -> None:
                 counter[0] += 1
                 n = counter[0]

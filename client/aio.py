@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from hwbp.client import calls, paging, wire
 from hwbp.client.aio_handles import AsyncReservationHandle, AsyncSession, AsyncTracer
-from hwbp.client.concurrency import async_attempts
+from hwbp.client.concurrency import AsyncChannel, AsyncStream, async_attempts
 from hwbp.client.endpoints import NOT_LEADER, Endpoints
 from hwbp.client.errors import RemoteError, from_rpc_error
 from hwbp.client.retry import FAILOVER_RETRY, Deadlines, RetryPolicy
@@ -41,6 +42,8 @@ from hwbp.wire.tls import TlsConfig, aio_channel
 
 T = TypeVar("T")
 M = TypeVar("M")
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
 
 
 class AsyncClient:
@@ -65,7 +68,7 @@ class AsyncClient:
         self.deadlines = deadlines or Deadlines()
         self.tls = tls if tls is not None else TlsConfig.resolve()
         self.closed = False
-        self._retired: list[Any] = []  # channels to replicas we moved away from
+        self._retired: list[AsyncChannel] = []  # channels to replicas we moved away from
         self._channel = aio_channel(self.endpoint, self.tls)
         self._stubs = calls.stubs(self._channel)
 
@@ -97,7 +100,15 @@ class AsyncClient:
 
     # --- plumbing: every call goes through one of these two ---------------------------
 
-    async def _call(self, rpc: calls.Rpc, request: Any) -> Any:
+    async def _call(self, rpc: calls.Rpc[Req, Resp], request: Req) -> Resp:
+        """One unary call under ``rpc``'s rules (see ``_call_or_gone``) that has no
+        ``gone`` error, so it always answers."""
+        resp = await self._call_or_gone(rpc, request)
+        if resp is None:
+            raise AssertionError(f"{rpc.method} answered nothing: call it with _call_or_gone")
+        return resp
+
+    async def _call_or_gone(self, rpc: calls.Rpc[Req, Resp], request: Req) -> Resp | None:
         """One unary call under ``rpc``'s rules: its deadline, transient failures retried
         when it is safe to, and None when a repeat finds ``rpc.gone`` (done already).
         A follower's NOT_LEADER refusal is repeated once on the leader it names, even
@@ -109,7 +120,7 @@ class AsyncClient:
                 raise
         return await self._attempts(rpc, request)
 
-    async def _attempts(self, rpc: calls.Rpc, request: Any) -> Any:
+    async def _attempts(self, rpc: calls.Rpc[Req, Resp], request: Req) -> Resp | None:
         timeout = calls.timeout(rpc, self.deadlines)
         attempts = 0
         async for attempt in async_attempts(self.retry, rpc.retry):
@@ -117,7 +128,8 @@ class AsyncClient:
                 attempts += 1
                 method = getattr(self._stubs[rpc.service], rpc.method)  # the leader may move
                 try:
-                    return await method(request, timeout=timeout)
+                    resp: Resp = await method(request, timeout=timeout)
+                    return resp
                 except grpc.RpcError as e:
                     err = from_rpc_error(e)
                     self._follow(err)
@@ -126,12 +138,20 @@ class AsyncClient:
                     raise err from None
         raise AssertionError("tenacity re-raises the last failure")
 
-    def _open(self, rpc: calls.Rpc, request: Any, timeout: float | None = None) -> Any:
+    def _open(
+        self,
+        rpc: calls.Rpc[Req, Resp],
+        request: Req | AsyncIterator[Req],
+        timeout: float | None = None,
+    ) -> AsyncStream[Resp]:
         """Start a streaming call (its answers are read with ``_stream``)."""
-        return getattr(self._stubs[rpc.service], rpc.method)(request, timeout=timeout)
+        call: AsyncStream[Resp] = getattr(self._stubs[rpc.service], rpc.method)(
+            request, timeout=timeout
+        )
+        return call
 
     async def _stream(
-        self, call: Any, convert: Callable[[M], T], timeout: float | None
+        self, call: AsyncStream[M], convert: Callable[[M], T], timeout: float | None
     ) -> AsyncIterator[T]:
         """Iterate a server stream; a deadline the caller asked for ends it quietly."""
         try:
@@ -199,7 +219,7 @@ class AsyncClient:
         req = wire.release_request(
             id, session_id=session_id, request_id=request_id, expect_owner=expect_owner
         )
-        resp = await self._call(calls.RELEASE, req)
+        resp = await self._call_or_gone(calls.RELEASE, req)
         return None if resp is None else wire.change(resp)
 
     async def modify(

@@ -11,12 +11,12 @@ import builtins
 import contextlib
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 
 from hwbp.client import calls, wire
-from hwbp.client.concurrency import AsyncEvent, AsyncLock, AsyncWorker, log
+from hwbp.client.concurrency import AsyncEvent, AsyncLock, AsyncStream, AsyncWorker, log
 from hwbp.client.errors import from_rpc_error
 from hwbp.client.values import Change, ReservationFields, ReservationInfo, TrapInfo
 from hwbp.errors import HwbpError, NotAttached, ReservationNotFound, SessionNotFound
@@ -111,7 +111,7 @@ class AsyncSession:
         self._closed = False
         self._stop = AsyncEvent()
         self._lock = AsyncLock()
-        self._call: Any = None
+        self._call: AsyncStream[session_pb2.KeepAliveResponse] | None = None
         self._worker = AsyncWorker(self._keep_alive, name=f"hwbp-keepalive-{session_id}")
 
     async def _pings(self) -> AsyncIterator[session_pb2.KeepAliveRequest]:
@@ -201,7 +201,7 @@ class AsyncSession:
         if self.expired:
             return 0
         req = session_pb2.CloseSessionRequest(request_id=wire.new_id(), session_id=self.id)
-        resp = await self._client._call(calls.CLOSE_SESSION, req)
+        resp = await self._client._call_or_gone(calls.CLOSE_SESSION, req)
         return 0 if resp is None else int(resp.released)
 
     async def __aenter__(self) -> AsyncSession:
@@ -263,7 +263,7 @@ class AsyncTracer:
             host=self.host,
             task=self.task,
         )
-        resp = await self._client._call(calls.DETACH, req)
+        resp = await self._client._call_or_gone(calls.DETACH, req)
         return 0 if resp is None else int(resp.released)
 
     async def flush(self, *, request_id: str | None = None) -> int:
@@ -276,7 +276,7 @@ class AsyncTracer:
             host=self.host,
             task=self.task,
         )
-        resp = await self._client._call(calls.FLUSH, req)
+        resp = await self._client._call_or_gone(calls.FLUSH, req)
         return 0 if resp is None else int(resp.released)
 
     def traps(self, *, timeout: float | None = None) -> AsyncIterator[TrapInfo]:

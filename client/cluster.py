@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from hwbp.client.endpoints import NOT_LEADER
 from hwbp.client.errors import from_rpc_error
 from hwbp.v1 import arbiter_pb2, arbiter_pb2_grpc
+from hwbp.wire.health import health_check
 from hwbp.wire.tls import TlsConfig, channel
 
 SERVICE = "hwbp.v1.Arbiter"
@@ -33,9 +34,7 @@ class Member:
 def probe(address: str, tls: TlsConfig | None) -> Member:
     with channel(address, tls) as ch:
         try:
-            got = health_pb2_grpc.HealthStub(ch).Check(
-                health_pb2.HealthCheckRequest(service=SERVICE), timeout=TIMEOUT
-            )
+            got = health_check(ch)(health_pb2.HealthCheckRequest(service=SERVICE), timeout=TIMEOUT)
         except grpc.RpcError:
             return Member(address, "unreachable")
         if got.status == health_pb2.HealthCheckResponse.SERVING:

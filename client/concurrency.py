@@ -12,14 +12,35 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
+from typing import Protocol, TypeVar
 
+import grpc
 from tenacity import AsyncRetrying, Retrying
 
 from hwbp.client.retry import NO_RETRY, RetryPolicy
 
 log = logging.getLogger("hwbp.client")
+T_co = TypeVar("T_co", covariant=True)
+
+# The channel each client holds.
+AsyncChannel = grpc.aio.Channel
+SyncChannel = grpc.Channel
+
+
+class AsyncStream(Protocol[T_co]):
+    """A streaming call's answers, as grpc.aio returns them."""
+
+    def __aiter__(self) -> AsyncIterator[T_co]: ...
+    def cancel(self) -> bool: ...
+
+
+class SyncStream(Protocol[T_co]):
+    """A streaming call's answers, as grpc's blocking stub returns them."""
+
+    def __iter__(self) -> Iterator[T_co]: ...
+    def cancel(self) -> bool: ...
 
 
 def async_attempts(policy: RetryPolicy, retry: bool) -> AsyncRetrying:

@@ -236,7 +236,7 @@ def status_from_trailers(trailers: Any) -> status_pb2.Status | None:
 
 def _error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
     for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+        if detail.TypeName() == error_details_pb2.ErrorInfo.DESCRIPTOR.full_name:
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
             if info.domain in ("", ERROR_DOMAIN):
@@ -250,7 +250,7 @@ D = TypeVar("D", bound=Message)
 def _unpack(status: status_pb2.Status, kind: type[D]) -> D | None:
     """The first detail of type ``kind`` (None if there is none, or it does not parse)."""
     for detail in status.details:
-        if detail.Is(kind.DESCRIPTOR):
+        if detail.TypeName() == kind.DESCRIPTOR.full_name:
             out = kind()
             try:
                 detail.Unpack(out)

@@ -12,12 +12,12 @@ import builtins
 import contextlib
 from collections.abc import Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 
 from hwbp.client import calls, wire
-from hwbp.client.concurrency import SyncEvent, SyncLock, SyncWorker, log
+from hwbp.client.concurrency import SyncEvent, SyncLock, SyncStream, SyncWorker, log
 from hwbp.client.errors import from_rpc_error
 from hwbp.client.values import Change, ReservationFields, ReservationInfo, TrapInfo
 from hwbp.errors import HwbpError, NotAttached, ReservationNotFound, SessionNotFound
@@ -110,7 +110,7 @@ class Session:
         self._closed = False
         self._stop = SyncEvent()
         self._lock = SyncLock()
-        self._call: Any = None
+        self._call: SyncStream[session_pb2.KeepAliveResponse] | None = None
         self._worker = SyncWorker(self._keep_alive, name=f"hwbp-keepalive-{session_id}")
 
     def _pings(self) -> Iterator[session_pb2.KeepAliveRequest]:
@@ -200,7 +200,7 @@ class Session:
         if self.expired:
             return 0
         req = session_pb2.CloseSessionRequest(request_id=wire.new_id(), session_id=self.id)
-        resp = self._client._call(calls.CLOSE_SESSION, req)
+        resp = self._client._call_or_gone(calls.CLOSE_SESSION, req)
         return 0 if resp is None else int(resp.released)
 
     def __enter__(self) -> Session:
@@ -262,7 +262,7 @@ class Tracer:
             host=self.host,
             task=self.task,
         )
-        resp = self._client._call(calls.DETACH, req)
+        resp = self._client._call_or_gone(calls.DETACH, req)
         return 0 if resp is None else int(resp.released)
 
     def flush(self, *, request_id: str | None = None) -> int:
@@ -275,7 +275,7 @@ class Tracer:
             host=self.host,
             task=self.task,
         )
-        resp = self._client._call(calls.FLUSH, req)
+        resp = self._client._call_or_gone(calls.FLUSH, req)
         return 0 if resp is None else int(resp.released)
 
     def traps(self, *, timeout: float | None = None) -> Iterator[TrapInfo]:

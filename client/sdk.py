@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from hwbp.client import calls, paging, wire
-from hwbp.client.concurrency import sync_attempts
+from hwbp.client.concurrency import SyncChannel, SyncStream, sync_attempts
 from hwbp.client.endpoints import NOT_LEADER, Endpoints
 from hwbp.client.errors import RemoteError, from_rpc_error
 from hwbp.client.handles import ReservationHandle, Session, Tracer
@@ -42,6 +43,8 @@ from hwbp.wire.tls import TlsConfig, channel
 
 T = TypeVar("T")
 M = TypeVar("M")
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
 
 
 class Client:
@@ -66,7 +69,7 @@ class Client:
         self.deadlines = deadlines or Deadlines()
         self.tls = tls if tls is not None else TlsConfig.resolve()
         self.closed = False
-        self._retired: list[Any] = []  # channels to replicas we moved away from
+        self._retired: list[SyncChannel] = []  # channels to replicas we moved away from
         self._channel = channel(self.endpoint, self.tls)
         self._stubs = calls.stubs(self._channel)
 
@@ -98,7 +101,15 @@ class Client:
 
     # --- plumbing: every call goes through one of these two ---------------------------
 
-    def _call(self, rpc: calls.Rpc, request: Any) -> Any:
+    def _call(self, rpc: calls.Rpc[Req, Resp], request: Req) -> Resp:
+        """One unary call under ``rpc``'s rules (see ``_call_or_gone``) that has no
+        ``gone`` error, so it always answers."""
+        resp = self._call_or_gone(rpc, request)
+        if resp is None:
+            raise AssertionError(f"{rpc.method} answered nothing: call it with _call_or_gone")
+        return resp
+
+    def _call_or_gone(self, rpc: calls.Rpc[Req, Resp], request: Req) -> Resp | None:
         """One unary call under ``rpc``'s rules: its deadline, transient failures retried
         when it is safe to, and None when a repeat finds ``rpc.gone`` (done already).
         A follower's NOT_LEADER refusal is repeated once on the leader it names, even
@@ -110,7 +121,7 @@ class Client:
                 raise
         return self._attempts(rpc, request)
 
-    def _attempts(self, rpc: calls.Rpc, request: Any) -> Any:
+    def _attempts(self, rpc: calls.Rpc[Req, Resp], request: Req) -> Resp | None:
         timeout = calls.timeout(rpc, self.deadlines)
         attempts = 0
         for attempt in sync_attempts(self.retry, rpc.retry):
@@ -118,7 +129,8 @@ class Client:
                 attempts += 1
                 method = getattr(self._stubs[rpc.service], rpc.method)  # the leader may move
                 try:
-                    return method(request, timeout=timeout)
+                    resp: Resp = method(request, timeout=timeout)
+                    return resp
                 except grpc.RpcError as e:
                     err = from_rpc_error(e)
                     self._follow(err)
@@ -127,11 +139,21 @@ class Client:
                     raise err from None
         raise AssertionError("tenacity re-raises the last failure")
 
-    def _open(self, rpc: calls.Rpc, request: Any, timeout: float | None = None) -> Any:
+    def _open(
+        self,
+        rpc: calls.Rpc[Req, Resp],
+        request: Req | Iterator[Req],
+        timeout: float | None = None,
+    ) -> SyncStream[Resp]:
         """Start a streaming call (its answers are read with ``_stream``)."""
-        return getattr(self._stubs[rpc.service], rpc.method)(request, timeout=timeout)
+        call: SyncStream[Resp] = getattr(self._stubs[rpc.service], rpc.method)(
+            request, timeout=timeout
+        )
+        return call
 
-    def _stream(self, call: Any, convert: Callable[[M], T], timeout: float | None) -> Iterator[T]:
+    def _stream(
+        self, call: SyncStream[M], convert: Callable[[M], T], timeout: float | None
+    ) -> Iterator[T]:
         """Iterate a server stream; a deadline the caller asked for ends it quietly."""
         try:
             for msg in call:
@@ -198,7 +220,7 @@ class Client:
         req = wire.release_request(
             id, session_id=session_id, request_id=request_id, expect_owner=expect_owner
         )
-        resp = self._call(calls.RELEASE, req)
+        resp = self._call_or_gone(calls.RELEASE, req)
         return None if resp is None else wire.change(resp)
 
     def modify(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from itertools import groupby
-from typing import Any, TextIO
+from typing import TextIO
 
 from hwbp.client.cli_render import dump, hx, table
 from hwbp.client.errors import Unavailable
@@ -126,7 +126,9 @@ def frame(cpus: Iterable[CpuInfo]) -> str:
     return "\n\n".join(blocks) if blocks else "no CPUs"
 
 
-def _register_json(c: CpuInfo, i: int, slot: tuple[str, HolderInfo | None] | None) -> Any:
+def _register_json(
+    c: CpuInfo, i: int, slot: tuple[str, HolderInfo | None] | None
+) -> dict[str, object]:
     h = slot[1] if slot is not None else None
     return {
         "index": i,
@@ -138,7 +140,7 @@ def _register_json(c: CpuInfo, i: int, slot: tuple[str, HolderInfo | None] | Non
     }
 
 
-def _cpu_json(c: CpuInfo) -> dict[str, Any]:
+def _cpu_json(c: CpuInfo) -> dict[str, object]:
     return {
         "cpu": c.cpu,
         "online": c.online,
@@ -161,7 +163,7 @@ def _cpu_json(c: CpuInfo) -> dict[str, Any]:
     }
 
 
-def frame_json(cpus: Iterable[CpuInfo]) -> list[dict[str, Any]]:
+def frame_json(cpus: Iterable[CpuInfo]) -> list[dict[str, object]]:
     """The same frame for programs: a list of hosts, each with its CPUs; ints stay ints."""
     return [{"host": host, "cpus": [_cpu_json(c) for c in group]} for host, group in by_host(cpus)]
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+
+from google.protobuf.message import Message
 
 from hwbp.client.paging import INVENTORY_PAGE_SIZE, LIST_PAGE_SIZE
 from hwbp.client.values import (
@@ -35,7 +36,7 @@ from hwbp.wire import convert
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
 EXEC_LEN = 8  # exec breakpoints are sizeof(long), as the kernel insists
 
-_KINDS: Mapping[EventKind, types_pb2.EventKind] = {
+_KINDS: Mapping[EventKind, types_pb2.EventKind.ValueType] = {
     kind: getattr(types_pb2, f"EVENT_KIND_{kind.name}") for kind in EventKind
 }
 _KINDS_BACK = {v: k for k, v in _KINDS.items()}
@@ -240,8 +241,14 @@ def access_request(
 # --- responses ------------------------------------------------------------------------
 
 
-def _opt(msg: Any, name: str) -> Any:
-    return getattr(msg, name) if msg.HasField(name) else None
+def _opt(msg: Message, name: str) -> int | None:
+    """An optional integer field: None when it is not set."""
+    return int(getattr(msg, name)) if msg.HasField(name) else None
+
+
+def _seconds(msg: Message, name: str) -> float | None:
+    """An optional number of seconds: None when it is not set."""
+    return float(getattr(msg, name)) if msg.HasField(name) else None
 
 
 def reservation(msg: types_pb2.Reservation) -> ReservationInfo:
@@ -296,8 +303,8 @@ def slot_holder(msg: errors_pb2.SlotHolder) -> SlotHolder:
         scope=convert.SCOPE.get(msg.scope, Scope.SYSTEM),
         cpu=_opt(msg, "cpu"),
         task=_opt(msg, "task"),
-        age=_opt(msg, "age_seconds"),
-        lease_left=_opt(msg, "lease_remaining_seconds"),
+        age=_seconds(msg, "age_seconds"),
+        lease_left=_seconds(msg, "lease_remaining_seconds"),
     )
 
 

@@ -9,7 +9,6 @@ tracer-applied: the agents account them but leave arming them to us.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import grpc
 
@@ -41,7 +40,7 @@ class ArbiterBridge:
         # through the generated stub, on the SDK's endpoint and TLS settings, with the
         # SDK's error decoding. Everything else uses the SDK.
         self._channel = channel(self.client.endpoint, self.client.tls)
-        self._arbiter: Any = arbiter_pb2_grpc.ArbiterStub(self._channel)
+        self._arbiter = arbiter_pb2_grpc.ArbiterStub(self._channel)
 
     def reserve(self, chunk: Chunk) -> str:
         """A tracer-applied, task-scoped reservation for one register; its id."""

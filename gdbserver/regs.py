@@ -174,7 +174,7 @@ def read(regnum: int, gp: bytes, fp: bytes) -> bytes:
     """Register ``regnum`` as gdb wants it (little-endian, its own size)."""
     r = REGISTERS[regnum]
     if r.name in _GP_INDEX:
-        value = GP.unpack(gp)[_GP_INDEX[r.name]]
+        value = int(GP.unpack(gp)[_GP_INDEX[r.name]])
         return (value & ((1 << r.bits) - 1)).to_bytes(r.size, "little")
     if r.name.startswith("st"):
         i = int(r.name[2:])

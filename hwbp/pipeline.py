@@ -50,6 +50,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Generic, TypeAlias, TypeVar
 
 from hwbp.errors import (
     AgentRefused,
@@ -69,6 +70,7 @@ ENOSPC = 28
 # touches); undo() reverts what apply() did outside the ledger (the ledger has a journal).
 Apply = Callable[[], tuple[object, Iterable[int]]]
 Undo = Callable[[], None]
+R_co = TypeVar("R_co", covariant=True)  # what a change's apply() returned
 
 
 class Link(Enum):
@@ -93,8 +95,11 @@ class Change:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    result: object
+class Outcome(Generic[R_co]):
+    """A committed change: its apply()'s result and where it is applied. The pipeline
+    holds changes of every kind (``Outcome[object]``); each caller's is typed."""
+
+    result: R_co
     generation: int  # the generation that committed it
     applied: tuple[int, ...]  # CPUs whose agent acknowledged it
     pending: tuple[int, ...]  # CPUs it reaches when their agent resyncs
@@ -197,13 +202,13 @@ class Persist:
 
     generation: int
     touched: frozenset[str]  # reservation ids to write or delete
-    keys: tuple[tuple[str, str, Outcome], ...]  # (key, fingerprint, outcome) to remember
+    keys: tuple[tuple[str, str, Outcome[object]], ...]  # (key, fingerprint, outcome) to remember
 
 
 @dataclass(frozen=True, slots=True)
 class Resolve:
     waiter: int
-    outcome: Outcome
+    outcome: Outcome[object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +291,11 @@ class _Ticket:
     alone: bool = False  # retried alone after its merged batch was refused
 
 
+# The fleet's idempotency keys as a pipeline uses them: committed outcomes, and the
+# in-flight change a key is bound to.
+Keys: TypeAlias = KeyTable[Outcome[object], _Ticket]
+
+
 @dataclass(eq=False)
 class _Batch:
     generation: int
@@ -294,7 +304,7 @@ class _Batch:
     affected: frozenset[int]
     waiting: set[int]
     persisting: bool = False  # every awaited agent answered; the write is out
-    outcomes: list[Outcome] = field(default_factory=list)  # one per admitted change
+    outcomes: list[Outcome[object]] = field(default_factory=list)  # one per admitted change
 
     @property
     def request_ids(self) -> str:
@@ -317,7 +327,7 @@ class HostPipeline:
     def __init__(
         self,
         ledger: HostLedger,
-        keys: KeyTable[Outcome, _Ticket],
+        keys: Keys,
         *,
         ack_timeout: float,
         generation: int = 0,
@@ -655,7 +665,7 @@ class HostPipeline:
             self.keys.free(ticket.change.key)
         self._answer(ticket, error)
 
-    def _answer(self, ticket: _Ticket, answer: Outcome | HwbpError) -> None:
+    def _answer(self, ticket: _Ticket, answer: Outcome[object] | HwbpError) -> None:
         for waiter in sorted(ticket.waiters):
             self._tickets.pop(waiter, None)
             if isinstance(answer, Outcome):

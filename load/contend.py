@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 
@@ -56,7 +55,7 @@ async def free_cpu(stubs: Stubs) -> tuple[str, int, int, int]:
 
 async def contend(
     address: str, clients: int, checker: Checker, owner: str
-) -> tuple[dict[str, Any], list[Outcome]]:
+) -> tuple[dict[str, object], list[Outcome]]:
     """Race ``clients`` cpu-scope reserves for one free CPU; check and release the grants."""
     host, cpu, slots, base = await free_cpu(checker.stubs)
     pool = [Stubs(address) for _ in range(clients)]
@@ -114,7 +113,7 @@ async def contend(
 
 def judge(
     outcomes: list[Outcome], checker: Checker, *, host: str, cpu: int, slots: int, base: int
-) -> dict[str, Any]:
+) -> dict[str, object]:
     def commit(o: Outcome) -> int:
         return checker.committed.get(o.request_id, 0)
 

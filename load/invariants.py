@@ -19,12 +19,11 @@ import asyncio
 import contextlib
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 
-from hwbp.load.rpc import Failure, Msg, Stubs, all_pages
-from hwbp.v1 import arbiter_pb2, types_pb2
+from hwbp.load.rpc import Failure, Stubs, all_pages
+from hwbp.v1 import arbiter_pb2, simulation_pb2, types_pb2
 
 # What each operation may legitimately be refused with under load; anything else is a
 # violation. ACK_TIMEOUT and the NACK reasons are rolled-back changes, counted apart.
@@ -76,7 +75,7 @@ class Checker:
     def violations(self) -> int:
         return sum(self.kinds.values())
 
-    def granted(self, res: Msg) -> None:
+    def granted(self, res: types_pb2.Reservation) -> None:
         if res.id in self.ever:
             self.violation("duplicate_id", f"reservation id {res.id} granted twice")
         self.ever.add(res.id)
@@ -104,7 +103,7 @@ class Checker:
             elif not f.holder_ids:
                 self.violation("bad_refusal", f"{op} NO_FREE_SLOT naming no holder: {m}")
 
-    def hits(self, response: Msg) -> None:
+    def hits(self, response: simulation_pb2.MemoryAccessResponse) -> None:
         for hit in response.hits:
             if hit.seq == 0 or hit.seq in self.hits_returned:
                 self.violation("hit_seq", f"MemoryAccess returned hit seq {hit.seq} twice/unset")
@@ -144,7 +143,7 @@ class Checker:
             await self.poll_once()
             await asyncio.sleep(interval)
 
-    async def poll_once(self) -> tuple[Any, Any]:
+    async def poll_once(self) -> tuple[arbiter_pb2.InventoryResponse, arbiter_pb2.ListResponse]:
         before = set(self.live)
         inv = await all_pages(
             self.stubs.arb.Inventory,
@@ -234,7 +233,7 @@ class Checker:
             if rid in self.committed and gen != self.committed[rid]
         )
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, object]:
         lag = self.generation_lag()
         if lag:  # a response must name the generation that committed its change
             self.kinds["response_generation_not_commit_generation"] = lag

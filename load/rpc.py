@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from hwbp.v1 import (
+    arbiter_pb2,
     arbiter_pb2_grpc,
     ptrace_pb2_grpc,
     simulation_pb2_grpc,
@@ -58,25 +61,31 @@ def failure(err: grpc.aio.AioRpcError) -> Failure:
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
             status = status_pb2.Status.FromString(value)
             for detail in status.details:
-                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                if detail.TypeName() == error_details_pb2.ErrorInfo.DESCRIPTOR.full_name:
                     info = error_details_pb2.ErrorInfo()
                     detail.Unpack(info)
                     reason, meta = info.reason, dict(info.metadata)
     return Failure(err.code().name, reason, err.details() or "", meta)
 
 
-Msg = Any  # generated protobuf messages carry no static types
+# The paged reads: List and Inventory.
+Page = TypeVar("Page", bound=arbiter_pb2.ListRequest | arbiter_pb2.InventoryRequest)
+Paged = TypeVar("Paged", bound=arbiter_pb2.ListResponse | arbiter_pb2.InventoryResponse)
 
 
-async def all_pages(method: Any, request: Msg, field: str, timeout: float = RPC_TIMEOUT) -> Msg:
+async def all_pages(
+    method: Callable[..., Awaitable[Paged]],
+    request: Page,
+    field: str,
+    timeout: float = RPC_TIMEOUT,
+) -> Paged:
     """Every page of a paged List or Inventory, merged into one response of its type.
 
     The arbiter pages both; a check that read one page would miss most of a big fleet.
     An arbiter that does not page answers with an empty token: one call.
     """
-    req = type(request)()
-    req.CopyFrom(request)
-    merged: Msg = None
+    req = copy.deepcopy(request)  # the caller's request stays as it was
+    merged: Paged | None = None
     seen: set[str] = set()
     while True:
         resp = await method(req, timeout=timeout)

@@ -12,13 +12,13 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 import grpc
 
 from hwbp.dr7 import encode
 from hwbp.load.invariants import Checker, Granted
-from hwbp.load.rpc import RPC_TIMEOUT, Msg, Stubs, failure
+from hwbp.load.rpc import RPC_TIMEOUT, Stubs, failure
 from hwbp.load.stats import Stats
 from hwbp.model import BpType, Breakpoint
 from hwbp.v1 import arbiter_pb2, ptrace_pb2, simulation_pb2, types_pb2
@@ -40,6 +40,8 @@ ACTIONS = [
 SHARED_TASKS = range(1001, 1009)  # reserve and switch targets: small, so clients collide
 LENGTHS = (1, 2, 4, 8)
 TYPES = (types_pb2.BREAKPOINT_TYPE_WRITE, types_pb2.BREAKPOINT_TYPE_READ_WRITE)
+
+T = TypeVar("T")
 
 
 class Budget:
@@ -79,7 +81,7 @@ class Client:
         self.calls += 1
         return f"{self.owner}-{self.calls}"
 
-    async def _call(self, op: str, fn: Callable[[], Awaitable[Any]]) -> Any | None:
+    async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T | None:
         """Time one RPC; a refusal is checked and recorded, and returns None."""
         t0 = time.perf_counter()
         try:
@@ -176,19 +178,26 @@ class Client:
         task = 5000 + self.index * 10 + self.rng.randrange(4)
         used = sorted(self.rng.sample(range(4), self.rng.randint(1, 4)))
         slots: list[Breakpoint | None] = [None] * 4
+        landed = False
         for i in used:
             addr = self._addr()
             slots[i] = Breakpoint(addr, self.rng.choice(LENGTHS), BpType.WRITE)
-            await self._poke(host, task, i, addr)
-        await self._poke(host, task, 7, encode(slots))
+            landed |= await self._poke(host, task, i, addr)
+        landed |= await self._poke(host, task, 7, encode(slots))
+        if not landed:  # every poke was refused: the task has no ptrace state to flush
+            return
         req = ptrace_pb2.FlushRequest(request_id=self._rid(), host=host, task=task)
         await self._call("flush", lambda: self.stubs.ptrace.Flush(req, timeout=RPC_TIMEOUT))
 
-    async def _poke(self, host: str, task: int, reg: int, value: int) -> None:
+    async def _poke(self, host: str, task: int, reg: int, value: int) -> bool:
+        """Whether the poke landed (a refusal is checked and recorded by ``_call``)."""
         req = ptrace_pb2.PokeUserRequest(
             request_id=self._rid(), host=host, task=task, reg=reg, value=value
         )
-        await self._call("poke", lambda: self.stubs.ptrace.PokeUser(req, timeout=RPC_TIMEOUT))
+        done = await self._call(
+            "poke", lambda: self.stubs.ptrace.PokeUser(req, timeout=RPC_TIMEOUT)
+        )
+        return done is not None
 
     async def context_switch(self) -> None:
         host, ncpus = self._pick_host()
@@ -216,7 +225,7 @@ class Client:
             len=length,
             type=types_pb2.ACCESS_TYPE_WRITE,
         )
-        resp: Msg = await self._call(
+        resp = await self._call(
             "memory_access", lambda: self.stubs.sim.MemoryAccess(req, timeout=RPC_TIMEOUT)
         )
         if resp is not None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+
+from grpc.aio import ServicerContext
 
 from hwbp.errors import (
     AgentAlreadyConnected,
@@ -25,8 +26,8 @@ from hwbp.server.errors import Malformed, abort
 from hwbp.server.fleet import Fleet, by_exception
 from hwbp.server.hosts import Host
 from hwbp.server.links import AckResult, AgentChannel
-from hwbp.server.simulation import exit_task
-from hwbp.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+from hwbp.v1 import agent_pb2_grpc, types_pb2
+from hwbp.v1.agent_pb2 import AgentMessage, ArbiterMessage, Welcome
 from hwbp.wire import convert
 
 log = logging.getLogger("hwbp.server")
@@ -39,7 +40,11 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
         self.arbiter_id = arbiter_id
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def Connect(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[AgentMessage | Malformed],
+        context: ServicerContext[AgentMessage, ArbiterMessage],
+    ) -> AsyncIterator[ArbiterMessage]:
         try:
             first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT)
         except (StopAsyncIteration, TimeoutError):
@@ -51,8 +56,8 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
             log.warning("agent refused: %s", err)
             await abort(context, err, "hello")
         channel.handler = asyncio.current_task()
-        yield agent_pb2.ArbiterMessage(
-            welcome=agent_pb2.Welcome(generation=host.generation, arbiter_id=self.arbiter_id)
+        yield ArbiterMessage(
+            welcome=Welcome(generation=host.generation, arbiter_id=self.arbiter_id)
         )
         reader = asyncio.create_task(self._read(request_iterator, host, channel, who))
         host.connect(channel)  # the pipeline sends the resync
@@ -71,7 +76,9 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
                 log.info("host %s cpu %d: agent offline (%s)", host.name, channel.cpu, ended)
                 self._event(host, types_pb2.EVENT_KIND_AGENT_OFFLINE, channel.cpu)
 
-    def _hello(self, msg: Any, who: Principal, peer: str) -> tuple[Host, AgentChannel]:
+    def _hello(
+        self, msg: AgentMessage | Malformed, who: Principal, peer: str
+    ) -> tuple[Host, AgentChannel]:
         if isinstance(msg, Malformed) or msg.WhichOneof("body") != "hello":
             raise InvalidArgument("the first message on an agent stream must be a hello")
         hello = msg.hello
@@ -119,7 +126,11 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
         return host, channel
 
     async def _read(
-        self, requests: Any, host: Host, channel: AgentChannel, who: Principal
+        self,
+        requests: AsyncIterator[AgentMessage | Malformed],
+        host: Host,
+        channel: AgentChannel,
+        who: Principal,
     ) -> PermissionDenied | None:
         """Apply what the agent reports; a report it may not make ends the stream.
 
@@ -128,6 +139,14 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
         """
         try:
             async for msg in requests:
+                if isinstance(msg, Malformed):
+                    log.warning(
+                        "host %s cpu %d: a message that does not parse ends the stream: %s",
+                        host.name,
+                        channel.cpu,
+                        msg.problem,
+                    )
+                    break
                 kind = msg.WhichOneof("body")
                 if kind == "ack":
                     host.answered(
@@ -201,17 +220,17 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
 
     async def _exited(self, host: Host, task: int) -> None:
         try:
-            await exit_task(self.fleet, host, task, f"exit:{task}")
+            await host.exit_task(f"exit:{task}", task)
         except HwbpError as err:
             log.error("host %s: flushing exited task %d failed: %s", host.name, task, err)
 
-    def _event(self, host: Host, kind: types_pb2.EventKind, cpu: int) -> None:
+    def _event(self, host: Host, kind: types_pb2.EventKind.ValueType, cpu: int) -> None:
         self.fleet.bus.publish(
             types_pb2.Event(
                 kind=kind,
                 host=host.name,
                 cpu=cpu,
-                generation=host.generation,  # type: ignore[arg-type]
+                generation=host.generation,
                 seq=self.fleet.bus.next_seq(),
             )
         )

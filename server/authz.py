@@ -18,16 +18,16 @@ import datetime
 import json
 import logging
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Protocol, TextIO
 
 from hwbp.errors import PermissionDenied, Unauthenticated
 from hwbp.model import Reservation
-from hwbp.v1 import types_pb2
+from hwbp.v1 import arbiter_pb2, types_pb2
 from hwbp.validate import is_kernel_address
 
 log = logging.getLogger("hwbp.server")
@@ -223,7 +223,7 @@ class Policy:
         return cls(identities, agents, strict=True)
 
 
-def _strings(value: Any, where: str) -> tuple[str, ...]:
+def _strings(value: object, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise PolicyError(f"{where}: expected a list of names")
     return tuple(value)
@@ -239,7 +239,7 @@ class AuditLog:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._out: TextIO = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives with the server
 
-    def write(self, record: Mapping[str, Any]) -> None:
+    def write(self, record: Mapping[str, object]) -> None:
         self._out.write(json.dumps(record, sort_keys=True) + "\n")
         self._out.flush()
 
@@ -247,7 +247,13 @@ class AuditLog:
         self._out.close()
 
 
-def peer_identity(context: Any) -> str | None:
+class Peer(Protocol):
+    """What authorization reads of a call: its peer's TLS identity (a servicer context)."""
+
+    def auth_context(self) -> Mapping[str, Iterable[bytes]]: ...
+
+
+def peer_identity(context: Peer) -> str | None:
     """The certificate's common name, else its first subject alternative name."""
     auth = context.auth_context() or {}
     for key in ("x509_common_name", "x509_subject_alternative_name"):
@@ -276,10 +282,10 @@ class Authz:
         self.audit = audit
         self.clock = clock
 
-    def identify(self, context: Any) -> Principal:
+    def identify(self, context: Peer) -> Principal:
         return self.policy.principal(peer_identity(context) if self.tls else None)
 
-    def check(self, context: Any, request_id: str, action: Action, target: Target) -> Principal:
+    def check(self, context: Peer, request_id: str, action: Action, target: Target) -> Principal:
         """Who is calling, if ``action`` on ``target`` is allowed; else raise and audit."""
         try:
             who = self.identify(context)
@@ -360,7 +366,7 @@ _SCOPES = {
 }
 
 
-def reserve_target(request: Any, session_owner: str | None = None) -> Target:
+def reserve_target(request: arbiter_pb2.ReserveRequest, session_owner: str | None = None) -> Target:
     """A ReserveRequest's target, read before validation so refusals leak nothing;
     ``session_owner``: who owns the session it asks to join, if that session exists."""
     spec = request.spec

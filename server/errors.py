@@ -18,6 +18,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -28,6 +29,10 @@ from hwbp.wire import convert
 
 DOMAIN = "hwbp.dev"
 log = logging.getLogger("hwbp.server")
+
+S = TypeVar("S")  # a servicer
+Req = TypeVar("Req")  # a method's request message
+Resp = TypeVar("Resp")  # ... and its response message
 
 STATUS: dict[ErrorClass, grpc.StatusCode] = {
     ErrorClass.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -97,7 +102,9 @@ def to_status(
     metadata = dict(err.details())
     if request_id:
         metadata["request_id"] = request_id[:MAX_REQUEST_ID]
-    details = [error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=metadata)]
+    details: list[Message] = [
+        error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=metadata)
+    ]
     if isinstance(err, NoFreeSlot):
         details.append(
             error_details_pb2.QuotaFailure(
@@ -126,17 +133,16 @@ def to_status(
 
 
 def grpc_status(err: HwbpError, request_id: str, leases: Leases | None = None) -> grpc.Status:
-    return rpc_status.to_status(to_status(err, request_id, leases))  # type: ignore[no-any-return]
+    return rpc_status.to_status(to_status(err, request_id, leases))
 
 
 async def abort(
-    context: grpc.aio.ServicerContext[Any, Any],
+    context: grpc.aio.ServicerContext[Req, Resp],
     err: HwbpError,
     request_id: str,
     leases: Leases | None = None,
 ) -> NoReturn:
     await context.abort_with_status(grpc_status(err, request_id, leases))
-    raise AssertionError("abort_with_status returned")  # pragma: no cover
 
 
 def _internal(method: str, request_id: str) -> HwbpError:
@@ -144,40 +150,41 @@ def _internal(method: str, request_id: str) -> HwbpError:
     return err
 
 
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-
-def rpc(method: F) -> F:
-    """Wrap a unary servicer method: typed errors become statuses, nothing else leaks."""
+def rpc(
+    method: Callable[[S, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]],
+) -> Callable[[S, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
+    """Wrap a unary servicer method: typed errors become statuses, nothing else leaks.
+    The method keeps its request, context and response types."""
 
     @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: Any) -> Any:
-        request_id = getattr(request, "request_id", "")
+    async def wrapper(self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+        request_id: str = getattr(request, "request_id", "")
         try:
             _refuse_malformed(request)
             _check_request_id(request_id)
             return await method(self, request, context)
         except HwbpError as err:
             log.info("request %s refused: %s %s", request_id, err.reason, err.message)
-            await abort(context, err, request_id, getattr(self, "sessions", None))
+            await abort(context, err, request_id, _leases(self))
         except (grpc.aio.AbortError, grpc.RpcError):
             raise
         except Exception:
             log.exception("request %s failed in %s", request_id, method.__name__)
             await abort(context, _internal(method.__name__, request_id), request_id)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
-G = TypeVar("G", bound=Callable[..., AsyncIterator[Any]])
-
-
-def stream_rpc(method: G) -> G:
+def stream_rpc(
+    method: Callable[[S, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]],
+) -> Callable[[S, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]]:
     """The same guard for server-streaming methods (async generators)."""
 
     @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
-        request_id = getattr(request, "request_id", "")
+    async def wrapper(
+        self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
+    ) -> AsyncIterator[Resp]:
+        request_id: str = getattr(request, "request_id", "")
         try:
             _refuse_malformed(request)
             _check_request_id(request_id)
@@ -185,14 +192,20 @@ def stream_rpc(method: G) -> G:
                 yield item
         except HwbpError as err:
             log.info("stream %s refused: %s %s", request_id, err.reason, err.message)
-            await abort(context, err, request_id, getattr(self, "sessions", None))
+            await abort(context, err, request_id, _leases(self))
         except (grpc.aio.AbortError, grpc.RpcError):
             raise
         except Exception:
             log.exception("stream %s failed in %s", request_id, method.__name__)
             await abort(context, _internal(method.__name__, request_id), request_id)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
+
+
+def _leases(servicer: object) -> Leases | None:
+    """The servicer's session table, if it has one (a refusal names its holders' leases)."""
+    sessions: Leases | None = getattr(servicer, "sessions", None)
+    return sessions
 
 
 class Malformed:
@@ -205,8 +218,10 @@ class Malformed:
         self.type_name, self.problem = type_name, problem
 
 
-def _safe(deserialize: Callable[[bytes], Any], type_name: str) -> Callable[[bytes], Any]:
-    def parse(data: bytes) -> Any:
+def _safe(
+    deserialize: Callable[[bytes], Req], type_name: str
+) -> Callable[[bytes], Req | Malformed]:
+    def parse(data: bytes) -> Req | Malformed:
         try:
             return deserialize(data)
         except Exception as err:
@@ -215,7 +230,7 @@ def _safe(deserialize: Callable[[bytes], Any], type_name: str) -> Callable[[byte
     return parse
 
 
-class MalformedRequests(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class MalformedRequests(grpc.aio.ServerInterceptor):
     """Wrap every method's request parser with ``_safe`` (once per method)."""
 
     def __init__(self) -> None:
@@ -243,9 +258,20 @@ def _check_request_id(request_id: str) -> None:
         )
 
 
-def _refuse_malformed(request: Any) -> None:
+def _refuse_malformed(request: object) -> None:
     if isinstance(request, Malformed):
-        raise InvalidArgument(
-            f"the request bytes for {request.type_name} do not parse: {request.problem}",
-            method=request.type_name,
-        )
+        raise _unparsed(request)
+
+
+def well_formed(request: Req | Malformed) -> Req:
+    """A streamed request as its message; INVALID_ARGUMENT if its bytes did not parse."""
+    if isinstance(request, Malformed):
+        raise _unparsed(request)
+    return request
+
+
+def _unparsed(request: Malformed) -> InvalidArgument:
+    return InvalidArgument(
+        f"the request bytes for {request.type_name} do not parse: {request.problem}",
+        method=request.type_name,
+    )

@@ -20,7 +20,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeAlias
 
 from hwbp.errors import HwbpError, TooManyWatchers, WatcherTooSlow
 from hwbp.v1 import ptrace_pb2, types_pb2
@@ -33,6 +33,7 @@ __all__ = [
     "TRAP",
     "TRAPS_ONLY",
     "EventBus",
+    "Item",
     "Subscription",
     "WatcherTooSlow",
 ]
@@ -46,20 +47,21 @@ TRAPS_ONLY = frozenset({TRAP})
 # Every real event kind: a Watch without a kind filter, which never wants traps.
 ALL_EVENTS = frozenset(v for v in types_pb2.EventKind.values() if v)
 
+Item: TypeAlias = types_pb2.Event | ptrace_pb2.Trap  # what is published
 Key = tuple[str | None, int | None]  # (host, kind); None: any host, any kind and traps
 
 
 @dataclass(eq=False)
 class Subscription:
-    accept: Callable[[Any], bool]
+    accept: Callable[[Item], bool]
     kinds: frozenset[int] | None = None  # event kinds it may accept; None: any (and traps)
     host: str | None = None  # the only host it may accept; None: any
     identity: str | None = None  # whose stream it is, for the caps; None: the arbiter's own
-    queue: asyncio.Queue[Any] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
+    queue: asyncio.Queue[Item | _CutOff] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
     overflowed: bool = False  # cut off: nothing more is offered to it
     active: bool = True  # still subscribed (counted against the caps)
 
-    async def get(self) -> Any:
+    async def get(self) -> Item:
         item = await self.queue.get()
         if isinstance(item, _CutOff):
             raise item.error
@@ -99,7 +101,7 @@ class EventBus:
 
     def subscribe(
         self,
-        accept: Callable[[Any], bool],
+        accept: Callable[[Item], bool],
         kinds: frozenset[int] | None = None,
         *,
         host: str | None = None,
@@ -176,7 +178,7 @@ class EventBus:
             return self._by_kind.get(kind, 0) > 0 or self._by_kind.get(None, 0) > 0
         return any(key in self._index for key in _candidates(host, kind))
 
-    def publish(self, item: Any) -> None:
+    def publish(self, item: Item) -> None:
         """Offer ``item`` to the subscribers its (host, kind) can match."""
         if isinstance(item, types_pb2.Event):
             kind: int | None = item.kind
@@ -184,14 +186,14 @@ class EventBus:
             kind = TRAP
         else:
             kind = None
-        host = getattr(item, "host", None) or None
+        host = item.host or None
         for key in _candidates(host, kind):
             bucket = self._index.get(key)
             if bucket:
                 for sub in tuple(bucket):
                     self._offer(sub, item)
 
-    def _offer(self, sub: Subscription, item: Any) -> None:
+    def _offer(self, sub: Subscription, item: Item) -> None:
         if sub.overflowed:
             return
         try:

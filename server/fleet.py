@@ -15,10 +15,11 @@ from hwbp.arch import UNREPORTED_FEATURES, X86_64, ArchProfile, HostFeatures
 from hwbp.errors import Draining, HostNotFound, HostShapeConflict, ReservationNotFound
 from hwbp.keys import KeyTable
 from hwbp.model import Reservation
-from hwbp.pipeline import Outcome, Persist
+from hwbp.pipeline import Keys, Persist
 from hwbp.ptrace import on_hit, peek
 from hwbp.server.authz import Authz
 from hwbp.server.events import EventBus
+from hwbp.server.host_shell import HostShell
 from hwbp.server.hosts import Host
 from hwbp.v1 import ptrace_pb2, types_pb2
 
@@ -35,8 +36,8 @@ class Fleet:
         self.draining = False
         self.paranoid = False
         self.on_host_created: Callable[[Host], None] | None = None
-        self.on_commit: Callable[[Host, Persist], Awaitable[None]] | None = None
-        self.keys: KeyTable[Outcome, object] = KeyTable()  # idempotency keys, fleet-wide
+        self.on_commit: Callable[[HostShell, Persist], Awaitable[None]] | None = None
+        self.keys: Keys = KeyTable()  # idempotency keys, fleet-wide
         self.authz = Authz()  # every servicer's permission hook; allows all until configured
 
     def reseed_ids(self, start: int) -> None:
@@ -72,6 +73,7 @@ class Fleet:
                 bus=self.bus,
                 keys=self.keys,
                 writer=self._write if self.on_commit is not None else None,
+                new_id=self.new_id,
             )
             host.paranoid = self.paranoid
             if self.on_host_created is not None:
@@ -90,7 +92,7 @@ class Fleet:
             host.profile = host.ledger.profile = host.profile.with_features(features)
         return host
 
-    async def _write(self, host: Host, ins: Persist) -> None:
+    async def _write(self, host: HostShell, ins: Persist) -> None:
         if self.on_commit is not None:
             await self.on_commit(host, ins)
 

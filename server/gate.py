@@ -53,7 +53,7 @@ class Gate:
         return NotLeader(f"{why}; {where}", leader=hint, member=self.advertise)
 
 
-class GateInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class GateInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
         self._wrapped: dict[str, Any] = {}

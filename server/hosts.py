@@ -1,178 +1,71 @@
-"""One host in the arbiter: its ledger, its agents' streams, and the shell of its pipeline.
+"""One host in the arbiter: its committed reads and its typed operations.
 
-Every decision (what is admitted, who is waited for, when a change commits or is rolled
-back, when an agent is fenced) is made by the pure ``hwbp.pipeline.HostPipeline``; this
-module only turns calls, agent answers and timers into its events and carries out the
-instructions it returns: send on a stream, write to the store, answer a caller, close a
-stream, publish an event. Readers use ``committed()``, ``holders()`` and ``used()``,
-which never show a change that is still waiting for acknowledgements.
+The pipeline's shell (``server/host_shell.py``) runs every change; ``server/tracing.py``
+adds the ptrace operations. The operations here are what the services call: each is one
+change through the pipeline (its ledger update, and what it undoes if the change is rolled
+back), logs it and publishes its event, so a servicer only converts protobuf to core
+values and back, checks authorization and calls one method. Readers use ``committed()``,
+``holders()`` and ``used()``, which never show a change that is still waiting for
+acknowledgements.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import dataclasses
 import logging
-import os
-from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+import time
+from collections import Counter
+from dataclasses import dataclass
 
-from hwbp.arch import ArchProfile
-from hwbp.errors import AgentRefused, HwbpError, LedgerWriteFailed, PipelineFault
-from hwbp.keys import KeyTable
-from hwbp.ledger import HostLedger
-from hwbp.model import Assignment, Reservation
-from hwbp.pipeline import (
-    AgentConnected,
-    AgentGone,
-    Answered,
-    Cancelled,
-    Change,
-    Committed,
-    Event,
-    Fail,
-    Fault,
-    Fence,
-    HostPipeline,
-    Instruction,
-    Link,
-    Outcome,
-    Persist,
-    Persisted,
-    PersistFailed,
-    Resolve,
-    ResyncRefused,
-    RolledBack,
-    SendReload,
-    Submitted,
-    Tick,
-)
+from hwbp.errors import HwbpError, InvalidArgument
+from hwbp.model import Assignment, BpType, Breakpoint, Reservation, Target
+from hwbp.pipeline import AgentConnected, AgentGone, Answered, Link, Outcome
 from hwbp.registers import RegisterFile, RegisterImage
-from hwbp.server.attachments import Attachment
-from hwbp.server.events import EventBus
-from hwbp.server.links import AckResult, AgentChannel, StreamStuck
+from hwbp.server.attachments import Attachment, flush_attachment
+from hwbp.server.links import AckResult, AgentChannel
 from hwbp.server.store.base import id_order
+from hwbp.server.tracing import TracingHost
 from hwbp.v1 import types_pb2
+from hwbp.wire import convert
 
-__all__ = ["Attachment", "Host", "Outcome"]
+__all__ = ["ENOSPC", "Attachment", "Edit", "Host", "Outcome"]
 
 log = logging.getLogger("hwbp.server")
 ENOSPC = 28
 
-# apply() changes the ledger (and other host state) and returns (result, affected CPUs);
-# undo() reverts what apply() did outside the ledger (the ledger has its own journal).
-Apply = Callable[[], tuple[Any, Iterable[int]]]
-Undo = Callable[[], None]
-# Makes a batch durable: (host, the Persist instruction) -> awaitable that raises on failure.
-Writer = Callable[["Host", Persist], Awaitable[None]]
 
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """What a modify changes in a breakpoint (None: kept as it is)."""
 
-class Host:
-    def __init__(
-        self,
-        name: str,
-        ncpus: int,
-        profile: ArchProfile,
-        *,
-        ack_timeout: float,
-        bus: EventBus,
-        keys: KeyTable[Outcome, Any] | None = None,
-        writer: Writer | None = None,
-    ) -> None:
-        self.name = name
-        self.ncpus = ncpus
-        self.profile = profile
-        self.ledger = HostLedger(name, ncpus, profile)
-        # Not ``keys or ...``: an empty KeyTable is falsy, and the fleet's must be shared.
-        table = keys if keys is not None else KeyTable()
-        self.pipeline = HostPipeline(self.ledger, table, ack_timeout=ack_timeout)
-        self.channels: list[AgentChannel | None] = [None] * ncpus
-        self.backends: list[str] = [""] * ncpus
-        self.attachments: dict[int, Attachment] = {}
-        self.dirty_tasks: set[int] = set()  # ptrace attachments to write at the next commit
-        self.paranoid = False
-        self.ack_timeout = ack_timeout
-        self.bus = bus
-        self.writer = writer
-        self.nacks = 0
-        self.timeouts = 0  # agents fenced for a missed ack deadline
-        self._futures: dict[int, asyncio.Future[Outcome]] = {}
-        self._requests: dict[int, str] = {}  # waiter -> request id, to name it on a fault
-        self._waiters = itertools.count(1)
-        self._events: deque[Event] = deque()
-        self._feeding = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
-        self._writes: set[asyncio.Task[None]] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+    addr: int | None = None
+    length: int | None = None
+    type: BpType | None = None
+    enabled: bool | None = None
 
-    @property
-    def generation(self) -> int:
-        return self.pipeline.generation
+    def fields(self) -> dict[str, object]:
+        """The fields it changes, by name (empty: it changes nothing)."""
+        named: dict[str, object] = {
+            "addr": self.addr,
+            "length": self.length,
+            "type": self.type,
+            "enabled": self.enabled,
+        }
+        return {k: v for k, v in named.items() if v is not None}
 
-    @generation.setter
-    def generation(self, value: int) -> None:
-        """Restored from the ledger at start-up, before any agent connects."""
-        self.pipeline.generation = value
-
-    # --- changes -----------------------------------------------------------------
-
-    async def change(self, request_id: str, apply: Apply, undo: Undo | None = None) -> Any:
-        """Run ``apply`` in the pipeline; return its result once it committed."""
-        return (await self.commit(request_id, apply, undo)).result
-
-    async def commit(
-        self,
-        request_id: str,
-        apply: Apply,
-        undo: Undo | None = None,
-        *,
-        key: str = "",
-        fingerprint: str = "",
-    ) -> Outcome:
-        """Submit a change and wait for its outcome (generation, applied and pending CPUs).
-
-        A caller that is cancelled stops waiting, but its change still runs to the end: a
-        retry with the same ``key`` joins it."""
-        loop = asyncio.get_running_loop()
-        waiter = next(self._waiters)
-        future: asyncio.Future[Outcome] = loop.create_future()
-        self._futures[waiter] = future
-        self._requests[waiter] = request_id
-        self._feed(
-            Submitted(waiter, Change(request_id, apply, undo, key, fingerprint), loop.time())
+    def applied_to(self, bp: Breakpoint) -> Breakpoint:
+        return dataclasses.replace(
+            bp,
+            addr=bp.addr if self.addr is None else self.addr,
+            length=bp.length if self.length is None else self.length,
+            type=bp.type if self.type is None else self.type,
+            enabled=bp.enabled if self.enabled is None else self.enabled,
         )
-        try:
-            # Not shielded: only this call awaits the future, and the pipeline answers a
-            # waiter only if its future is still pending (one hop fewer per call).
-            return await future
-        except asyncio.CancelledError:
-            if self._futures.pop(waiter, None) is not None:
-                self._requests.pop(waiter, None)
-                self._feed(Cancelled(waiter, loop.time()))
-            raise
 
-    async def drain(self) -> None:
-        """Wait until nothing is queued, in flight or being written."""
-        await self._idle.wait()
 
-    def abandon(self, err: HwbpError) -> None:
-        """This arbiter stopped leading: answer every waiting caller ``err``, stop the
-        ack timer and close every agent stream. The host is then dropped; nothing here
-        is written (the next leader reloads the ledger from the store)."""
-        for future in self._futures.values():
-            if not future.done():
-                future.set_exception(err)
-        self._futures.clear()
-        self._requests.clear()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = self._timer_at = None
-        for channel in self.channels:
-            if channel is not None:
-                channel.close(err.message)
+class Host(TracingHost):
+    """One host: its ledger, agents and pipeline, read and changed through typed calls."""
 
     # --- agents ------------------------------------------------------------------
 
@@ -224,14 +117,6 @@ class Host:
                 )
             )
 
-    def fence(self, channel: AgentChannel, reason: str) -> None:
-        """Close a stream that cannot be used (it does not read); its CPU shows fenced."""
-        if self.channels[channel.cpu] is not channel:
-            channel.close(reason)
-            return
-        self._feed(AgentGone(channel.cpu, channel.link, reason, _now(), fenced=True))
-        self._fence(channel, reason)
-
     # --- committed reads ---------------------------------------------------------
 
     def committed(self) -> list[Reservation]:
@@ -282,206 +167,181 @@ class Host:
             return regs.load(self.ledger.installable(cpu, current))
         return regs.load([Assignment(r.id, r.target.task, r.bp) for r in self.holders(cpu)])
 
-    def publish(
+    # --- reservations --------------------------------------------------------------
+
+    async def reserve(
         self,
-        kind: types_pb2.EventKind,
         request_id: str,
+        target: Target,
+        bp: Breakpoint,
         *,
-        reason: str = "",
-        cpu: int | None = None,
-        generation: int | None = None,
-    ) -> None:
-        """Tell watchers what happened to this host (a reload, a NACK, a lease expiry)."""
-        if not self.bus.wants(kind, host=self.name):
-            return
-        self.bus.publish(
-            types_pb2.Event(
-                kind=kind,
+        owner: str,
+        session: str | None = None,
+        key: str = "",
+        fingerprint: str = "",
+    ) -> Outcome[Reservation]:
+        """Admit a breakpoint. ``key`` (already scoped to the caller) makes a retry join
+        this change, or get its outcome once it committed; ``fingerprint`` is the request
+        the key was first used with."""
+
+        def apply() -> tuple[Reservation, range | tuple[int, ...]]:
+            res = Reservation(
+                id=self.new_id(),
                 host=self.name,
-                cpu=cpu,
-                generation=self.generation if generation is None else generation,
-                request_id=request_id,
-                reason=reason,
-                seq=self.bus.next_seq(),
+                target=target,
+                bp=bp,
+                owner=owner,
+                session=session,
+                reserved_at=time.time(),
             )
+            self.ledger.reserve(res)
+            return res, self.ledger.affected_cpus(target)
+
+        try:
+            outcome = await self.commit(request_id, apply, key=key, fingerprint=fingerprint)
+        except HwbpError as err:
+            log.info(
+                "request %s: reserve on %s %s refused: %s",
+                request_id,
+                self.name,
+                target.describe(),
+                err.reason,
+            )
+            raise
+        res = outcome.result
+        log.info(
+            "request %s: reserve %s on %s %s addr=%#x len=%d type=%s -> generation %d%s",
+            request_id,
+            res.id,
+            self.name,
+            target.describe(),
+            bp.addr,
+            bp.length,
+            bp.type.value,
+            outcome.generation,
+            f", pending on cpus {list(outcome.pending)}" if outcome.pending else "",
+        )
+        self._changed(types_pb2.EVENT_KIND_RESERVED, request_id, res, outcome.generation)
+        return outcome
+
+    async def release(self, request_id: str, res_id: str) -> Outcome[Reservation]:
+        """Release a reservation; the outcome carries it as it was."""
+
+        def apply() -> tuple[Reservation, range | tuple[int, ...]]:
+            gone = self.ledger.release(res_id)
+            return gone, self.ledger.affected_cpus(gone.target)
+
+        outcome = await self.commit(request_id, apply)
+        log.info(
+            "request %s: release %s on %s -> generation %d",
+            request_id,
+            res_id,
+            self.name,
+            outcome.generation,
+        )
+        self._changed(types_pb2.EVENT_KIND_RELEASED, request_id, outcome.result, outcome.generation)
+        return outcome
+
+    async def modify(self, request_id: str, res_id: str, edit: Edit) -> Outcome[Reservation]:
+        """Change a reservation in place; on any failure it stays as it was."""
+        if not edit.fields():
+            raise InvalidArgument("modify names no field to change (addr, len, type, enabled)")
+
+        def apply() -> tuple[Reservation, range | tuple[int, ...]]:
+            new = self.ledger.modify(res_id, edit.applied_to(self.ledger.get(res_id).bp))
+            return new, self.ledger.affected_cpus(new.target)
+
+        outcome = await self.commit(request_id, apply)
+        log.info(
+            "request %s: modify %s on %s %s -> generation %d",
+            request_id,
+            res_id,
+            self.name,
+            edit.fields(),
+            outcome.generation,
+        )
+        self._changed(types_pb2.EVENT_KIND_MODIFIED, request_id, outcome.result, outcome.generation)
+        return outcome
+
+    # --- sessions and tasks that end -----------------------------------------------
+
+    def holds_session(self, sid: str) -> bool:
+        """Whether anything here belongs to session ``sid`` (a reservation, a trace)."""
+        return bool(self.ledger.by_session(sid)) or any(
+            a.session == sid for a in self.attachments.values()
         )
 
-    # --- the shell ---------------------------------------------------------------
+    async def release_session(self, sid: str, reason: str) -> int:
+        """Release what session ``sid`` holds here, and every task it traced (as their
+        tracer's exit would); returns how many breakpoints were released."""
 
-    def _feed(self, event: Event) -> None:
-        """Hand an event to the pipeline and carry out what it says (re-entrant safe)."""
-        self._events.append(event)
-        if self._feeding:
-            return
-        self._feeding = True
-        try:
-            while self._events:
-                ev = self._events.popleft()
-                try:
-                    instructions = self.pipeline.handle(ev)
-                except Exception as err:  # a bug in the pipeline: answer everyone
-                    log.critical("host %s: pipeline failed on %r", self.name, ev, exc_info=True)
-                    self._fail_everyone(err)
-                    continue
-                for ins in instructions:
-                    try:
-                        self._do(ins)
-                    except Exception:
-                        log.exception("host %s: carrying out %r failed", self.name, ins)
-        finally:
-            self._feeding = False
-        self._arm_timer()
-        if self.pipeline.idle and not self._writes:
-            self._idle.set()
-        else:
-            self._idle.clear()
+        def apply() -> tuple[int, range]:
+            mine = [r.id for r in self.ledger.by_session(sid) if r.ptrace_index is None]
+            for rid in mine:
+                self.ledger.release(rid)
+            count = len(mine)
+            for task in [t for t, a in self.attachments.items() if a.session == sid]:
+                count += flush_attachment(self, task)
+            return count, range(self.ncpus)
 
-    def _do(self, ins: Instruction) -> None:
-        if isinstance(ins, SendReload):
-            channel = self.channels[ins.cpu]
-            if channel is None or channel.link != ins.link or not channel.open:
-                return  # it is gone; the pipeline hears AgentGone from its stream
-            try:
-                channel.send_reload(
-                    ins.generation, ins.request_id, ins.assignments, ins.base, ins.removed
-                )
-            except StreamStuck as err:
-                self.fence(channel, str(err))
-        elif isinstance(ins, Resolve):
-            self._answer(ins.waiter, ins.outcome)
-        elif isinstance(ins, Fail):
-            self._answer(ins.waiter, ins.error)
-        elif isinstance(ins, Persist):
-            task = asyncio.get_running_loop().create_task(self._write(ins))
-            self._writes.add(task)
-        elif isinstance(ins, Fence):
-            channel = self.channels[ins.cpu]
-            if channel is not None and channel.link == ins.link:
-                self.timeouts += 1
-                self._fence(channel, ins.reason)
-        elif isinstance(ins, Committed):
-            if self.paranoid:
-                self._validate_or_die()
-            self.publish(types_pb2.EVENT_KIND_RELOAD, ins.request_ids, generation=ins.generation)
-        elif isinstance(ins, RolledBack):
-            if isinstance(ins.error, AgentRefused):
-                self.nacks += 1
-            log.warning(
-                "host %s: generation %d rolled back (%s); requests %s",
-                self.name,
-                ins.generation,
-                ins.error.reason,
-                ins.request_ids,
+        released = await self.change(f"session:{sid}", apply)
+        self.publish(types_pb2.EVENT_KIND_LEASE_EXPIRED, f"session:{sid}", reason=reason)
+        return released
+
+    async def exit_task(self, request_id: str, task: int) -> int:
+        """A task exited: its task breakpoints and ptrace state go, like the kernel's
+        flush. Returns how many breakpoints were released."""
+        mine = [r.id for r in self.ledger.by_task(task) if r.ptrace_index is None]
+        saved = self.attachments.get(task)
+
+        def apply() -> tuple[int, range]:
+            for rid in mine:
+                if rid in self.ledger:
+                    self.ledger.release(rid)
+            return len(mine) + flush_attachment(self, task), range(self.ncpus)
+
+        def undo() -> None:
+            if saved is not None:
+                self.attachments[task] = saved
+
+        released = await self.change(request_id, apply, undo)
+        self.bus.publish(
+            types_pb2.Event(
+                kind=types_pb2.EVENT_KIND_TASK_EXITED,
+                host=self.name,
+                task=task,
+                generation=self.generation,
+                request_id=request_id,
+                seq=self.bus.next_seq(),
+                reason=f"{released} released",
             )
-            self.publish(
-                types_pb2.EVENT_KIND_NACK,
-                ins.request_ids,
-                reason=ins.error.message,
-                generation=ins.generation,
-            )
-        elif isinstance(ins, ResyncRefused):
-            log.error(
-                "host %s cpu %d: refused generation %d it was resynced to: %s",
-                self.name,
-                ins.cpu,
-                ins.generation,
-                ins.reason,
-            )
-            channel = self.channels[ins.cpu]
-            if channel is not None:
-                channel.detail = f"resync refused: {ins.reason}"
-            self.publish(
-                types_pb2.EVENT_KIND_RESYNC_REFUSED, "resync", reason=ins.reason, cpu=ins.cpu
-            )
-        elif isinstance(ins, Fault):
-            log.error(
-                "host %s: request %s raised inside the pipeline: %r",
-                self.name,
-                ins.request_id,
-                ins.error,
-                exc_info=ins.error,
-            )
+        )
+        log.info(
+            "request %s: task %d on %s exited, %d released", request_id, task, self.name, released
+        )
+        return released
 
-    def _fence(self, channel: AgentChannel, reason: str) -> None:
-        log.warning("host %s cpu %d: agent fenced: %s", self.name, channel.cpu, reason)
-        channel.close(reason)
-        self.publish(types_pb2.EVENT_KIND_AGENT_FENCED, "fence", reason=reason, cpu=channel.cpu)
-
-    async def _write(self, ins: Persist) -> None:
-        """Make a batch durable, then tell the pipeline; never dies with the batch waiting."""
-        try:
-            try:
-                if self.writer is not None:
-                    await self.writer(self, ins)
-            except Exception as err:
-                log.error("host %s: ledger write failed: %s", self.name, err)
-                failure = err if isinstance(err, LedgerWriteFailed) else None
-                self._feed(
-                    PersistFailed(
-                        ins.generation,
-                        failure
-                        or LedgerWriteFailed(
-                            f"host {self.name}: the change could not be made durable "
-                            f"({err}); it was rolled back",
-                            host=self.name,
-                        ),
-                        _now(),
-                    )
-                )
-            else:
-                self._feed(Persisted(ins.generation, _now()))
-        finally:
-            self._writes.discard(asyncio.current_task())  # type: ignore[arg-type]
-            if self.pipeline.idle and not self._writes:
-                self._idle.set()
-
-    def _answer(self, waiter: int, answer: Outcome | HwbpError) -> None:
-        self._requests.pop(waiter, None)
-        future = self._futures.pop(waiter, None)
-        if future is None or future.done():
-            return
-        if isinstance(answer, Outcome):
-            future.set_result(answer)
-        else:
-            future.set_exception(answer)
-
-    def _fail_everyone(self, err: Exception) -> None:
-        for waiter, future in list(self._futures.items()):
-            request = self._requests.get(waiter, "?")
-            if not future.done():
-                future.set_exception(
-                    PipelineFault(
-                        f"request {request}: the pipeline of host {self.name} failed "
-                        f"({type(err).__name__}: {err})",
-                        host=self.name,
-                        request_id=request,
-                    )
-                )
-        self._futures.clear()
-        self._requests.clear()
-
-    def _arm_timer(self) -> None:
-        deadline = self.pipeline.next_deadline()
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            self._timer = asyncio.get_running_loop().call_at(deadline + 0.001, self._tick)
-
-    def _tick(self) -> None:
-        self._timer = self._timer_at = None
-        self._feed(Tick(_now()))
-
-    def _validate_or_die(self) -> None:
-        """Drills and fuzzing: any drift of the ledger ends the process loudly."""
-        try:
-            self.pipeline.validate_state()
-        except HwbpError as err:
-            log.critical("host %s: invariant broken: %s", self.name, err)
-            os._exit(70)
+    def _changed(
+        self,
+        kind: types_pb2.EventKind.ValueType,
+        request_id: str,
+        res: Reservation,
+        generation: int,
+    ) -> None:
+        """Tell watchers a reservation was reserved, modified or released."""
+        if not self.bus.wants(kind, host=self.name):
+            return  # nobody watches this kind on this host: build nothing
+        ev = types_pb2.Event(
+            kind=kind,
+            host=self.name,
+            generation=generation,
+            request_id=request_id,
+            seq=self.bus.next_seq(),
+            task=res.target.task,
+            cpu=res.target.cpu,
+        )
+        ev.reservation.CopyFrom(convert.reservation_to(res, generation))
+        self.bus.publish(ev)
 
 
 def _now() -> float:

@@ -34,7 +34,7 @@ def reason_of(context: Any) -> str:
             continue
         status = status_pb2.Status.FromString(value)
         for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            if detail.TypeName() == error_details_pb2.ErrorInfo.DESCRIPTOR.full_name:
                 info = error_details_pb2.ErrorInfo()
                 detail.Unpack(info)
                 return str(info.reason)
@@ -42,7 +42,7 @@ def reason_of(context: Any) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self._wrapped: dict[str, Any] = {}  # one wrapped handler per method, built once

@@ -23,7 +23,6 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -111,7 +110,7 @@ class Leader:
         self.metrics = metrics
         self.stopped = asyncio.Event()
         self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
         self._complained = -math.inf
         gate.valid = lambda: time.monotonic() < machine.valid_until
@@ -186,7 +185,7 @@ class Leader:
             if action.leader and action.leader != self.gate.advertise:
                 log.info("following the leader at %s", action.leader)
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def _spawn(self, coro: Awaitable[object]) -> None:
         async def guarded() -> None:
             try:
                 await coro

@@ -15,11 +15,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from hwbp.model import Assignment
 from hwbp.registers import RegisterImage
-from hwbp.v1 import agent_pb2
+from hwbp.v1 import agent_pb2, types_pb2
 from hwbp.wire import convert
 
 log = logging.getLogger("hwbp.server")
@@ -37,7 +36,8 @@ class AckResult:
 
     generation: int
     ok: bool
-    image: Any = None  # the agent's RegisterImage message; converted only when read
+    # The agent's RegisterImage message, converted only when read (or already converted).
+    image: types_pb2.RegisterImage | RegisterImage | None = None
     reason: str = ""
     errno: int = 0
     detail: str = ""
@@ -67,14 +67,14 @@ class AgentChannel:
         self.outbox: asyncio.Queue[agent_pb2.ArbiterMessage | None] = asyncio.Queue()
         self.closed = asyncio.Event()
         self.close_reason = ""  # non-empty: we closed it (fenced), and why
-        self.handler: asyncio.Task[Any] | None = None  # the RPC's task, to end it if stuck
+        self.handler: asyncio.Task[object] | None = None  # the RPC's task, to end it if stuck
         self._controls: dict[int, asyncio.Future[agent_pb2.ControlResult]] = {}
         self._control_ids = itertools.count(1)
         self.sent_generation = 0
         self.acked_generation = 0
         self._sent_at = 0.0
         self._image: RegisterImage | None = None
-        self._image_msg: Any = None
+        self._image_msg: types_pb2.RegisterImage | None = None
         self.detail = ""
 
     @property
@@ -93,7 +93,7 @@ class AgentChannel:
     def image(self, value: RegisterImage | None) -> None:
         self._image, self._image_msg = value, None
 
-    def reported(self, msg: Any) -> None:
+    def reported(self, msg: types_pb2.RegisterImage) -> None:
         """Keep the agent's RegisterImage message as it came."""
         self._image, self._image_msg = None, msg
 
@@ -196,6 +196,6 @@ class AgentChannel:
         self.outbox.put_nowait(msg)
 
 
-def _cancel(task: asyncio.Task[Any]) -> None:
+def _cancel(task: asyncio.Task[object]) -> None:
     if not task.done():
         task.cancel()

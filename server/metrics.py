@@ -235,7 +235,9 @@ class Metrics:
             sub = self.fleet.bus.subscribe(accept, frozenset({types_pb2.EVENT_KIND_LEASE_EXPIRED}))
             try:
                 while True:
-                    self.on_event(await sub.get())
+                    ev = await sub.get()
+                    if isinstance(ev, types_pb2.Event):  # what accept() took
+                        self.on_event(ev)
             except WatcherTooSlow:
                 log.warning("metrics: fell behind the event bus; resubscribing")
             finally:

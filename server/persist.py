@@ -23,6 +23,7 @@ from hwbp.errors import HwbpError, LedgerCorrupt
 from hwbp.model import Reservation
 from hwbp.pipeline import Outcome, Persist
 from hwbp.server.fleet import Fleet
+from hwbp.server.host_shell import HostShell
 from hwbp.server.hosts import Attachment, Host
 from hwbp.server.sessions import Session, SessionTable
 from hwbp.server.store import Batch
@@ -145,7 +146,7 @@ class Persistence:
 
     # --- writes ------------------------------------------------------------------
 
-    async def host_committed(self, host: Host, ins: Persist) -> None:
+    async def host_committed(self, host: HostShell, ins: Persist) -> None:
         """The pipeline's Persist: the batch, its keys and the id counter, in one write."""
         batch = Batch(
             hosts=[HostRecord(host.name, host.ncpus, host.generation)],

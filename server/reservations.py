@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
-import time
 from collections.abc import AsyncIterator
-from typing import Any
+
+from grpc.aio import ServicerContext
 
 from hwbp.errors import FailedPrecondition, HwbpError, InvalidArgument, NotOwner
-from hwbp.model import Reservation
+from hwbp.model import BpType, Reservation
+from hwbp.registers import RegisterImage
 from hwbp.server import paging
 from hwbp.server.authz import Action, Target, reservation_target, reserve_target
 from hwbp.server.errors import rpc, stream_rpc
-from hwbp.server.events import ALL_EVENTS
+from hwbp.server.events import ALL_EVENTS, Item
 from hwbp.server.fleet import Fleet, check_open
-from hwbp.server.hosts import Host, Outcome
+from hwbp.server.hosts import Edit, Host
 from hwbp.server.sessions import SessionTable
 from hwbp.server.store.base import id_order
-from hwbp.v1 import arbiter_pb2, arbiter_pb2_grpc, types_pb2
+from hwbp.v1 import arbiter_pb2_grpc, types_pb2
+from hwbp.v1.arbiter_pb2 import (
+    InventoryRequest,
+    InventoryResponse,
+    ListRequest,
+    ListResponse,
+    ModifyRequest,
+    ModifyResponse,
+    ReleaseRequest,
+    ReleaseResponse,
+    ReserveRequest,
+    ReserveResponse,
+    WatchRequest,
+)
 from hwbp.wire import convert
 
 __all__ = ["ArbiterServicer", "check_open", "check_owner", "cpu_inventory"]
@@ -30,22 +43,13 @@ INVENTORY_PAGE, INVENTORY_PAGE_MAX = 256, 4096
 INVENTORY_HOLDERS = 20_000  # holders per inventory page, whatever the page size
 
 
-def fingerprint(request: Any) -> str:
+def fingerprint(request: ReserveRequest) -> str:
     """What an idempotency key is bound to: the request without its ids."""
     body = type(request)()
     body.CopyFrom(request)
     body.request_id = ""
     body.idempotency_key = ""
     return hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
-
-
-def _placed(outcome: Outcome) -> dict[str, Any]:
-    """The response fields every change shares: its generation, where it is applied."""
-    return {
-        "generation": outcome.generation,
-        "applied_cpus": outcome.applied,
-        "pending_cpus": outcome.pending,
-    }
 
 
 def check_expected_owner(res: Reservation, expect_owner: str) -> None:
@@ -84,14 +88,17 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
         self.sessions = sessions
 
     @rpc
-    async def Reserve(self, request: Any, context: Any) -> Any:
+    async def Reserve(
+        self,
+        request: ReserveRequest,
+        context: ServicerContext[ReserveRequest, ReserveResponse],
+    ) -> ReserveResponse:
         check_open(self.fleet)
-        rid_req = request.request_id
         if not request.HasField("target") or not request.HasField("spec"):
             raise InvalidArgument("target and spec are required", field="target/spec")
         into = self.sessions.sessions.get(request.session_id) if request.session_id else None
         wanted = reserve_target(request, into.owner if into is not None else None)
-        who = self.fleet.authz.check(context, rid_req, Action.RESERVE, wanted)
+        who = self.fleet.authz.check(context, request.request_id, Action.RESERVE, wanted)
         host = self.fleet.host(convert.name(request.target.host, "target.host"))
         target = convert.target_from(request.target)
         bp = convert.bp_from(request.spec)
@@ -100,130 +107,79 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
         key = convert.name(request.idempotency_key, "idempotency_key", required=False)
         if session:
             self.sessions.get(session)
-
-        def apply() -> tuple[Reservation, Any]:
-            res = Reservation(
-                id=self.fleet.new_id(),
-                host=host.name,
-                target=target,
-                bp=bp,
-                owner=owner,
-                session=session or None,
-                reserved_at=time.time(),
-            )
-            host.ledger.reserve(res)
-            return res, host.ledger.affected_cpus(target)
-
-        try:
-            outcome = await host.commit(
-                rid_req,
-                apply,
-                key=f"{who.name}\0{key}" if key else "",
-                fingerprint=fingerprint(request) if key else "",
-            )
-        except HwbpError as err:
-            log.info(
-                "request %s: reserve on %s %s refused: %s",
-                rid_req,
-                host.name,
-                target.describe(),
-                err.reason,
-            )
-            raise
-        res = outcome.result
-        assert isinstance(res, Reservation)
-        log.info(
-            "request %s: reserve %s on %s %s addr=%#x len=%d type=%s -> generation %d%s",
-            rid_req,
-            res.id,
-            host.name,
-            target.describe(),
-            bp.addr,
-            bp.length,
-            bp.type.value,
-            outcome.generation,
-            f", pending on cpus {list(outcome.pending)}" if outcome.pending else "",
+        outcome = await host.reserve(
+            request.request_id,
+            target,
+            bp,
+            owner=owner,
+            session=session or None,
+            key=f"{who.name}\0{key}" if key else "",
+            fingerprint=fingerprint(request) if key else "",
         )
-        self._event(host, types_pb2.EVENT_KIND_RESERVED, rid_req, res, outcome.generation)
-        reply = arbiter_pb2.ReserveResponse(**_placed(outcome))
-        convert.reservation_into(reply.reservation, res, outcome.generation)
+        reply = ReserveResponse(
+            generation=outcome.generation,
+            applied_cpus=outcome.applied,
+            pending_cpus=outcome.pending,
+        )
+        convert.reservation_into(reply.reservation, outcome.result, outcome.generation)
         return reply
 
     @rpc
-    async def Release(self, request: Any, context: Any) -> Any:
+    async def Release(
+        self,
+        request: ReleaseRequest,
+        context: ServicerContext[ReleaseRequest, ReleaseResponse],
+    ) -> ReleaseResponse:
         check_open(self.fleet)
         host, res = self.fleet.locate(convert.name(request.reservation_id, "reservation_id"))
         self.fleet.authz.check(context, request.request_id, Action.RELEASE, reservation_target(res))
         check_expected_owner(res, request.expect_owner)
         check_owner(res, request.session_id)
-
-        def apply() -> tuple[Reservation, Any]:
-            gone = host.ledger.release(res.id)
-            return gone, host.ledger.affected_cpus(gone.target)
-
-        outcome = await host.commit(request.request_id, apply)
-        gone, gen = outcome.result, outcome.generation
-        assert isinstance(gone, Reservation)
-        log.info(
-            "request %s: release %s on %s -> generation %d",
-            request.request_id,
-            res.id,
-            host.name,
-            gen,
+        outcome = await host.release(request.request_id, res.id)
+        reply = ReleaseResponse(
+            generation=outcome.generation,
+            applied_cpus=outcome.applied,
+            pending_cpus=outcome.pending,
         )
-        self._event(host, types_pb2.EVENT_KIND_RELEASED, request.request_id, gone, gen)
-        reply = arbiter_pb2.ReleaseResponse(**_placed(outcome))
-        convert.reservation_into(reply.reservation, gone, gen)
+        convert.reservation_into(reply.reservation, outcome.result, outcome.generation)
         return reply
 
     @rpc
-    async def Modify(self, request: Any, context: Any) -> Any:
+    async def Modify(
+        self,
+        request: ModifyRequest,
+        context: ServicerContext[ModifyRequest, ModifyResponse],
+    ) -> ModifyResponse:
         check_open(self.fleet)
         host, res = self.fleet.locate(convert.name(request.reservation_id, "reservation_id"))
         moved = reservation_target(res, request.addr if request.HasField("addr") else None)
         self.fleet.authz.check(context, request.request_id, Action.MODIFY, moved)
         check_expected_owner(res, request.expect_owner)
         check_owner(res, request.session_id)
-        changes: dict[str, Any] = {}
-        if request.HasField("addr"):
-            changes["addr"] = request.addr
-        if request.HasField("len"):
-            changes["length"] = request.len
-        if request.HasField("type"):
-            changes["type"] = convert.bp_type(request.type)
-        if request.HasField("enabled"):
-            changes["enabled"] = request.enabled
-        if not changes:
-            raise InvalidArgument("modify names no field to change (addr, len, type, enabled)")
-
-        def apply() -> tuple[Reservation, Any]:
-            current = host.ledger.get(res.id)
-            new = host.ledger.modify(res.id, dataclasses.replace(current.bp, **changes))
-            return new, host.ledger.affected_cpus(new.target)
-
-        outcome = await host.commit(request.request_id, apply)
-        new, gen = outcome.result, outcome.generation
-        assert isinstance(new, Reservation)
-        log.info(
-            "request %s: modify %s on %s %s -> generation %d",
-            request.request_id,
-            res.id,
-            host.name,
-            changes,
-            gen,
+        edit = Edit(
+            addr=request.addr if request.HasField("addr") else None,
+            length=request.len if request.HasField("len") else None,
+            type=convert.bp_type(request.type) if request.HasField("type") else None,
+            enabled=request.enabled if request.HasField("enabled") else None,
         )
-        self._event(host, types_pb2.EVENT_KIND_MODIFIED, request.request_id, new, gen)
-        reply = arbiter_pb2.ModifyResponse(**_placed(outcome))
-        convert.reservation_into(reply.reservation, new, gen)
+        outcome = await host.modify(request.request_id, res.id, edit)
+        reply = ModifyResponse(
+            generation=outcome.generation,
+            applied_cpus=outcome.applied,
+            pending_cpus=outcome.pending,
+        )
+        convert.reservation_into(reply.reservation, outcome.result, outcome.generation)
         return reply
 
     @rpc
-    async def List(self, request: Any, context: Any) -> Any:
+    async def List(
+        self, request: ListRequest, context: ServicerContext[ListRequest, ListResponse]
+    ) -> ListResponse:
         """Committed reservations, in pages ordered by host then admission."""
         self.fleet.authz.check(context, request.request_id, Action.READ, Target(request.host))
         size = paging.page_size(request.page_size, LIST_PAGE, LIST_PAGE_MAX)
         after = paging.decode(request.page_token)
-        out: list[Any] = []
+        out: list[types_pb2.Reservation] = []
         for h in self._hosts(request.host):
             if after is not None and h.name < after[0]:
                 continue
@@ -235,15 +191,19 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
                     continue
                 if len(out) == size:
                     last = out[-1]
-                    return arbiter_pb2.ListResponse(
+                    return ListResponse(
                         reservations=out,
                         next_page_token=paging.encode(last.target.host, last.id),
                     )
                 out.append(convert.reservation_to(r, h.generation))
-        return arbiter_pb2.ListResponse(reservations=out)
+        return ListResponse(reservations=out)
 
     @rpc
-    async def Inventory(self, request: Any, context: Any) -> Any:
+    async def Inventory(
+        self,
+        request: InventoryRequest,
+        context: ServicerContext[InventoryRequest, InventoryResponse],
+    ) -> InventoryResponse:
         """CPUs in pages; a page ends early once it holds INVENTORY_HOLDERS holders, so
         one read of a huge host never holds the event loop for long."""
         self.fleet.authz.check(context, request.request_id, Action.READ, Target(request.host))
@@ -258,23 +218,25 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
             for c in range(first, h.ncpus):
                 if len(out) == size or holders >= INVENTORY_HOLDERS:
                     last = out[-1]
-                    return arbiter_pb2.InventoryResponse(
+                    return InventoryResponse(
                         cpus=out, next_page_token=paging.encode(last.host, str(last.cpu))
                     )
                 cpu = cpu_inventory(h, c)
                 holders += len(cpu.holders)
                 out.append(cpu)
-        return arbiter_pb2.InventoryResponse(cpus=out)
+        return InventoryResponse(cpus=out)
 
     @stream_rpc
-    async def Watch(self, request: Any, context: Any) -> AsyncIterator[Any]:
+    async def Watch(
+        self, request: WatchRequest, context: ServicerContext[WatchRequest, types_pb2.Event]
+    ) -> AsyncIterator[types_pb2.Event]:
         who = self.fleet.authz.check(context, request.request_id, Action.READ, Target(request.host))
         if request.host:
             self.fleet.host(request.host)
         kinds = set(request.kinds)
         task = request.task if request.HasField("task") else None
 
-        def accept(ev: Any) -> bool:
+        def accept(ev: Item) -> bool:
             if not isinstance(ev, types_pb2.Event):
                 return False
             if request.host and ev.host != request.host:
@@ -296,7 +258,9 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
             if request.announce_subscribed:  # subscribed: every later event reaches us
                 yield types_pb2.Event(kind=types_pb2.EVENT_KIND_SUBSCRIBED, host=request.host)
             while True:
-                yield await sub.get()
+                event = await sub.get()
+                if isinstance(event, types_pb2.Event):  # what accept() took
+                    yield event
         finally:
             self.fleet.bus.unsubscribe(sub)
 
@@ -304,28 +268,6 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
         if name:
             return [self.fleet.host(name)]
         return [self.fleet.hosts[n] for n in sorted(self.fleet.hosts)]
-
-    def _event(
-        self,
-        host: Host,
-        kind: types_pb2.EventKind,
-        request_id: str,
-        res: Reservation,
-        generation: int,
-    ) -> None:
-        if not self.fleet.bus.wants(kind, host=host.name):
-            return  # nobody watches this kind on this host: build nothing
-        ev = types_pb2.Event(
-            kind=kind,
-            host=host.name,
-            generation=generation,  # type: ignore[arg-type]
-            request_id=request_id,
-            seq=self.fleet.bus.next_seq(),
-            task=res.target.task,
-            cpu=res.target.cpu,
-        )
-        ev.reservation.CopyFrom(convert.reservation_to(res, generation))
-        self.fleet.bus.publish(ev)
 
 
 def _cpu_after(token_cpu: str) -> int:
@@ -381,7 +323,7 @@ def cpu_inventory(host: Host, cpu: int) -> types_pb2.CpuInventory:
     )
 
 
-def _perf_differs(reported: Any, holders: list[Reservation]) -> bool:
+def _perf_differs(reported: RegisterImage, holders: list[Reservation]) -> bool:
     """A real CPU's image is what the kernel accepted, not a register read: every
     CPU-bound breakpoint must be there, and nothing the ledger does not know."""
     ids = {s for s in reported.slots if s is not None}
@@ -390,11 +332,11 @@ def _perf_differs(reported: Any, holders: list[Reservation]) -> bool:
     return not (ids <= known and cpu_bound <= ids)
 
 
-def _differs(reported: Any, expected: Any) -> bool:
+def _differs(reported: RegisterImage, expected: RegisterImage) -> bool:
     """Placement may differ (stable vs fresh); the installed set and DR7 fields may not."""
     from hwbp.dr7 import decode
 
-    def installed(img: Any) -> set[tuple[str | None, int, Any]]:
+    def installed(img: RegisterImage) -> set[tuple[str, int, tuple[int, BpType] | None]]:
         fields = decode(img.dr7)
         out = set()
         for i, slot in enumerate(img.slots):

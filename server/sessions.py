@@ -19,14 +19,22 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+
+from grpc.aio import ServicerContext
 
 from hwbp.errors import HwbpError, InvalidArgument, SessionNotFound
-from hwbp.server.attachments import flush_attachment
-from hwbp.server.authz import Action, Target
-from hwbp.server.errors import rpc
+from hwbp.server.authz import Action, Peer, Target
+from hwbp.server.errors import Malformed, abort, rpc, well_formed
 from hwbp.server.fleet import Fleet
-from hwbp.v1 import session_pb2, session_pb2_grpc, types_pb2
+from hwbp.v1 import session_pb2_grpc
+from hwbp.v1.session_pb2 import (
+    CloseSessionRequest,
+    CloseSessionResponse,
+    KeepAliveRequest,
+    KeepAliveResponse,
+    OpenSessionRequest,
+    SessionInfo,
+)
 from hwbp.wire import convert
 
 log = logging.getLogger("hwbp.server")
@@ -130,13 +138,9 @@ async def _end(fleet: Fleet, table: SessionTable, sid: str, reason: str) -> int:
 
 async def _release_all(fleet: Fleet, table: SessionTable, session: Session, reason: str) -> int:
     sid = session.id
-    hosts = [
-        host
-        for host in fleet.hosts.values()
-        if host.ledger.by_session(sid) or any(a.session == sid for a in host.attachments.values())
-    ]
+    hosts = [host for host in fleet.hosts.values() if host.holds_session(sid)]
     results = await asyncio.gather(
-        *(_release_on(host, sid, reason) for host in hosts), return_exceptions=True
+        *(host.release_session(sid, reason) for host in hosts), return_exceptions=True
     )
     released, failure = 0, None
     for host, result in zip(hosts, results, strict=True):
@@ -159,21 +163,6 @@ async def _release_all(fleet: Fleet, table: SessionTable, session: Session, reas
     return released
 
 
-async def _release_on(host: Any, sid: str, reason: str) -> int:
-    def apply() -> tuple[int, range]:
-        mine = [r.id for r in host.ledger.by_session(sid) if r.ptrace_index is None]
-        for rid in mine:
-            host.ledger.release(rid)
-        count = len(mine)
-        for task in [t for t, a in host.attachments.items() if a.session == sid]:
-            count += flush_attachment(host, task)
-        return count, range(host.ncpus)
-
-    released: int = await host.change(f"session:{sid}", apply)
-    host.publish(types_pb2.EVENT_KIND_LEASE_EXPIRED, f"session:{sid}", reason=reason)
-    return released
-
-
 async def reaper(fleet: Fleet, table: SessionTable) -> None:
     """End each expired session in a task of its own, so none waits for another."""
     while True:
@@ -189,7 +178,9 @@ class SessionsServicer(session_pb2_grpc.SessionsServicer):
         self.table = table
 
     @rpc
-    async def OpenSession(self, request: Any, context: Any) -> Any:
+    async def OpenSession(
+        self, request: OpenSessionRequest, context: ServicerContext[OpenSessionRequest, SessionInfo]
+    ) -> SessionInfo:
         who = self.fleet.authz.check(context, request.request_id, Action.SESSION_OPEN, Target())
         owner = who.name or convert.name(request.owner, "owner", required=False)
         session = await self.table.open(request.ttl_seconds, owner)
@@ -200,31 +191,40 @@ class SessionsServicer(session_pb2_grpc.SessionsServicer):
             session.ttl,
             owner,
         )
-        return session_pb2.SessionInfo(session_id=session.id, ttl_seconds=session.ttl, owner=owner)
+        return SessionInfo(session_id=session.id, ttl_seconds=session.ttl, owner=owner)
 
-    def _guard(self, context: Any, request: Any, action: Action) -> None:
+    def _guard(
+        self, context: Peer, request: KeepAliveRequest | CloseSessionRequest, action: Action
+    ) -> None:
         known = self.table.sessions.get(request.session_id)
         owner = known.owner if known is not None else None
         target = Target(owner=owner, name=request.session_id)
         self.fleet.authz.check(context, request.request_id, action, target)
 
-    async def KeepAlive(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
-        async for ping in request_iterator:
+    async def KeepAlive(
+        self,
+        request_iterator: AsyncIterator[KeepAliveRequest | Malformed],
+        context: ServicerContext[KeepAliveRequest, KeepAliveResponse],
+    ) -> AsyncIterator[KeepAliveResponse]:
+        async for sent in request_iterator:
             try:
+                ping = well_formed(sent)
                 self._guard(context, ping, Action.SESSION_KEEPALIVE)
                 session = self.table.renew(ping.session_id)
             except HwbpError as err:
-                from hwbp.server.errors import abort
-
-                await abort(context, err, ping.request_id)
-            yield session_pb2.KeepAliveResponse(
+                await abort(context, err, sent.request_id)
+            yield KeepAliveResponse(
                 session_id=session.id,
                 remaining_seconds=max(0.0, session.expires_at - self.table.clock()),
             )
 
     @rpc
-    async def CloseSession(self, request: Any, context: Any) -> Any:
+    async def CloseSession(
+        self,
+        request: CloseSessionRequest,
+        context: ServicerContext[CloseSessionRequest, CloseSessionResponse],
+    ) -> CloseSessionResponse:
         self.table.get(request.session_id)
         self._guard(context, request, Action.SESSION_CLOSE)
         released = await end_session(self.fleet, self.table, request.session_id, "closed")
-        return session_pb2.CloseSessionResponse(released=released)
+        return CloseSessionResponse(released=released)

@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+
+from grpc.aio import ServicerContext
 
 from hwbp.errors import AckTimeout, CpuNotFound, CpuOffline, FailedPrecondition
-from hwbp.server.attachments import flush_attachment
 from hwbp.server.authz import Action, Target
 from hwbp.server.errors import rpc
 from hwbp.server.fleet import Fleet, check_open
 from hwbp.server.hosts import Host
 from hwbp.server.links import AgentChannel, Disconnected, StreamStuck
-from hwbp.v1 import agent_pb2, simulation_pb2, simulation_pb2_grpc, types_pb2
+from hwbp.v1 import agent_pb2, simulation_pb2_grpc, types_pb2
+from hwbp.v1.simulation_pb2 import (
+    ContextSwitchRequest,
+    ContextSwitchResponse,
+    ExitTaskRequest,
+    ExitTaskResponse,
+    MemoryAccessRequest,
+    MemoryAccessResponse,
+)
 from hwbp.wire import convert
 
 log = logging.getLogger("hwbp.server")
@@ -65,42 +73,16 @@ async def control(host: Host, cpu: int, request_id: str, **body: object) -> agen
     return result
 
 
-async def exit_task(fleet: Fleet, host: Host, task: int, request_id: str) -> int:
-    """A task exited: its task breakpoints and ptrace state go, like the kernel's flush."""
-    mine = [r.id for r in host.ledger.by_task(task) if r.ptrace_index is None]
-    saved = host.attachments.get(task)
-
-    def apply() -> tuple[int, range]:
-        for rid in mine:
-            if rid in host.ledger:
-                host.ledger.release(rid)
-        return len(mine) + flush_attachment(host, task), range(host.ncpus)
-
-    def undo() -> None:
-        if saved is not None:
-            host.attachments[task] = saved
-
-    released: int = await host.change(request_id, apply, undo)
-    ev = types_pb2.Event(
-        kind=types_pb2.EVENT_KIND_TASK_EXITED,
-        host=host.name,
-        task=task,
-        generation=host.generation,
-        request_id=request_id,
-        seq=fleet.bus.next_seq(),
-        reason=f"{released} released",
-    )
-    fleet.bus.publish(ev)
-    log.info("request %s: task %d on %s exited, %d released", request_id, task, host.name, released)
-    return released
-
-
 class SimulationServicer(simulation_pb2_grpc.SimulationServicer):
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
 
     @rpc
-    async def ContextSwitch(self, request: Any, context: Any) -> Any:
+    async def ContextSwitch(
+        self,
+        request: ContextSwitchRequest,
+        context: ServicerContext[ContextSwitchRequest, ContextSwitchResponse],
+    ) -> ContextSwitchResponse:
         self.fleet.authz.check(context, request.request_id, Action.SIMULATE, Target(request.host))
         host = self.fleet.host(convert.name(request.host, "host"))
         task = convert.task(request.task) if request.HasField("task") else None
@@ -124,10 +106,14 @@ class SimulationServicer(simulation_pb2_grpc.SimulationServicer):
             request.cpu,
             task,
         )
-        return simulation_pb2.ContextSwitchResponse(image=result.image)
+        return ContextSwitchResponse(image=result.image)
 
     @rpc
-    async def MemoryAccess(self, request: Any, context: Any) -> Any:
+    async def MemoryAccess(
+        self,
+        request: MemoryAccessRequest,
+        context: ServicerContext[MemoryAccessRequest, MemoryAccessResponse],
+    ) -> MemoryAccessResponse:
         self.fleet.authz.check(context, request.request_id, Action.SIMULATE, Target(request.host))
         host = self.fleet.host(convert.name(request.host, "host"))
         kind = convert.access_type(request.type)
@@ -147,13 +133,15 @@ class SimulationServicer(simulation_pb2_grpc.SimulationServicer):
         )
         hits = self.fleet.publish_hits(host, request.cpu, result.hits)  # one access: one #DB
         dr6 = hits[-1].dr6 if hits else result.image.dr6
-        return simulation_pb2.MemoryAccessResponse(hit=bool(hits), hits=hits, dr6=dr6)
+        return MemoryAccessResponse(hit=bool(hits), hits=hits, dr6=dr6)
 
     @rpc
-    async def ExitTask(self, request: Any, context: Any) -> Any:
+    async def ExitTask(
+        self, request: ExitTaskRequest, context: ServicerContext[ExitTaskRequest, ExitTaskResponse]
+    ) -> ExitTaskResponse:
         target = Target(request.host, name=f"task {request.task}")
         self.fleet.authz.check(context, request.request_id, Action.TASK_EXIT, target)
         check_open(self.fleet)
         host = self.fleet.host(convert.name(request.host, "host"))
-        released = await exit_task(self.fleet, host, convert.task(request.task), request.request_id)
-        return simulation_pb2.ExitTaskResponse(released=released)
+        released = await host.exit_task(request.request_id, convert.task(request.task))
+        return ExitTaskResponse(released=released)

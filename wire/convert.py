@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
-from typing import Any
+
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from hwbp.arch import DEFAULT_FEATURES, HostFeatures
 from hwbp.errors import InvalidArgument, InvalidCpu, InvalidScope, InvalidType, ValueOutOfRange
@@ -22,26 +23,26 @@ MAX_PID = 1 << 22  # Linux pid_max limit
 MAX_TEXT = 1024
 MAX_HITS = 1024  # hits in one report; an agent sends a burst as several reports
 
-BP_TYPE: dict[pb.BreakpointType, BpType] = {
+BP_TYPE: dict[pb.BreakpointType.ValueType, BpType] = {
     pb.BREAKPOINT_TYPE_EXEC: BpType.EXEC,
     pb.BREAKPOINT_TYPE_WRITE: BpType.WRITE,
     pb.BREAKPOINT_TYPE_READ_WRITE: BpType.RW,
     pb.BREAKPOINT_TYPE_READ: BpType.READ,
 }
-BP_TYPE_PB: dict[BpType, pb.BreakpointType] = {v: k for k, v in BP_TYPE.items()}
-SCOPE: dict[pb.Scope, Scope] = {
+BP_TYPE_PB: dict[BpType, pb.BreakpointType.ValueType] = {v: k for k, v in BP_TYPE.items()}
+SCOPE: dict[pb.Scope.ValueType, Scope] = {
     pb.SCOPE_SYSTEM: Scope.SYSTEM,
     pb.SCOPE_CPU: Scope.CPU,
     pb.SCOPE_TASK: Scope.TASK,
     pb.SCOPE_TASK_CPU: Scope.TASK_CPU,
 }
-SCOPE_PB: dict[Scope, pb.Scope] = {v: k for k, v in SCOPE.items()}
-ACCESS: dict[pb.AccessType, AccessType] = {
+SCOPE_PB: dict[Scope, pb.Scope.ValueType] = {v: k for k, v in SCOPE.items()}
+ACCESS: dict[pb.AccessType.ValueType, AccessType] = {
     pb.ACCESS_TYPE_READ: AccessType.READ,
     pb.ACCESS_TYPE_WRITE: AccessType.WRITE,
     pb.ACCESS_TYPE_EXEC: AccessType.EXEC,
 }
-ACCESS_PB: dict[AccessType, pb.AccessType] = {v: k for k, v in ACCESS.items()}
+ACCESS_PB: dict[AccessType, pb.AccessType.ValueType] = {v: k for k, v in ACCESS.items()}
 
 
 def name(value: str, field: str, *, required: bool = True) -> str:
@@ -62,7 +63,7 @@ def task(value: int, field: str = "task") -> int:
     return value
 
 
-def bp_type(value: pb.BreakpointType) -> BpType:
+def bp_type(value: pb.BreakpointType.ValueType) -> BpType:
     try:
         return BP_TYPE[value]
     except KeyError:
@@ -71,7 +72,7 @@ def bp_type(value: pb.BreakpointType) -> BpType:
         ) from None
 
 
-def access_type(value: pb.AccessType) -> AccessType:
+def access_type(value: pb.AccessType.ValueType) -> AccessType:
     try:
         return ACCESS[value]
     except KeyError:
@@ -161,7 +162,9 @@ def assignment_to(a: Assignment) -> agent_pb2.Assignment:
     return agent_pb2.Assignment(reservation_id=a.reservation_id, task=a.task, spec=bp_to(a.bp))
 
 
-def assignments_into(out: Any, assignments: Iterable[Assignment]) -> None:
+def assignments_into(
+    out: RepeatedCompositeFieldContainer[agent_pb2.Assignment], assignments: Iterable[Assignment]
+) -> None:
     """Append ``assignments`` to the repeated Assignment field ``out``, each built in place.
 
     A resync carries every breakpoint of a CPU, none of them converted before (after a
@@ -181,7 +184,7 @@ def assignments_into(out: Any, assignments: Iterable[Assignment]) -> None:
         spec.tracer_applied = bp.tracer_applied
 
 
-def assignment_from(msg: Any) -> Assignment:
+def assignment_from(msg: agent_pb2.Assignment) -> Assignment:
     task_ = msg.task if msg.HasField("task") else None
     return Assignment(
         reservation_id=msg.reservation_id,

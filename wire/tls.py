@@ -11,12 +11,11 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 
 ENV_CERT, ENV_KEY, ENV_CA = "HWBP_TLS_CERT", "HWBP_TLS_KEY", "HWBP_TLS_CA"
-Options = Sequence[tuple[str, Any]]
+Options = Sequence[tuple[str, str | int]]  # gRPC channel arguments
 
 
 class TlsConfigError(ValueError):
@@ -80,7 +79,7 @@ def channel_credentials(cfg: TlsConfig) -> grpc.ChannelCredentials:
     )
 
 
-def _options(cfg: TlsConfig | None, options: Options) -> list[tuple[str, Any]]:
+def _options(cfg: TlsConfig | None, options: Options) -> list[tuple[str, str | int]]:
     out = list(options)
     if cfg is not None and cfg.server_name:
         out.append(("grpc.ssl_target_name_override", cfg.server_name))

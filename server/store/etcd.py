@@ -194,7 +194,7 @@ class EtcdStore:
 
         return self.io.call(find())
 
-    async def _txn(self, ops: list[Any], fence: int | None) -> bool:
+    async def _txn(self, ops: list[object], fence: int | None) -> bool:
         client = self.io.client
         compare = []
         if fence is not None:
@@ -229,9 +229,9 @@ class EtcdStore:
 
     # --- encoding ----------------------------------------------------------------
 
-    def _ops(self, batch: Batch, expired: list[tuple[bytes, bytes]]) -> tuple[list[Any], int]:
+    def _ops(self, batch: Batch, expired: list[tuple[bytes, bytes]]) -> tuple[list[object], int]:
         t = aetcd.Transactions()
-        ops: list[Any] = []
+        ops: list[object] = []
         rewritten = {self.key("keys", k.key) for k in batch.keys}
         for index, record in expired:
             ops.append(t.delete(index))
@@ -319,15 +319,15 @@ def _explain(err: BaseException) -> str:
     return text
 
 
-def _dump(doc: dict[str, Any]) -> bytes:
+def _dump(doc: dict[str, object]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
 
-def _host(h: HostRecord) -> dict[str, Any]:
+def _host(h: HostRecord) -> dict[str, object]:
     return {"name": h.name, "ncpus": h.ncpus, "generation": h.generation}
 
 
-def _reservation(rec: ReservationRecord) -> dict[str, Any]:
+def _reservation(rec: ReservationRecord) -> dict[str, object]:
     r = rec.reservation
     return {
         "id": r.id,
@@ -377,7 +377,7 @@ def _res_from(d: dict[str, Any]) -> Reservation:
     return res
 
 
-def _attachment(a: AttachmentRecord) -> dict[str, Any]:
+def _attachment(a: AttachmentRecord) -> dict[str, object]:
     return {
         "host": a.host,
         "task": a.task,
@@ -416,7 +416,7 @@ def _stamp(expires: float) -> str:
     return f"{max(0, round(expires * 1000)):016d}"
 
 
-def _key(k: KeyRecord) -> dict[str, Any]:
+def _key(k: KeyRecord) -> dict[str, object]:
     return {
         "key": k.key,
         "host": k.host,

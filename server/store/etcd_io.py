@@ -24,7 +24,7 @@ import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import aetcd
 import grpc
@@ -164,10 +164,10 @@ class EtcdLoop:
         await client.connect()
         return client
 
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+    def submit(self, coro: Coroutine[object, object, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+    def call(self, coro: Coroutine[object, object, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the etcd thread and wait for it (never call from that thread)."""
         if threading.current_thread() is self._thread:
             coro.close()
@@ -175,7 +175,7 @@ class EtcdLoop:
         wait = timeout if timeout is not None else self.config.timeout * 2 + 1
         return self.submit(coro).result(wait)
 
-    async def wait(self, coro: Coroutine[Any, Any, T]) -> T:
+    async def wait(self, coro: Coroutine[object, object, T]) -> T:
         """Await ``coro`` from another event loop without blocking it."""
         return await asyncio.wrap_future(self.submit(coro))
 

@@ -397,7 +397,7 @@ def _state(data: dict[str, Any]) -> PtraceState:
     bps = tuple(
         None if b is None else Breakpoint(int(b[0]), int(b[1]), BpType(b[2]), bool(b[3]))
         for b in data["bps"]
-    )  # type: ignore[attr-defined]
+    )
     return PtraceState(
         bps=bps, dr7=int(str(data["dr7"])), virtual_dr6=int(str(data["virtual_dr6"]))
     )

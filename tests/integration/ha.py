@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from hwbp.load.etcd import Etcd
+from hwbp.wire.health import health_check
 from tests.integration import procs
 
 TTL = 2.0  # seconds: short leases keep failover tests fast
@@ -23,9 +24,7 @@ def role(address: str, timeout: float = 1.0) -> str:
     """leader, follower, or down: what standard health says of hwbp.v1.Arbiter."""
     try:
         with grpc.insecure_channel(address) as ch:
-            got = health_pb2_grpc.HealthStub(ch).Check(
-                health_pb2.HealthCheckRequest(service=SERVICE), timeout=timeout
-            )
+            got = health_check(ch)(health_pb2.HealthCheckRequest(service=SERVICE), timeout=timeout)
     except grpc.RpcError:
         return "down"
     return "leader" if got.status == health_pb2.HealthCheckResponse.SERVING else "follower"

@@ -9,9 +9,10 @@ import uuid
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from hwbp.v1 import session_pb2, session_pb2_grpc
+from hwbp.wire.health import health_check
 from tests.integration import procs
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -56,8 +57,7 @@ def health(address: str) -> int:
     """The overall health status, or -1 if the arbiter does not answer."""
     try:
         with grpc.insecure_channel(address) as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
-            return int(stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status)
+            return int(health_check(ch)(health_pb2.HealthCheckRequest(), timeout=2).status)
     except grpc.RpcError:
         return -1
 

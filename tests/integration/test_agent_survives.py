@@ -9,6 +9,7 @@ agent must never log that it stopped.
 
 from __future__ import annotations
 
+import functools
 import signal
 from pathlib import Path
 
@@ -45,6 +46,10 @@ def _reconnects(fleet: procs.Proc) -> int:
     return sum("reconnecting" in line for line in list(fleet.lines))
 
 
+def _reconnected(fleet: procs.Proc, want: int) -> bool:
+    return _reconnects(fleet) >= want
+
+
 def test_a_fleet_agent_survives_arbiter_kills_and_restarts(tmp_path: Path) -> None:
     db = tmp_path / "ledger.db"
     arbiter, address = _arbiter(db)
@@ -58,7 +63,7 @@ def test_a_fleet_agent_survives_arbiter_kills_and_restarts(tmp_path: Path) -> No
             arbiter.stop(sig)
             # Every agent meets the dead or draining arbiter (and says it reconnects).
             wait_until(
-                lambda met=met: _reconnects(fleet) >= met + CPUS,
+                functools.partial(_reconnected, fleet, met + CPUS),
                 timeout=20,
                 what=f"{CPUS} agents to see the arbiter gone after {sig!r}",
             )

@@ -106,11 +106,11 @@ class Worker(threading.Thread):
         self.ops += 1
         if self.held and self.rng.random() < 0.45:
             rid = self.rng.choice(sorted(self.held))
-            req = a.ReleaseRequest(
+            release = a.ReleaseRequest(
                 request_id=uuid.uuid4().hex, reservation_id=rid, expect_owner=self.owner
             )
             try:
-                _until_answered(lambda: api.arb.Release(req, timeout=5), self.stop)
+                _until_answered(lambda: api.arb.Release(release, timeout=5), self.stop)
             except grpc.RpcError as err:
                 reason = error_info(err)[1]
                 if reason in REFUSALS:

@@ -3,6 +3,7 @@ SIGTERM, a corrupt ledger."""
 
 from __future__ import annotations
 
+import functools
 import random
 import signal
 import subprocess
@@ -17,10 +18,11 @@ from typing import TypeVar
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from hwbp.v1 import arbiter_pb2 as a
 from hwbp.v1 import types_pb2 as t
+from hwbp.wire.health import HealthCheck, health_check
 from tests.integration import procs
 from tests.integration.stubs import Api, error_info, wait_until
 
@@ -37,6 +39,10 @@ def _restart(db: Path, port: int | None = None, *extra: str) -> tuple[procs.Proc
         wait_for="listening on",
     )
     return proc, line.rsplit(" ", 1)[-1]
+
+
+def _progressed(clients: list[Client], ops: int) -> bool:
+    return sum(c.ops for c in clients) >= ops
 
 
 def _converged(api: Api, host: str, ncpus: int) -> bool:
@@ -131,7 +137,7 @@ def test_kill_9_of_the_arbiter_loses_nothing_acknowledged(tmp_path: Path) -> Non
         for _ in range(RESTARTS):
             done = sum(c.ops for c in clients)
             wait_until(
-                lambda done=done: sum(c.ops for c in clients) >= done + 10,
+                functools.partial(_progressed, clients, done + 10),
                 timeout=20,
                 what="the clients to make progress before the kill",
             )
@@ -140,14 +146,14 @@ def test_kill_9_of_the_arbiter_loses_nothing_acknowledged(tmp_path: Path) -> Non
             with grpc.insecure_channel(address) as ch:
                 api = Api(ch)
                 wait_until(
-                    lambda api=api: _converged(api, "hd", 2),
+                    functools.partial(_converged, api, "hd", 2),
                     timeout=5,
                     what="agents converged to the ledger within 5 s",
                 )
                 for c in clients:  # a consistent view: no operation half-recorded
                     c.lock.acquire()
                 try:
-                    ids = _retry(lambda api=api: api.ids("hd"))
+                    ids = _retry(functools.partial(api.ids, "hd"))
                     for c in clients:
                         # Acknowledged before the kill: still there. Released: gone.
                         assert c.held <= ids, c.held - ids
@@ -156,7 +162,7 @@ def test_kill_9_of_the_arbiter_loses_nothing_acknowledged(tmp_path: Path) -> Non
                     for c in clients:
                         c.lock.release()
                 assert all(
-                    cpu.used <= cpu.slots for cpu in _retry(lambda api=api: api.inventory("hd"))
+                    cpu.used <= cpu.slots for cpu in _retry(functools.partial(api.inventory, "hd"))
                 )
         stop.set()
         for c in clients:
@@ -253,16 +259,17 @@ def test_sigterm_drains_persists_and_exits_0(tmp_path: Path) -> None:
     try:
         with grpc.insecure_channel(address) as ch, ThreadPoolExecutor(1) as pool:
             api = Api(ch)
-            health = health_pb2_grpc.HealthStub(ch)
+            health = health_check(ch)
             pending = pool.submit(api.reserve, "ht", scope="cpu", cpu=0, addr=0x6000)
             wait_until(lambda: api.inventory("ht")[0].pending, timeout=5, what="reserve in flight")
             arbiter.popen.send_signal(signal.SIGTERM)
             seen: list[int] = []
-            wait_until(
-                lambda: seen.append(_health(health)) or seen[-1] != SERVING,
-                timeout=5,
-                what="NOT_SERVING",
-            )
+
+            def stopped_serving() -> bool:
+                seen.append(_health(health))
+                return seen[-1] != SERVING
+
+            wait_until(stopped_serving, timeout=5, what="NOT_SERVING")
             assert seen[-1] == health_pb2.HealthCheckResponse.NOT_SERVING
             with pytest.raises(grpc.RpcError) as exc:
                 api.reserve("ht", scope="cpu", cpu=0, addr=0x7000)
@@ -278,9 +285,9 @@ def test_sigterm_drains_persists_and_exits_0(tmp_path: Path) -> None:
         arbiter.stop()
 
 
-def _health(stub: health_pb2_grpc.HealthStub) -> int:
+def _health(check: HealthCheck) -> int:
     try:
-        return int(stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status)
+        return int(check(health_pb2.HealthCheckRequest(), timeout=2).status)
     except grpc.RpcError:
         return -1
 

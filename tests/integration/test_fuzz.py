@@ -10,12 +10,12 @@ from __future__ import annotations
 import string
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -31,11 +31,13 @@ from hwbp.v1 import ptrace_pb2 as p
 from hwbp.v1 import session_pb2 as se
 from hwbp.v1 import simulation_pb2 as s
 from hwbp.v1 import types_pb2 as t
+from hwbp.wire.health import health_check
 from tests.integration import procs
 
 HOST = "hf"
 BATCH = 25
 EXAMPLES = 420  # x BATCH = 10,500 generated requests
+Calls = dict[str, Callable[..., object]]  # each method's stub, by name
 ALLOWED = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND,
@@ -49,7 +51,7 @@ REASONS: Counter[str] = Counter()
 
 
 @pytest.fixture(scope="module")
-def fuzz_target() -> Iterator[tuple[grpc.Channel, dict[str, Callable[..., Any]]]]:
+def fuzz_target() -> Iterator[tuple[grpc.Channel, Calls]]:
     arbiter, address = procs.start_arbiter("--paranoid", "--ack-timeout", "2")
     fleet = procs.start_fleet(address, HOST, 2)
     try:
@@ -58,7 +60,7 @@ def fuzz_target() -> Iterator[tuple[grpc.Channel, dict[str, Callable[..., Any]]]
             sess = session_pb2_grpc.SessionsStub(ch)
             ptr = ptrace_pb2_grpc.PtraceStub(ch)
             sim = simulation_pb2_grpc.SimulationStub(ch)
-            calls = {
+            calls: Calls = {
                 "Reserve": arb.Reserve,
                 "Release": arb.Release,
                 "Modify": arb.Modify,
@@ -140,8 +142,8 @@ def wild_spec(draw: st.DrawFn) -> t.BreakpointSpec:
     return t.BreakpointSpec(
         addr=draw(u64),
         len=draw(st.one_of(st.sampled_from([1, 2, 4, 8]), u32)),
-        type=draw(enum),
-        enabled=draw(st.booleans()),  # type: ignore[arg-type]
+        type=cast("t.BreakpointType.ValueType", draw(enum)),  # any value, known or not
+        enabled=draw(st.booleans()),
         kernel=draw(st.booleans()),
     )
 
@@ -255,7 +257,7 @@ def request(draw: st.DrawFn) -> tuple[str, Any]:
             cpu=draw(st.integers(0, 3) | u32),
             addr=draw(u64),
             len=draw(u32),
-            type=draw(enum),
+            type=cast("t.AccessType.ValueType", draw(enum)),  # any value, known or not
         )
     else:
         msg = s.ExitTaskRequest(request_id=rid, host=draw(names), task=draw(i64))
@@ -275,7 +277,7 @@ def _check_refusal(kind: str, err: grpc.RpcError) -> str:
 
 
 def _still_sound(ch: grpc.Channel) -> None:
-    health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    health = health_check(ch)(health_pb2.HealthCheckRequest(), timeout=5)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     inv = arbiter_pb2_grpc.ArbiterStub(ch).Inventory(a.InventoryRequest(host=HOST), timeout=5)
     for cpu in inv.cpus:
@@ -291,7 +293,7 @@ def _still_sound(ch: grpc.Channel) -> None:
 )
 @given(batch=st.lists(request(), min_size=BATCH, max_size=BATCH))
 def test_generated_requests_never_crash_hang_or_corrupt(
-    fuzz_target: tuple[grpc.Channel, dict[str, Callable[..., Any]]],
+    fuzz_target: tuple[grpc.Channel, Calls],
     batch: list[tuple[str, Any]],
 ) -> None:
     ch, calls = fuzz_target
@@ -326,11 +328,11 @@ MALFORMED = [
         "/hwbp.v1.Simulation/MemoryAccess",
     ],
 )
-def test_malformed_bytes_on_the_wire(
-    fuzz_target: tuple[grpc.Channel, dict[str, Callable[..., Any]]], method: str
-) -> None:
+def test_malformed_bytes_on_the_wire(fuzz_target: tuple[grpc.Channel, Calls], method: str) -> None:
     ch, _ = fuzz_target
-    raw = ch.unary_unary(method, request_serializer=None, response_deserializer=None)
+    raw: grpc.UnaryUnaryMultiCallable[bytes, bytes] = ch.unary_unary(
+        method, request_serializer=None, response_deserializer=None
+    )
     for payload in MALFORMED:
         SENT["malformed"] += 1
         try:
@@ -339,6 +341,23 @@ def test_malformed_bytes_on_the_wire(
             # Bytes that do not parse are INVALID_ARGUMENT naming the message type; bytes
             # that happen to parse are ordinary requests and get ordinary refusals.
             _check_refusal(method, err)
+    _still_sound(ch)
+
+
+def test_malformed_bytes_on_a_keep_alive_stream(
+    fuzz_target: tuple[grpc.Channel, Calls],
+) -> None:
+    """A ping that does not parse ends the stream with INVALID_ARGUMENT naming the message
+    type, as on unary calls (it once ended with UNKNOWN and the server's exception)."""
+    ch, _ = fuzz_target
+    raw: grpc.StreamStreamMultiCallable[bytes, bytes] = ch.stream_stream(
+        "/hwbp.v1.Sessions/KeepAlive", request_serializer=None, response_deserializer=None
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        list(raw(iter([b"\xff" * 7]), timeout=10))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+    assert _check_refusal("KeepAlive", refused.value) == "INVALID_ARGUMENT"
+    assert "KeepAlive" in (refused.value.details() or "")
     _still_sound(ch)
 
 

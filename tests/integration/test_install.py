@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from hwbp.load import procs as load_procs
 from tests.integration import procs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -74,7 +75,7 @@ if __name__ == "__main__":
 
 def run(argv: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     """A command with a user's environment: no PYTHONPATH pointing into the checkout."""
-    env = {k: v for k, v in procs.child_env().items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in load_procs.child_env().items() if k != "PYTHONPATH"}
     done = subprocess.run(
         argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )

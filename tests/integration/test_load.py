@@ -6,11 +6,18 @@ No timing thresholds here: the machine may be busy; only counts and shapes are c
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from hwbp.load.invariants import Checker
+from hwbp.load.rpc import Stubs
+from hwbp.load.stats import Stats
+from hwbp.load.workload import Client
+from hwbp.v1 import arbiter_pb2, types_pb2
+from tests.integration import procs
 from tests.integration.procs import ROOT, _env
 
 
@@ -87,3 +94,36 @@ def test_quick_bench_reports_ratios_against_a_same_run_baseline(tmp_path: Path) 
         assert isinstance(pt["ratio"], float)
     assert doc["P1"]["profile"]["top_self"]
     assert "| P1 |" in (tmp_path / "README-table.md").read_text()
+
+
+async def test_a_ptrace_round_on_a_full_cpu_is_refused_cleanly_and_flushes_nothing() -> None:
+    """Every poke of a task is refused on a host whose CPU is full, so the task never
+    gets ptrace state: a flush then would rightly answer NOT_ATTACHED, which the checker
+    counts as a violation. The round must not flush what it never got (the kill -9 chaos
+    test met this whenever its leftovers filled a CPU of the host)."""
+    arbiter, address = procs.start_arbiter()
+    fleet = procs.start_fleet(address, "full", 1)
+    stubs = Stubs(address)
+    try:
+        for i in range(4):
+            await stubs.arb.Reserve(
+                arbiter_pb2.ReserveRequest(
+                    request_id=f"fill-{i}",
+                    target=types_pb2.Target(host="full", scope=types_pb2.SCOPE_CPU, cpu=0),
+                    spec=types_pb2.BreakpointSpec(
+                        addr=0x1000 + 8 * i, len=8, type=types_pb2.BREAKPOINT_TYPE_WRITE
+                    ),
+                ),
+                timeout=10,
+            )
+        checker = Checker(stubs, "load-test")
+        stats = Stats()
+        client = Client(0, stubs, {"full": 1}, checker, stats, random.Random(7), "load-test-0")
+        for _ in range(3):
+            await client.ptrace()
+        assert stats.ops["poke"].refused["NO_FREE_SLOT"] > 0  # pokes were made, and refused
+        assert checker.violations == 0, checker.details
+    finally:
+        await stubs.close()
+        fleet.stop()
+        arbiter.stop()

@@ -23,14 +23,15 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 
 from hwbp.v1 import arbiter_pb2 as a
 from hwbp.v1 import simulation_pb2 as s
 from hwbp.v1 import types_pb2 as t
+from hwbp.wire.health import health_check
 from tests.integration import procs
 from tests.integration.stubs import Api, wait_until
 
@@ -149,15 +150,20 @@ def refused(call: Any) -> Rich:
 
 
 def test_health_reports_serving_and_reflection_lists_every_service(chan: grpc.Channel) -> None:
-    health = health_pb2_grpc.HealthStub(chan)
+    health = health_check(chan)
     for service in ("", "hwbp.v1.Arbiter", "hwbp.v1.AgentLink"):
-        reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        reply = health(health_pb2.HealthCheckRequest(service=service), timeout=5)
         assert reply.status == SERVING, service
-    refl = reflection_pb2_grpc.ServerReflectionStub(chan)
+    # The reflection stubs package leaves ServerReflectionStub's method untyped.
+    info: grpc.StreamStreamMultiCallable[
+        reflection_pb2.ServerReflectionRequest, reflection_pb2.ServerReflectionResponse
+    ] = chan.stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
     replies = list(
-        refl.ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
-        )
+        info(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
     )
     names = {svc.name for svc in replies[0].list_services_response.service}
     assert names >= {
@@ -181,7 +187,7 @@ def test_sigterm_drains_the_change_in_flight_while_health_says_not_serving() -> 
     slow = procs.start_agent(address, "hdrain", 0, "--cpus", "1", "--ack-delay", "1.5")
     try:
         with grpc.insecure_channel(address) as ch:
-            api, health = Api(ch), health_pb2_grpc.HealthStub(ch)
+            api, health = Api(ch), health_check(ch)
             outcome: dict[str, Any] = {}
 
             def in_flight() -> None:
@@ -201,9 +207,7 @@ def test_sigterm_drains_the_change_in_flight_while_health_says_not_serving() -> 
             )
             os.kill(proc.pid, signal.SIGTERM)
             wait_until(
-                lambda: (
-                    health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == NOT_SERVING
-                ),
+                lambda: health(health_pb2.HealthCheckRequest(), timeout=2).status == NOT_SERVING,
                 timeout=5,
                 what="NOT_SERVING while draining",
             )
@@ -214,7 +218,7 @@ def test_sigterm_drains_the_change_in_flight_while_health_says_not_serving() -> 
             assert "ok" in outcome, outcome.get("err")
             assert proc.popen.wait(timeout=15) == 0
             with pytest.raises(grpc.RpcError) as exc:
-                health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                health(health_pb2.HealthCheckRequest(), timeout=2)
             assert exc.value.code() is grpc.StatusCode.UNAVAILABLE
     finally:
         slow.stop()

@@ -54,12 +54,12 @@ def target() -> Iterator[Target]:
 class Hits:
     """Collect HIT events from a Watch stream in the background."""
 
-    def __init__(self, api: Api, **filters: object) -> None:
+    def __init__(self, api: Api, task: int | None = None) -> None:
         self.items: list[t.Event] = []
         self.stream = api.arb.Watch(
             a.WatchRequest(
-                host=HOST, kinds=[t.EVENT_KIND_HIT], announce_subscribed=True, **filters
-            ),  # type: ignore[arg-type]
+                host=HOST, kinds=[t.EVENT_KIND_HIT], announce_subscribed=True, task=task
+            ),
             timeout=60,
         )
         # Subscribed: every hit from now on reaches this stream.

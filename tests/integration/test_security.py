@@ -12,7 +12,7 @@ import queue
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,7 +203,11 @@ def test_a_debugger_cannot_release_or_modify_anothers_reservation(env: Env) -> N
     with env.client("admin:alice") as alice, env.client("debugger:bob") as bob:
         r = alice.reserve("h1", system=True, addr=0x2000, len=8, type="w")
         try:
-            for attempt in (lambda: bob.release(r.id), lambda: bob.modify(r.id, enabled=False)):
+            tries: list[Callable[[], object]] = [
+                lambda: bob.release(r.id),
+                lambda: bob.modify(r.id, enabled=False),
+            ]
+            for attempt in tries:
                 with pytest.raises(PermissionDenied) as exc:
                     attempt()
                 assert exc.value.metadata["rule"] == "debugger may only change what it owns"
@@ -244,7 +248,7 @@ def test_a_viewer_reads_but_changes_nothing(env: Env) -> None:
         r = alice.reserve("h2", cpu=0, addr=0x5000, len=8, type="w")
         try:
             assert r.id in {x.id for x in carol.list("h2")}
-            attempts = [
+            attempts: list[Callable[[], object]] = [
                 lambda: carol.reserve("h2", task=104, addr=0x1000, len=4, type="w"),
                 lambda: carol.release(r.id),
                 lambda: carol.context_switch("h2", 0, 104),

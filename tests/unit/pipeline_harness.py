@@ -27,7 +27,7 @@ from hwbp.pipeline import (
     Fence,
     HostPipeline,
     Instruction,
-    Outcome,
+    Keys,
     Persist,
     Persisted,
     PersistFailed,
@@ -70,7 +70,7 @@ class Harness:
     ncpus: int = 3
     now: float = 0.0
     ledger: HostLedger = field(init=False)
-    keys: KeyTable[Outcome, object] = field(default_factory=KeyTable)
+    keys: Keys = field(default_factory=KeyTable)
     pipe: HostPipeline = field(init=False)
     links: dict[int, int] = field(default_factory=dict)  # cpu -> connected link id
     in_flight: dict[int, SendReload] = field(default_factory=dict)  # cpu -> unanswered
@@ -88,7 +88,7 @@ class Harness:
 
     def __post_init__(self) -> None:
         self.ledger = HostLedger(HOST, self.ncpus)
-        self.pipe = HostPipeline(self.ledger, self.keys, ack_timeout=TIMEOUT)  # type: ignore[arg-type]
+        self.pipe = HostPipeline(self.ledger, self.keys, ack_timeout=TIMEOUT)
 
     # --- feeding events ------------------------------------------------------------
 

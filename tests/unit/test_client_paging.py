@@ -32,7 +32,7 @@ class Pages:
         return self(token)
 
 
-THREE = {"": (["a", "b"], "t1"), "t1": ([], "t2"), "t2": (["c"], "")}
+THREE: dict[str, Page] = {"": (["a", "b"], "t1"), "t1": ([], "t2"), "t2": (["c"], "")}
 
 
 def test_every_page_is_fetched_with_the_previous_token() -> None:

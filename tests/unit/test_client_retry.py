@@ -42,7 +42,8 @@ class WireError(grpc.RpcError):
     def details(self) -> str:
         return "gone" if self._trailers else "connection reset"
 
-    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+    # grpc's stubs say _Metadatum objects; what a call returns are (key, value) pairs.
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:  # type: ignore[override]
         return self._trailers
 
 

@@ -229,7 +229,7 @@ def test_state_is_the_link_and_a_fenced_cpu_says_why() -> None:
     assert (top.state(live), top.state(fenced)) == ("live", "FENCED")
     text = top.frame([live, fenced])
     assert "FENCED" in text and "cpu 1: fenced: missed ack deadline" in text
-    doc = top.frame_json([fenced])[0]["cpus"][0]
+    doc = json.loads(json.dumps(top.frame_json([fenced])))[0]["cpus"][0]
     assert (doc["link"], doc["link_reason"], doc["pending"]) == (
         "fenced",
         "missed ack deadline",

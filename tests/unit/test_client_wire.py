@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
 from hwbp.client import wire
@@ -32,7 +34,8 @@ def test_targets_are_built_as_the_server_reads_them(
 
 
 def test_values_a_newer_arbiter_may_send_are_read_leniently() -> None:
-    msg = types_pb2.Reservation(id="r1", target=types_pb2.Target(host="h1", scope=99))
+    unknown = cast("types_pb2.Scope.ValueType", 99)
+    msg = types_pb2.Reservation(id="r1", target=types_pb2.Target(host="h1", scope=unknown))
     msg.spec.type = 42  # type: ignore[assignment]
     info = wire.reservation(msg)
     assert (info.scope, info.type) == (Scope.SYSTEM, BpType.EXEC)

@@ -11,6 +11,7 @@ from hwbp.gdbserver.packets import (
     Ack,
     Corrupt,
     Decoder,
+    Event,
     Interrupt,
     Packet,
     checksum,
@@ -51,7 +52,8 @@ def test_any_payloads_survive_framing_in_any_read_sizes(
     payloads: list[bytes], cuts: list[int], interleave: bool
 ) -> None:
     stream = b"".join((b"+\x03" if interleave else b"") + frame(p) for p in payloads)
-    decoder, events, i = Decoder(), [], 0
+    decoder, i = Decoder(), 0
+    events: list[Event] = []
     while i < len(stream):
         n = cuts[len(events) % len(cuts)]
         events += decoder.feed(stream[i : i + n])

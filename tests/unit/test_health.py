@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import cast
 
+import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2
 
@@ -43,7 +45,11 @@ async def _status(servicer: health.aio.HealthServicer) -> int:
 
         def set_code(self, *_: object) -> None: ...
 
-    reply = await servicer.Check(health_pb2.HealthCheckRequest(), Context())
+    context = cast(
+        "grpc.aio.ServicerContext[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]",
+        Context(),
+    )
+    reply = await servicer.Check(health_pb2.HealthCheckRequest(), context)
     return int(reply.status)
 
 

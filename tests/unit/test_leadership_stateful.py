@@ -187,7 +187,7 @@ class LeadershipMachine(RuleBasedStateMachine):
         """The common case: the oldest call is answered at once."""
         r = self.replicas[i]
         if r.calls and not r.paused:
-            self.deliver(i, _First())  # type: ignore[arg-type]
+            self.deliver(i, _First())
             while r.inbox:
                 self.receive(i)
 
@@ -257,7 +257,7 @@ class LeadershipMachine(RuleBasedStateMachine):
                     if other is not r:
                         self.round_trip(other.index)
         r.calls.append(write)
-        self.deliver(i, _Last())  # type: ignore[arg-type]
+        self.deliver(i, _Last())
 
     # --- checks ----------------------------------------------------------------------
 
@@ -286,7 +286,7 @@ class LeadershipMachine(RuleBasedStateMachine):
             for r in self.replicas:
                 while r.calls or r.inbox:
                     while r.calls:
-                        self.deliver(r.index, _First())  # type: ignore[arg-type]
+                        self.deliver(r.index, _First())
                     while r.inbox:
                         self.receive(r.index)
             if sum(r.m.serving for r in self.replicas) == 1:

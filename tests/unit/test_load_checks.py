@@ -10,7 +10,7 @@ from hwbp.load.contend import Outcome, judge
 from hwbp.load.invariants import Checker
 from hwbp.load.rpc import Failure, Stubs, all_pages
 from hwbp.load.stats import Stats, percentile
-from hwbp.v1 import arbiter_pb2, types_pb2
+from hwbp.v1 import arbiter_pb2, simulation_pb2, types_pb2
 
 
 def _checker() -> Checker:
@@ -59,14 +59,9 @@ def test_refusals_that_do_not_hold_up_are_violations() -> None:
 
 
 def test_a_hit_returned_twice_is_flagged() -> None:
-    class Hit:
-        seq, reservation_id = 7, "r1"
-
-    class Response:
-        hits = [Hit(), Hit()]
-
+    hit = types_pb2.Hit(seq=7, reservation_id="r1")
     c = _checker()
-    c.hits(Response())
+    c.hits(simulation_pb2.MemoryAccessResponse(hits=[hit, hit]))
     assert c.kinds["hit_seq"] == 1
 
 

@@ -302,10 +302,11 @@ def test_a_ledger_damaged_under_the_store_refuses_every_write(tmp_path: Path, da
             Path(f"{path}-wal").unlink()
         else:
             Path(f"{path}.lock").unlink()
-        for attempt in (
+        attempts: list[Callable[[], None]] = [
             lambda: store.commit(Batch(hosts=[HostRecord("h1", 2, 2)])),
             store.probe,
-        ):
+        ]
+        for attempt in attempts:
             with pytest.raises(LedgerWriteFailed) as exc:
                 attempt()
             assert str(path) in exc.value.message and "restarted" in exc.value.message
