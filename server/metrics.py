@@ -137,7 +137,7 @@ class FleetCollector(Collector):
         )
         timeouts = CounterMetricFamily(
             "hwbp_ack_timeouts",
-            "CPU agents that did not acknowledge a reload in time (each rolled it back)",
+            "CPU agents that did not acknowledge a reload in time (each was fenced)",
             labels=["host"],
         )
         for h in hosts:
