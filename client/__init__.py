@@ -20,6 +20,7 @@ from hwbp.client.values import (
     HitInfo,
     HolderInfo,
     ReservationInfo,
+    SessionSummary,
     SlotHolder,
     TrapInfo,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "RemoteError",
     "ReservationHandle",
     "ReservationInfo",
+    "SessionSummary",
     "RetryPolicy",
     "Session",
     "SlotHolder",
