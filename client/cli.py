@@ -240,6 +240,7 @@ def _top(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
         once=a.once,
         as_json=a.json,
         title=title,
+        keys=sys.stdin,
     )
     return ExitCode.OK
 
