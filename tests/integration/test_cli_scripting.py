@@ -46,7 +46,7 @@ def clean(addr: str) -> Iterator[None]:
 
 def hwbpctl(*args: str, user: str = USER) -> CliResult:
     """hwbpctl exactly as given (no options added), run as ``user``."""
-    env = {**procs.child_env(), "USER": user}
+    env = {**procs._env(), "USER": user}
     done = subprocess.run(
         [procs.PY, "-m", "hwbp.client", *args],
         cwd=procs.ROOT,
