@@ -241,6 +241,9 @@ def test_sessions_lists_each_open_session_with_its_lease_and_holdings(addr: str)
         assert da["ending"] is False
         only = ok(cli(addr, "sessions --owner bob --json")).json()
         assert [d["session_id"] for d in only] == [b.id]
+        paged = [x.session_id for x in client.sessions(page_size=1)]  # one per page
+        assert paged == sorted(docs) and len(paged) == len(set(paged))
+        assert [x.reservations for x in client.sessions("alice", page_size=1)] == [2]
         header, *rows = ok(cli(addr, "sessions -o wide")).out.splitlines()
         assert header.split() == [
             "SESSION", "OWNER", "TTL", "EXPIRES", "RESERVATIONS", "STATE", "HOSTS"
