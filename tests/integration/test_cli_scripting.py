@@ -204,6 +204,24 @@ def test_release_several_with_json_is_a_list_of_outcomes(addr: str) -> None:
     assert [x["id"] for x in ok(cli(addr, "ls --json")).json()] == [c]
 
 
+def test_release_several_stops_trying_once_the_arbiter_is_unreachable() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    res = hwbpctl("release", "r1", "r2", "r3", "--arbiter", closed, "--json")
+    assert res.code == 5, (res.code, res.out, res.err)
+    first, *rest = res.err.strip().splitlines()
+    assert first.startswith("hwbpctl: release r1:") and "not tried" not in first
+    assert [line.split(":")[1] for line in rest] == [" release r2", " release r3"]
+    assert all("not tried" in line for line in rest)
+    docs = res.json()
+    assert [(d["id"], d["released"], d["error"]["code"]) for d in docs] == [
+        ("r1", False, 5),
+        ("r2", False, 5),
+        ("r3", False, 5),
+    ]
+
+
 # --- ls filters and sessions --------------------------------------------------------------
 
 
