@@ -20,6 +20,7 @@ from hwbp.arch import DEFAULT_FEATURES, HostFeatures
 from hwbp.client.endpoints import EndpointError, Endpoints
 from hwbp.client.endpoints import parse as parse_endpoints
 from hwbp.wire import tls
+from hwbp.wire.helpformat import DefaultsHelpFormatter
 
 log = logging.getLogger("hwbp.agent")
 
@@ -77,22 +78,30 @@ def _int(text: str) -> int:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="hwbp-agent", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="hwbp-agent", description=__doc__, formatter_class=DefaultsHelpFormatter
+    )
     p.add_argument(
         "--arbiter",
         default=os.environ.get("HWBP_ARBITER", "127.0.0.1:50051"),
         help="HOST:PORT, or the replicas of a replicated arbiter as A,B,C (the agent "
-        "follows the leader); default $HWBP_ARBITER",
+        "follows the leader); default $HWBP_ARBITER, else 127.0.0.1:50051",
     )
     p.add_argument("--host", default=os.uname().nodename, help="host name (default: this host)")
-    p.add_argument("--cpu", type=int, help="the CPU this agent serves")
+    p.add_argument("--cpu", type=int, help="the CPU this agent serves (required without --fleet)")
     p.add_argument(
         "--cpus",
         type=int,
         default=os.cpu_count() or 1,
         help="CPUs of the host (default: this machine's); with --fleet, how many to run",
     )
-    p.add_argument("--backend", choices=["sim", "perf", "auto"], default="sim")
+    p.add_argument(
+        "--backend",
+        choices=["sim", "perf", "auto"],
+        default="sim",
+        help="sim: simulated registers; perf: the CPU's own through perf_event_open; "
+        "auto: perf where the kernel allows it, else sim",
+    )
     p.add_argument("--fleet", action="store_true", help="run --cpus simulated CPU agents")
     p.add_argument(
         "--ack-delay",
@@ -130,10 +139,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_false",
         help="the agent lacks CAP_SYS_ADMIN: kernel addresses are refused (EPERM)",
     )
-    p.add_argument("--log-level", default="INFO")
-    p.add_argument("--tls-cert", help=f"certificate named agent:HOST (${tls.ENV_CERT})")
-    p.add_argument("--tls-key", help=f"its private key (${tls.ENV_KEY})")
-    p.add_argument("--tls-ca", help=f"CA that signed the arbiter's certificate (${tls.ENV_CA})")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument("--tls-cert", help=f"certificate named agent:HOST (default ${tls.ENV_CERT})")
+    p.add_argument("--tls-key", help=f"its private key (default ${tls.ENV_KEY})")
+    p.add_argument(
+        "--tls-ca", help=f"CA that signed the arbiter's certificate (default ${tls.ENV_CA})"
+    )
     args = p.parse_args(argv)
     try:
         args.tls = tls.TlsConfig.resolve(args.tls_cert, args.tls_key, args.tls_ca)

@@ -20,6 +20,7 @@ from hwbp.client.values import (
     HitInfo,
     HolderInfo,
     ReservationInfo,
+    SessionSummary,
     SlotHolder,
     TrapInfo,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "ReservationInfo",
     "RetryPolicy",
     "Session",
+    "SessionSummary",
     "SlotHolder",
     "TlsConfig",
     "Tracer",

@@ -33,7 +33,15 @@ from hwbp.client.concurrency import AsyncChannel, AsyncStream, async_attempts
 from hwbp.client.endpoints import NOT_LEADER, Endpoints
 from hwbp.client.errors import RemoteError, from_rpc_error
 from hwbp.client.retry import FAILOVER_RETRY, Deadlines, RetryPolicy
-from hwbp.client.values import AccessResult, Change, CpuInfo, EventInfo, EventKind, ReservationInfo
+from hwbp.client.values import (
+    AccessResult,
+    Change,
+    CpuInfo,
+    EventInfo,
+    EventKind,
+    ReservationInfo,
+    SessionSummary,
+)
 from hwbp.errors import HwbpError
 from hwbp.model import AccessType, BpType
 from hwbp.registers import RegisterImage
@@ -252,16 +260,22 @@ class AsyncClient:
         host: str | None = None,
         *,
         session_id: str = "",
+        owner: str = "",
         request_id: str | None = None,
         page_size: int = paging.LIST_PAGE_SIZE,
     ) -> builtins.list[ReservationInfo]:
-        """Every reservation (of ``host``, of the session), however many pages it takes
-        (``page_size`` per call; the arbiter may cap it)."""
+        """Every reservation (of ``host``, of the session, of ``owner``), however many pages
+        it takes (``page_size`` per call; the arbiter may cap it)."""
         rid = request_id or wire.new_id()
 
         async def page(token: str) -> paging.Page[ReservationInfo]:
             req = wire.list_request(
-                host, session_id=session_id, page_token=token, request_id=rid, page_size=page_size
+                host,
+                session_id=session_id,
+                owner=owner,
+                page_token=token,
+                request_id=rid,
+                page_size=page_size,
             )
             resp = await self._call(calls.LIST, req)
             return [wire.reservation(r) for r in resp.reservations], resp.next_page_token
@@ -348,6 +362,25 @@ class AsyncClient:
         req = session_pb2.OpenSessionRequest(request_id=wire.new_id(), ttl_seconds=ttl, owner=owner)
         info = await self._call(calls.OPEN_SESSION, req)
         return AsyncSession(self, info.session_id, info.ttl_seconds or ttl, info.owner or owner)
+
+    async def sessions(
+        self,
+        owner: str = "",
+        *,
+        request_id: str | None = None,
+        page_size: int = paging.LIST_PAGE_SIZE,
+    ) -> builtins.list[SessionSummary]:
+        """Every open session (of ``owner``): its lease and how much it holds."""
+        rid = request_id or wire.new_id()
+
+        async def page(token: str) -> paging.Page[SessionSummary]:
+            req = session_pb2.ListSessionsRequest(
+                request_id=rid, owner=owner, page_size=page_size, page_token=token
+            )
+            resp = await self._call(calls.LIST_SESSIONS, req)
+            return [wire.session_summary(s) for s in resp.sessions], resp.next_page_token
+
+        return await paging.collect_aio(page, key=lambda s: s.session_id)
 
     def ptrace(self, host: str, task: int) -> AsyncTracer:
         """A tracer outside any session: pokes persist until ``flush()``."""

@@ -118,6 +118,9 @@ CLOSE_SESSION: Rpc[session_pb2.CloseSessionRequest, session_pb2.CloseSessionResp
     gone=SessionNotFound,
     why="a repeat that finds the session gone means the first attempt closed it",
 )
+LIST_SESSIONS: Rpc[session_pb2.ListSessionsRequest, session_pb2.ListSessionsResponse] = Rpc(
+    "Sessions", "ListSessions", Deadline.READ, retry=True, why="a read"
+)
 ATTACH: Rpc[ptrace_pb2.AttachRequest, ptrace_pb2.AttachResponse] = Rpc(
     "Ptrace",
     "Attach",
@@ -194,6 +197,7 @@ TABLE: dict[tuple[str, str], Rpc[Message, Message]] = {
         OPEN_SESSION,
         KEEP_ALIVE,
         CLOSE_SESSION,
+        LIST_SESSIONS,
         ATTACH,
         DETACH,
         FLUSH,

@@ -8,16 +8,19 @@ wrong, a person sees one line saying what, and a script sees the code from
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any, TextIO, TypeVar
 
 from hwbp.client import cli_render as render
 from hwbp.client import cluster, top
-from hwbp.client.cli_args import parse
+from hwbp.client.cli_args import parse, wants_json
+from hwbp.client.cli_errors import error_json
 from hwbp.client.errors import ExitCode, NoFreeSlot, Unavailable, exit_code_for
 from hwbp.client.sdk import Client
 from hwbp.client.values import Change, EventKind
@@ -31,42 +34,52 @@ Handler = Callable[[Client, argparse.Namespace, TextIO], ExitCode]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    as_json = wants_json(words)  # before parsing: a usage error is JSON too when asked
     args: argparse.Namespace | None = None
     # Ctrl-C ends `watch` and `top` cleanly even when we were started with SIGINT ignored
     # (as a shell starts background jobs).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        args = parse(argv)
+        args = parse(words)
+        as_json = bool(args.json)
         tls = TlsConfig.resolve(args.tls_cert, args.tls_key, args.tls_ca)
         with Client(args.arbiter, tls=tls) as client:
             return int(_handler(args)(client, args, sys.stdout))
     except HwbpError as e:
-        message = str(e)
-        if isinstance(e, NoFreeSlot):
-            # The holders as data: each one's session, age and lease, for people; and
-            # the whole refusal as an object for a script that asked for --json.
-            message = render.no_free_slot_line(e)
-            if args is not None and args.json:
-                render.dump(render.no_free_slot_json(e), sys.stdout)
-        if isinstance(e, Unavailable) and args is not None:
-            # Name the endpoint we tried: the usual cause is pointing at the wrong one.
-            message += f" (arbiter {endpoint_or_default(args.arbiter)})"
-        return _fail(message, exit_code_for(e))
+        return _fail(_message(e, args), exit_code_for(e), e, as_json)
     except TlsConfigError as e:
-        return _fail(str(e), ExitCode.USAGE)
-    except KeyboardInterrupt:
-        return _fail("interrupted", ExitCode.UNEXPECTED)
+        return _fail(str(e), ExitCode.USAGE, e, as_json)
+    except KeyboardInterrupt as e:
+        return _fail("interrupted", ExitCode.UNEXPECTED, e, as_json)
     except BrokenPipeError:
         # The reader went away (hwbpctl ls | head): not our failure. Point stdout at
         # /dev/null so the interpreter's final flush does not complain either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return int(ExitCode.OK)
     except Exception as e:  # the last line of defence: one line, never a traceback
-        return _fail(f"unexpected error: {type(e).__name__}: {e}", ExitCode.UNEXPECTED)
+        message = f"unexpected error: {type(e).__name__}: {e}"
+        return _fail(message, ExitCode.UNEXPECTED, e, as_json)
 
 
-def _fail(message: str, code: ExitCode) -> int:
+def _message(e: HwbpError, args: argparse.Namespace | None) -> str:
+    """The line a person reads for ``e``."""
+    if isinstance(e, NoFreeSlot):
+        # The holders as data: each one's session, age and lease.
+        return render.no_free_slot_line(e)
+    if isinstance(e, Unavailable) and args is not None:
+        # Name the endpoint we tried: the usual cause is pointing at the wrong one.
+        return f"{e} (arbiter {endpoint_or_default(args.arbiter)})"
+    return str(e)
+
+
+def _fail(message: str, code: ExitCode, err: BaseException | None, as_json: bool) -> int:
+    """One line on stderr; with --json, also the error as one document on stdout."""
     first = message.strip().splitlines()[0] if message.strip() else "failed"
+    first = first.removeprefix("hwbpctl: ")
+    if as_json:
+        with contextlib.suppress(OSError):  # stdout is gone (a closed pipe): stderr says it
+            render.dump(error_json(err, code, first), sys.stdout)
     if not first.startswith("hwbpctl"):
         first = f"hwbpctl: {first}"
     print(first, file=sys.stderr)
@@ -133,16 +146,49 @@ def _reserve(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
     return _show(a, out, render.change_json(h.change), h.id)
 
 
-def _release(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
-    done = c.release(a.id, expect_owner=a.expect_owner)
+def _release_one(c: Client, rid: str, a: argparse.Namespace) -> dict[str, Any]:
+    done = c.release(rid, expect_owner=a.expect_owner)
     if done is None:
         # A retry found it gone: our first attempt released it, and its answer (where the
         # release is applied) was lost. null says "unknown", not "nowhere".
-        doc: dict[str, Any] = {"id": a.id, "applied_cpus": None, "pending_cpus": None}
+        doc: dict[str, Any] = {"id": rid, "applied_cpus": None, "pending_cpus": None}
     else:
         _warn_pending("release", done)
         doc = render.change_json(done)
-    return _show(a, out, {**doc, "released": True}, f"released {a.id}")
+    return {**doc, "released": True}
+
+
+def _release(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
+    """One id: its document, or its error as any command's. Several: each released or
+    refused on its own, said per id in order (with --json, a list of the per-id objects);
+    the exit code is the first failure's."""
+    if len(a.ids) == 1:
+        return _show(a, out, _release_one(c, a.ids[0], a), f"released {a.ids[0]}")
+    docs: list[dict[str, Any]] = []
+    failed: ExitCode | None = None
+    unreachable: HwbpError | None = None
+    for rid in a.ids:
+        if unreachable is not None:  # the rest would only wait for the same answer
+            err, message = unreachable, f"not tried: {_message(unreachable, a)}"
+        else:
+            try:
+                doc = _release_one(c, rid, a)
+            except HwbpError as e:
+                err, message = e, _message(e, a)
+                unreachable = e if isinstance(e, Unavailable) else None
+            else:
+                docs.append(doc)
+                if not a.json:
+                    out.write(f"released {rid}\n")
+                    out.flush()
+                continue
+        code = exit_code_for(err)
+        failed = failed or code
+        docs.append({"id": rid, "released": False, "error": error_json(err, code, message)})
+        print(f"hwbpctl: release {rid}: {message}", file=sys.stderr, flush=True)
+    if a.json:
+        render.dump(docs, out)
+    return failed or ExitCode.OK
 
 
 def _modify(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
@@ -168,8 +214,15 @@ def _cluster(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
 
 
 def _ls(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
-    items = c.list(a.host)
+    items = c.list(a.host, session_id=a.session or "", owner=a.owner or "")
     return _show(a, out, render.jsonable(items), render.reservations_table(items))
+
+
+def _sessions(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
+    items = c.sessions(a.owner or "")
+    now = datetime.now(UTC)
+    docs = [render.session_json(s, now) for s in items]
+    return _show(a, out, docs, render.sessions_table(items, now, wide=a.wide))
 
 
 def _cpus(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
@@ -187,6 +240,7 @@ def _top(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
         once=a.once,
         as_json=a.json,
         title=title,
+        keys=sys.stdin,
     )
     return ExitCode.OK
 
@@ -247,6 +301,7 @@ _HANDLERS: dict[str, Handler] = {
     "modify": _modify,
     "cluster": _cluster,
     "ls": _ls,
+    "sessions": _sessions,
     "cpus": _cpus,
     "top": _top,
     "watch": _watch,

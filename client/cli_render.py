@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, TextIO
 
@@ -17,6 +18,7 @@ from hwbp.client.values import (
     EventKind,
     HitInfo,
     ReservationInfo,
+    SessionSummary,
     TrapInfo,
 )
 from hwbp.registers import RegisterImage
@@ -189,6 +191,41 @@ def reservations_table(items: Sequence[ReservationInfo]) -> str:
         )
         for r in items
     )
+    return table(headers, rows)
+
+
+def session_json(s: SessionSummary, now: datetime) -> dict[str, Any]:
+    """One session for --json; ``expires_at`` is UTC, from this machine's clock."""
+    doc: dict[str, Any] = jsonable(s)
+    doc["expires_at"] = _expiry(s, now).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return doc
+
+
+def _expiry(s: SessionSummary, now: datetime) -> datetime:
+    return now + timedelta(seconds=s.lease_left)
+
+
+def sessions_table(items: Sequence[SessionSummary], now: datetime, *, wide: bool = False) -> str:
+    """Open sessions; ``wide`` adds the hosts each holds something on."""
+    if not items:
+        return "no sessions"
+    headers = ["SESSION", "OWNER", "TTL", "EXPIRES", "RESERVATIONS", "STATE"]
+    if wide:
+        headers.append("HOSTS")
+    rows = []
+    for s in items:
+        at = _expiry(s, now).strftime("%H:%M:%SZ")
+        row: list[object] = [
+            s.session_id,
+            s.owner or "-",
+            f"{s.ttl:g}s",
+            f"in {s.lease_left:.1f}s ({at})",
+            s.reservations,
+            "ending" if s.ending else "open",
+        ]
+        if wide:
+            row.append(",".join(s.hosts) or "-")
+        rows.append(row)
     return table(headers, rows)
 
 

@@ -34,7 +34,15 @@ from hwbp.client.endpoints import NOT_LEADER, Endpoints
 from hwbp.client.errors import RemoteError, from_rpc_error
 from hwbp.client.handles import ReservationHandle, Session, Tracer
 from hwbp.client.retry import FAILOVER_RETRY, Deadlines, RetryPolicy
-from hwbp.client.values import AccessResult, Change, CpuInfo, EventInfo, EventKind, ReservationInfo
+from hwbp.client.values import (
+    AccessResult,
+    Change,
+    CpuInfo,
+    EventInfo,
+    EventKind,
+    ReservationInfo,
+    SessionSummary,
+)
 from hwbp.errors import HwbpError
 from hwbp.model import AccessType, BpType
 from hwbp.registers import RegisterImage
@@ -253,16 +261,22 @@ class Client:
         host: str | None = None,
         *,
         session_id: str = "",
+        owner: str = "",
         request_id: str | None = None,
         page_size: int = paging.LIST_PAGE_SIZE,
     ) -> builtins.list[ReservationInfo]:
-        """Every reservation (of ``host``, of the session), however many pages it takes
-        (``page_size`` per call; the arbiter may cap it)."""
+        """Every reservation (of ``host``, of the session, of ``owner``), however many pages
+        it takes (``page_size`` per call; the arbiter may cap it)."""
         rid = request_id or wire.new_id()
 
         def page(token: str) -> paging.Page[ReservationInfo]:
             req = wire.list_request(
-                host, session_id=session_id, page_token=token, request_id=rid, page_size=page_size
+                host,
+                session_id=session_id,
+                owner=owner,
+                page_token=token,
+                request_id=rid,
+                page_size=page_size,
             )
             resp = self._call(calls.LIST, req)
             return [wire.reservation(r) for r in resp.reservations], resp.next_page_token
@@ -349,6 +363,25 @@ class Client:
         req = session_pb2.OpenSessionRequest(request_id=wire.new_id(), ttl_seconds=ttl, owner=owner)
         info = self._call(calls.OPEN_SESSION, req)
         return Session(self, info.session_id, info.ttl_seconds or ttl, info.owner or owner)
+
+    def sessions(
+        self,
+        owner: str = "",
+        *,
+        request_id: str | None = None,
+        page_size: int = paging.LIST_PAGE_SIZE,
+    ) -> builtins.list[SessionSummary]:
+        """Every open session (of ``owner``): its lease and how much it holds."""
+        rid = request_id or wire.new_id()
+
+        def page(token: str) -> paging.Page[SessionSummary]:
+            req = session_pb2.ListSessionsRequest(
+                request_id=rid, owner=owner, page_size=page_size, page_token=token
+            )
+            resp = self._call(calls.LIST_SESSIONS, req)
+            return [wire.session_summary(s) for s in resp.sessions], resp.next_page_token
+
+        return paging.collect(page, key=lambda s: s.session_id)
 
     def ptrace(self, host: str, task: int) -> Tracer:
         """A tracer outside any session: pokes persist until ``flush()``."""

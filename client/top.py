@@ -1,4 +1,4 @@
-"""``hwbpctl top``: hosts x CPUs x DR0-DR3 on one screen, refreshed until Ctrl-C.
+"""``hwbpctl top``: hosts x CPUs x DR0-DR3 on one screen, refreshed until q or Ctrl-C.
 
 When two tools fight over a CPU's debug registers an admin needs, at a glance, which
 reservation sits in which register, whether the agent has caught up with the arbiter
@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from itertools import groupby
 from typing import TextIO
 
+from hwbp.client import terminal
 from hwbp.client.cli_render import dump, hx, table
 from hwbp.client.errors import Unavailable
 from hwbp.client.values import CpuInfo, HolderInfo
@@ -115,15 +116,69 @@ def _summary(host: str, cpus: Sequence[CpuInfo]) -> str:
     return f"{host}: {len(cpus)} {noun}, {online} online, {mismatched} mismatched, max lag {worst}"
 
 
-def frame(cpus: Iterable[CpuInfo]) -> str:
-    """One screen: per host a summary line, a CPU table, then any per-CPU detail notes."""
+def frame(cpus: Iterable[CpuInfo], width: int | None = None) -> str:
+    """One screen: per host a summary line, a CPU table, then any per-CPU detail notes.
+
+    ``width``: the terminal's columns. A line never wraps: the least telling columns go
+    first (``DROP_FIRST``), then holder cells are elided, then lines are cut.
+    """
     blocks = []
     for host, group in by_host(cpus):
-        lines = [_summary(host, group), table(HEADERS, (_row(c) for c in group))]
+        headers, rows = fit(HEADERS, [_row(c) for c in group], width)
+        lines = [_summary(host, group), table(headers, rows)]
         lines += [f"  cpu {c.cpu}: {c.detail}" for c in group if c.detail]
         lines += [f"  cpu {c.cpu}: {c.link}: {c.link_reason}" for c in group if c.link_reason]
         blocks.append("\n".join(lines))
-    return "\n\n".join(blocks) if blocks else "no CPUs"
+    text = "\n\n".join(blocks) if blocks else "no CPUs"
+    return text if width is None else cut(text, width)
+
+
+# Dropped in this order when a table is wider than the terminal; CPU, STATE, USED and
+# DR0-DR3 (who holds what) stay.
+DROP_FIRST = ("BACKEND", "ACKED", "GEN", "DR7", "TASK", "LAG", "MISMATCH")
+MIN_CELL = 6  # a holder cell is never elided below this: "r12(~" still names the id
+ELIDED = "~"
+
+
+def elide(text: str, most: int) -> str:
+    """``text`` in at most ``most`` characters, marking what was cut."""
+    return text if len(text) <= most else text[: max(0, most - 1)] + ELIDED
+
+
+def cut(text: str, width: int) -> str:
+    """Every line of ``text`` in at most ``width`` characters."""
+    return "\n".join(elide(line, width) for line in text.split("\n"))
+
+
+def _table_width(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> int:
+    return max(len(line) for line in table(headers, rows).split("\n"))
+
+
+def fit(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], width: int | None
+) -> tuple[list[str], list[list[object]]]:
+    """The columns and cells of a table that fits in ``width`` (all of them if None)."""
+    keep = list(range(len(headers)))
+    cells = [list(r) for r in rows]
+
+    def select(cols: list[int]) -> tuple[list[str], list[list[object]]]:
+        return [headers[i] for i in cols], [[r[i] for i in cols] for r in cells]
+
+    if width is None:
+        return select(keep)
+    for name in DROP_FIRST:
+        if _table_width(*select(keep)) <= width:
+            break
+        keep.remove(headers.index(name))
+    registers = [i for i, h in enumerate(headers) if h.startswith("DR") and h != "DR7"]
+    longest = max((len(str(r[i])) for r in cells for i in registers), default=0)
+    most = longest
+    while most > MIN_CELL and _table_width(*select(keep)) > width:
+        most -= 1
+        for r in cells:
+            for i in registers:
+                r[i] = elide(str(r[i]), most)
+    return select(keep)
 
 
 def _register_json(
@@ -177,41 +232,63 @@ def run(
     as_json: bool,
     title: str = "hwbpctl top",
     sleep: Callable[[float], None] = time.sleep,
+    keys: TextIO | None = None,
 ) -> None:
-    """Draw frames until Ctrl-C (which is how one leaves top, so it ends quietly).
+    """Draw frames until ``q`` is typed on ``keys`` (a terminal) or Ctrl-C, which are how
+    one leaves top, so it ends quietly.
 
-    Only a terminal gets the clear-screen redraw; a pipe or file gets frames one after
-    another (blank-line separated, or one JSON document per line) so nothing is garbled.
+    Only a terminal gets the clear-screen redraw, cut to its width; a pipe or file gets
+    frames one after another (blank-line separated, or one JSON document per line),
+    whole, so nothing is garbled or lost.
     """
     redraw = not once and out.isatty()
-    drawn = False
     try:
-        while True:
-            try:
-                cpus = fetch()
-            except Unavailable as err:
-                if not (redraw and drawn):
-                    raise  # nothing to keep showing: say so once and exit 5
-                # The view an admin keeps open: survive an arbiter restart.
-                out.write(f"{CLEAR}{title}  arbiter unreachable ({err}); retrying\n")
-                out.flush()
-                sleep(interval)
-                continue
-            drawn = True
-            if as_json:
-                dump(frame_json(cpus), out)
-            elif redraw:
-                stamp = time.strftime("%H:%M:%S")
-                head = f"{title}  every {interval:g}s  {stamp}  (Ctrl-C to quit)"
-                out.write(f"{CLEAR}{head}\n\n{frame(cpus)}\n")
-                out.flush()
-            else:
-                out.write(frame(cpus) + ("\n" if once else "\n\n"))
-                out.flush()
-            if once:
-                return
-            sleep(interval)
+        with terminal.keys(keys if redraw else None, sleep) as wait:
+            _loop(fetch, out, interval, once, as_json, title, redraw, wait)
     except KeyboardInterrupt:
-        if redraw:
-            out.write("\n")  # leave the shell prompt below the last frame, not inside it
+        pass
+    if redraw:
+        out.write("\n")  # leave the shell prompt below the last frame, not inside it
+        out.flush()
+
+
+def _loop(
+    fetch: Callable[[], Sequence[CpuInfo]],
+    out: TextIO,
+    interval: float,
+    once: bool,
+    as_json: bool,
+    title: str,
+    redraw: bool,
+    wait: terminal.Wait,
+) -> None:
+    drawn = False
+    while True:
+        width = None if as_json else terminal.width(out)
+        try:
+            cpus = fetch()
+        except Unavailable as err:
+            if not (redraw and drawn):
+                raise  # nothing to keep showing: say so once and exit 5
+            # The view an admin keeps open: survive an arbiter restart.
+            line = f"{title}  arbiter unreachable ({err}); retrying"
+            out.write(f"{CLEAR}{line if width is None else cut(line, width)}\n")
             out.flush()
+            if wait(interval):
+                return
+            continue
+        drawn = True
+        if as_json:
+            dump(frame_json(cpus), out)
+        elif redraw:
+            stamp = time.strftime("%H:%M:%S")
+            head = f"{title}  every {interval:g}s  {stamp}  (q or Ctrl-C to quit)"
+            if width is not None:
+                head = cut(head, width)
+            out.write(f"{CLEAR}{head}\n\n{frame(cpus, width)}\n")
+            out.flush()
+        else:
+            out.write(frame(cpus, width) + ("\n" if once else "\n\n"))
+            out.flush()
+        if once or wait(interval):
+            return

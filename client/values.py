@@ -25,6 +25,7 @@ __all__ = [
     "ReservationFields",
     "ReservationInfo",
     "Scope",
+    "SessionSummary",
     "SlotHolder",
     "TrapInfo",
 ]
@@ -68,6 +69,19 @@ class ReservationInfo:
     session_id: str  # "" when it persists until released
     kernel: bool = False
     ptrace_index: int | None = None  # 0..3 when made through the ptrace facade
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """One open session: its owner, its lease, and how much it holds."""
+
+    session_id: str
+    owner: str
+    ttl: float  # seconds: the lease each keep-alive renews
+    lease_left: float  # seconds until it expires unless renewed
+    reservations: int  # committed reservations it holds, on every host
+    ending: bool  # expired or closing: what it holds is being released
+    hosts: tuple[str, ...]  # the hosts it holds something on
 
 
 @dataclass(frozen=True, slots=True)

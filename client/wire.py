@@ -24,13 +24,21 @@ from hwbp.client.values import (
     HitInfo,
     HolderInfo,
     ReservationInfo,
+    SessionSummary,
     SlotHolder,
     TrapInfo,
 )
 from hwbp.errors import InvalidArgument, InvalidLength, InvalidType
 from hwbp.model import AccessType, BpType, Scope, Target
 from hwbp.registers import RegisterImage
-from hwbp.v1 import arbiter_pb2, errors_pb2, ptrace_pb2, simulation_pb2, types_pb2
+from hwbp.v1 import (
+    arbiter_pb2,
+    errors_pb2,
+    ptrace_pb2,
+    session_pb2,
+    simulation_pb2,
+    types_pb2,
+)
 from hwbp.wire import convert
 
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
@@ -181,6 +189,7 @@ def list_request(
     host: str | None,
     *,
     session_id: str = "",
+    owner: str = "",
     page_token: str = "",
     request_id: str | None = None,
     page_size: int = LIST_PAGE_SIZE,
@@ -189,6 +198,7 @@ def list_request(
         request_id=request_id or new_id(),
         host=host or "",
         session_id=session_id,
+        owner=owner,
         page_size=page_size,
         page_token=page_token,
     )
@@ -278,6 +288,18 @@ def change(
         reservation=reservation(msg.reservation),
         applied_cpus=tuple(msg.applied_cpus),
         pending_cpus=tuple(msg.pending_cpus),
+    )
+
+
+def session_summary(msg: session_pb2.SessionSummary) -> SessionSummary:
+    return SessionSummary(
+        msg.session_id,
+        msg.owner,
+        msg.ttl_seconds,
+        msg.remaining_seconds,
+        msg.reservations,
+        msg.ending,
+        tuple(msg.hosts),
     )
 
 

@@ -46,6 +46,7 @@ from hwbp.v1 import (
     simulation_pb2,
     simulation_pb2_grpc,
 )
+from hwbp.wire.helpformat import DefaultsHelpFormatter
 from hwbp.wire.tls import TlsConfig, TlsConfigError, server_credentials
 
 log = logging.getLogger("hwbp.server")
@@ -78,7 +79,9 @@ SERVER_OPTIONS = [
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="hwbp-arbiter", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="hwbp-arbiter", description=__doc__, formatter_class=DefaultsHelpFormatter
+    )
     p.add_argument(
         "--listen",
         default="127.0.0.1:50051",
@@ -111,8 +114,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="check every ledger invariant after each committed change (drills, fuzzing)",
     )
-    p.add_argument("--log-level", default="INFO")
-    p.add_argument("--log-format", choices=["text", "json"], default="text")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="one line per record"
+    )
     p.add_argument(
         "--metrics-listen",
         metavar="HOST:PORT",

@@ -189,6 +189,8 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
                     continue
                 if request.session_id and r.session != request.session_id:
                     continue
+                if request.owner and r.owner != request.owner:
+                    continue
                 if len(out) == size:
                     last = out[-1]
                     return ListResponse(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from grpc.aio import ServicerContext
 
 from hwbp.errors import HwbpError, InvalidArgument, SessionNotFound
+from hwbp.server import paging
 from hwbp.server.authz import Action, Peer, Target
 from hwbp.server.errors import Malformed, abort, rpc, well_formed
 from hwbp.server.fleet import Fleet
@@ -32,8 +33,11 @@ from hwbp.v1.session_pb2 import (
     CloseSessionResponse,
     KeepAliveRequest,
     KeepAliveResponse,
+    ListSessionsRequest,
+    ListSessionsResponse,
     OpenSessionRequest,
     SessionInfo,
+    SessionSummary,
 )
 from hwbp.wire import convert
 
@@ -41,6 +45,7 @@ log = logging.getLogger("hwbp.server")
 MIN_TTL, MAX_TTL = 0.5, 3600.0
 REAP_EVERY = 0.1  # seconds; expiry frees slots within TTL + this
 RETRY_END = 1.0  # seconds before a session whose end failed is tried again
+SESSIONS_PAGE, SESSIONS_PAGE_MAX = 1000, 10_000
 
 
 @dataclass
@@ -94,6 +99,37 @@ class SessionTable:
 
     def remove(self, sid: str) -> None:
         self.sessions.pop(sid, None)
+
+
+def summaries(
+    fleet: Fleet, table: SessionTable, owner: str = "", after: str = ""
+) -> list[SessionSummary]:
+    """The open sessions after id ``after`` in id order (of ``owner`` if given), each with
+    its lease and what it holds, counted from the committed ledger of every host."""
+    held: dict[str, int] = {}
+    hosts: dict[str, set[str]] = {}
+    for host in fleet.hosts.values():
+        for res in host.committed():
+            if res.session:
+                held[res.session] = held.get(res.session, 0) + 1
+                hosts.setdefault(res.session, set()).add(host.name)
+        for att in host.attachments.values():
+            if att.session:
+                hosts.setdefault(att.session, set()).add(host.name)
+    now = table.clock()
+    return [
+        SessionSummary(
+            session_id=s.id,
+            owner=s.owner,
+            ttl_seconds=s.ttl,
+            remaining_seconds=max(0.0, s.expires_at - now),
+            reservations=held.get(s.id, 0),
+            ending=s.ending,
+            hosts=sorted(hosts.get(s.id, ())),
+        )
+        for s in sorted(table.sessions.values(), key=lambda s: s.id)
+        if s.id > after and (not owner or s.owner == owner)
+    ]
 
 
 async def end_session(fleet: Fleet, table: SessionTable, sid: str, reason: str) -> int:
@@ -228,3 +264,22 @@ class SessionsServicer(session_pb2_grpc.SessionsServicer):
         self._guard(context, request, Action.SESSION_CLOSE)
         released = await end_session(self.fleet, self.table, request.session_id, "closed")
         return CloseSessionResponse(released=released)
+
+    @rpc
+    async def ListSessions(
+        self,
+        request: ListSessionsRequest,
+        context: ServicerContext[ListSessionsRequest, ListSessionsResponse],
+    ) -> ListSessionsResponse:
+        """Open sessions in pages, in id order (ids are random, so the order is stable
+        across pages and says nothing else)."""
+        self.fleet.authz.check(context, request.request_id, Action.READ, Target())
+        size = paging.page_size(request.page_size, SESSIONS_PAGE, SESSIONS_PAGE_MAX)
+        after = paging.decode(request.page_token)
+        found = summaries(self.fleet, self.table, request.owner, after[1] if after else "")
+        if len(found) <= size:
+            return ListSessionsResponse(sessions=found)
+        page = found[:size]
+        return ListSessionsResponse(
+            sessions=page, next_page_token=paging.encode("", page[-1].session_id)
+        )

@@ -68,6 +68,7 @@ def fuzz_target() -> Iterator[tuple[grpc.Channel, Calls]]:
                 "Inventory": arb.Inventory,
                 "OpenSession": sess.OpenSession,
                 "CloseSession": sess.CloseSession,
+                "ListSessions": sess.ListSessions,
                 "Attach": ptr.Attach,
                 "Detach": ptr.Detach,
                 "PokeUser": ptr.PokeUser,
@@ -184,6 +185,7 @@ def request(draw: st.DrawFn) -> tuple[str, Any]:
                 "Inventory",
                 "OpenSession",
                 "CloseSession",
+                "ListSessions",
                 "Attach",
                 "Detach",
                 "PokeUser",
@@ -222,6 +224,15 @@ def request(draw: st.DrawFn) -> tuple[str, Any]:
     elif kind in ("List", "Inventory"):
         msg = (a.ListRequest if kind == "List" else a.InventoryRequest)(
             request_id=rid, host=draw(names)
+        )
+        if kind == "List":
+            msg.owner = draw(st.just("") | names)
+    elif kind == "ListSessions":
+        msg = se.ListSessionsRequest(
+            request_id=rid,
+            owner=draw(st.just("") | names),
+            page_size=draw(st.integers(0, 3) | u32),
+            page_token=draw(st.just("") | names),
         )
     elif kind == "OpenSession":
         msg = se.OpenSessionRequest(

@@ -199,6 +199,16 @@ def test_the_owner_is_the_certificate_not_the_request(env: Env) -> None:
         bob.release(r.id)
 
 
+def test_the_cli_default_owner_yields_to_the_certificate(env: Env) -> None:
+    """hwbpctl sends $USER@hostname when --owner is not given; the certificate still wins."""
+    flags = [*env.flags("debugger:bob"), "reserve", "--host", "h1", "--task", "102"]
+    res = procs.cli(env.address, *flags, "--addr", "0x1000", "--len", "4", "--type", "w")
+    assert res.code == 0, res.err
+    r = res.json()
+    assert r["owner"] == "debugger:bob"
+    assert procs.cli(env.address, *env.flags("debugger:bob"), "release", r["id"]).code == 0
+
+
 def test_a_debugger_cannot_release_or_modify_anothers_reservation(env: Env) -> None:
     with env.client("admin:alice") as alice, env.client("debugger:bob") as bob:
         r = alice.reserve("h1", system=True, addr=0x2000, len=8, type="w")

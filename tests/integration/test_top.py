@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pty
 import re
 import select
 import signal
 import socket
+import struct
 import subprocess
+import termios
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -141,6 +144,42 @@ def test_live_on_a_terminal_redraws_until_ctrl_c(addr: str, rid: str) -> None:
     assert len(frames) >= 2, seen[-2000:]  # it redrew, not just printed once
     assert all(b"h1: 2 CPUs" in f and b"h2: 1 CPU," in f for f in frames[:-1])
     assert any(f"{rid}(ann,cpu)".encode() in f for f in frames)
+
+
+def test_q_quits_and_every_line_fits_a_narrow_terminal(addr: str, rid: str) -> None:
+    master, slave = pty.openpty()
+    columns = 52
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    try:
+        top = subprocess.Popen(
+            [procs.PY, "-m", "hwbp.client", "top", "--interval", "0.3", "--arbiter", addr],
+            cwd=procs.ROOT,
+            env=procs._env(),
+            stdin=slave,
+            stdout=slave,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.close(slave)
+    seen = b""
+    try:
+        seen = read_until(master, seen, lambda s: s.count(b"\x1b[H\x1b[2J") >= 2, 20.0)
+        os.write(master, b"q")
+        seen = read_until(master, seen, lambda s: False, 10.0)  # to EOF
+        _, err = top.communicate(timeout=10)
+    finally:
+        if top.poll() is None:
+            top.kill()
+            top.wait()
+        os.close(master)
+    assert (top.returncode, err) == (0, "")
+    frames = seen.split(b"\x1b[H\x1b[2J")[1:]
+    assert len(frames) >= 2, seen[-2000:]
+    for f in frames:
+        lines = f.decode().replace("\r\n", "\n").split("\n")
+        assert all(len(line) <= columns for line in lines), f.decode()
+    assert any(f"{rid}(".encode() in f for f in frames)  # the holder still named
 
 
 def read_until(fd: int, seen: bytes, done: Any, seconds: float) -> bytes:

@@ -235,3 +235,72 @@ def test_state_is_the_link_and_a_fenced_cpu_says_why() -> None:
         "missed ack deadline",
         False,
     )
+
+
+# --- the terminal's width and the q key -----------------------------------------------------
+
+LONG = HolderInfo("r12", "someone@a-rather-long-host-name.example.com", Scope.TASK_CPU, 1, 4242)
+
+
+def crowded() -> list[CpuInfo]:
+    slots: Slots = ("r12", "r7", "r9", "r12")
+    return [
+        *sample(),
+        cpu(n=2, reported=image((1, 2, 3, 4), 0xFF, slots), holders=(LONG, ANN, BOB)),
+    ]
+
+
+@pytest.mark.parametrize("width", [40, 60, 80, 100, 132])
+def test_a_frame_never_wraps_at_the_terminal_width(width: int) -> None:
+    text = top.frame(crowded(), width)
+    assert all(len(line) <= width for line in text.splitlines()), text
+    assert "h1: 3 CPUs"[: width - 1] in text
+
+
+def test_columns_go_least_telling_first_and_holders_keep_their_id() -> None:
+    full = top.frame(crowded())
+    widest = max(len(line) for line in full.splitlines())
+    assert top.frame(crowded(), widest) == full  # it fits: nothing changes
+    header = next(line for line in top.frame(crowded(), 100).splitlines() if line.startswith("CPU"))
+    assert "BACKEND" not in header and {"CPU", "STATE", "USED", "DR0", "DR3"} <= set(header.split())
+    narrow = top.frame(crowded(), 60)
+    row = next(line for line in narrow.splitlines() if line.startswith("2 "))
+    assert "r12(" in row and top.ELIDED in row  # elided, but still names the reservation
+
+
+def test_elide_marks_the_cut() -> None:
+    assert top.elide("abcdef", 6) == "abcdef"
+    assert top.elide("abcdefg", 6) == "abcde" + top.ELIDED
+
+
+def test_q_on_the_terminal_quits_and_another_key_redraws_now() -> None:
+    import os
+    import pty
+    import termios
+
+    master, slave = pty.openpty()
+    fetched = 0
+
+    def fetch() -> list[CpuInfo]:
+        nonlocal fetched
+        fetched += 1
+        if fetched == 2:
+            os.write(master, b"q")
+        return sample()
+
+    try:
+        with os.fdopen(slave, "r", closefd=False) as keys:
+            before = termios.tcgetattr(slave)
+            os.write(master, b"x")  # any other key: refresh now instead of in 30 s
+            out = Tty()
+            naps: list[float] = []
+            top.run(
+                fetch, out, interval=30, once=False, as_json=False, sleep=naps.append, keys=keys
+            )
+            assert termios.tcgetattr(slave) == before  # the terminal is as it was
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert (fetched, naps) == (2, [])  # two frames, and no 30 s wait: the keys ended both
+    assert out.getvalue().count(top.CLEAR) == 2
+    assert "q or Ctrl-C to quit" in out.getvalue()

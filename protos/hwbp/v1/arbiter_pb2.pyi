@@ -256,6 +256,7 @@ class ListRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     host: _builtins.str
     """empty: every host"""
@@ -265,6 +266,8 @@ class ListRequest(_message.Message):
     """0: the default page (1000); at most 10000"""
     page_token: _builtins.str
     """from the previous page's next_page_token"""
+    owner: _builtins.str
+    """non-empty: only the reservations this owner holds"""
     def __init__(
         self,
         *,
@@ -273,10 +276,11 @@ class ListRequest(_message.Message):
         session_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "page_size", b"page_size", "page_token", b"page_token", "request_id", b"request_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "owner", b"owner", "page_size", b"page_size", "page_token", b"page_token", "request_id", b"request_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

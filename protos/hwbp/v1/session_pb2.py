@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hwbp/v1/session.proto\x12\x07hwbp.v1\"L\n\x12OpenSessionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x01\x12\r\n\x05owner\x18\x03 \x01(\t\"E\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x01\x12\r\n\x05owner\x18\x03 \x01(\t\":\n\x10KeepAliveRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"B\n\x11KeepAliveResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x19\n\x11remaining_seconds\x18\x02 \x01(\x01\"=\n\x13\x43loseSessionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"(\n\x14\x43loseSessionResponse\x12\x10\n\x08released\x18\x01 \x01(\r2\xe1\x01\n\x08Sessions\x12@\n\x0bOpenSession\x12\x1b.hwbp.v1.OpenSessionRequest\x1a\x14.hwbp.v1.SessionInfo\x12\x46\n\tKeepAlive\x12\x19.hwbp.v1.KeepAliveRequest\x1a\x1a.hwbp.v1.KeepAliveResponse(\x01\x30\x01\x12K\n\x0c\x43loseSession\x12\x1c.hwbp.v1.CloseSessionRequest\x1a\x1d.hwbp.v1.CloseSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hwbp/v1/session.proto\x12\x07hwbp.v1\"L\n\x12OpenSessionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x01\x12\r\n\x05owner\x18\x03 \x01(\t\"E\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x01\x12\r\n\x05owner\x18\x03 \x01(\t\":\n\x10KeepAliveRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"B\n\x11KeepAliveResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x19\n\x11remaining_seconds\x18\x02 \x01(\x01\"=\n\x13\x43loseSessionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"(\n\x14\x43loseSessionResponse\x12\x10\n\x08released\x18\x01 \x01(\r\"_\n\x13ListSessionsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x98\x01\n\x0eSessionSummary\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x01\x12\x19\n\x11remaining_seconds\x18\x04 \x01(\x01\x12\x14\n\x0creservations\x18\x05 \x01(\r\x12\x0e\n\x06\x65nding\x18\x06 \x01(\x08\x12\r\n\x05hosts\x18\x07 \x03(\t\"Z\n\x14ListSessionsResponse\x12)\n\x08sessions\x18\x01 \x03(\x0b\x32\x17.hwbp.v1.SessionSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xae\x02\n\x08Sessions\x12@\n\x0bOpenSession\x12\x1b.hwbp.v1.OpenSessionRequest\x1a\x14.hwbp.v1.SessionInfo\x12\x46\n\tKeepAlive\x12\x19.hwbp.v1.KeepAliveRequest\x1a\x1a.hwbp.v1.KeepAliveResponse(\x01\x30\x01\x12K\n\x0c\x43loseSession\x12\x1c.hwbp.v1.CloseSessionRequest\x1a\x1d.hwbp.v1.CloseSessionResponse\x12K\n\x0cListSessions\x12\x1c.hwbp.v1.ListSessionsRequest\x1a\x1d.hwbp.v1.ListSessionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,6 +43,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLOSESESSIONREQUEST']._serialized_end=372
   _globals['_CLOSESESSIONRESPONSE']._serialized_start=374
   _globals['_CLOSESESSIONRESPONSE']._serialized_end=414
-  _globals['_SESSIONS']._serialized_start=417
-  _globals['_SESSIONS']._serialized_end=642
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=416
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=511
+  _globals['_SESSIONSUMMARY']._serialized_start=514
+  _globals['_SESSIONSUMMARY']._serialized_end=666
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=668
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=758
+  _globals['_SESSIONS']._serialized_start=761
+  _globals['_SESSIONS']._serialized_end=1063
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,11 @@ class SessionsStub:
                 request_serializer=hwbp_dot_v1_dot_session__pb2.CloseSessionRequest.SerializeToString,
                 response_deserializer=hwbp_dot_v1_dot_session__pb2.CloseSessionResponse.FromString,
                 _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/hwbp.v1.Sessions/ListSessions',
+                request_serializer=hwbp_dot_v1_dot_session__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=hwbp_dot_v1_dot_session__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
 
 
 class SessionsServicer:
@@ -74,6 +79,13 @@ class SessionsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSessions(self, request, context):
+        """The open sessions in id order: owner, lease, and how much each holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -91,6 +103,11 @@ def add_SessionsServicer_to_server(servicer, server):
                     servicer.CloseSession,
                     request_deserializer=hwbp_dot_v1_dot_session__pb2.CloseSessionRequest.FromString,
                     response_serializer=hwbp_dot_v1_dot_session__pb2.CloseSessionResponse.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=hwbp_dot_v1_dot_session__pb2.ListSessionsRequest.FromString,
+                    response_serializer=hwbp_dot_v1_dot_session__pb2.ListSessionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -174,6 +191,33 @@ class Sessions:
             '/hwbp.v1.Sessions/CloseSession',
             hwbp_dot_v1_dot_session__pb2.CloseSessionRequest.SerializeToString,
             hwbp_dot_v1_dot_session__pb2.CloseSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hwbp.v1.Sessions/ListSessions',
+            hwbp_dot_v1_dot_session__pb2.ListSessionsRequest.SerializeToString,
+            hwbp_dot_v1_dot_session__pb2.ListSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
