@@ -46,6 +46,7 @@ from hwbp.v1 import (
     simulation_pb2,
     simulation_pb2_grpc,
 )
+from hwbp.wire import config
 from hwbp.wire.tls import TlsConfig, TlsConfigError, server_credentials
 
 log = logging.getLogger("hwbp.server")
@@ -79,6 +80,7 @@ SERVER_OPTIONS = [
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="hwbp-arbiter", description=__doc__)
+    config.add_argument(p)
     p.add_argument(
         "--listen",
         default="127.0.0.1:50051",
@@ -125,6 +127,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sec.add_argument("--policy", metavar="TOML", help="identities and roles (needs TLS)")
     sec.add_argument("--audit-log", metavar="PATH", help="append every decision as a JSON line")
     ha.add_arguments(p)
+    config.apply(p, argv)  # the file's keys become defaults: flags still win
     return p.parse_args(argv)
 
 
