@@ -29,6 +29,7 @@ from hwbp.server.logs import setup as setup_logging
 from hwbp.server.metrics import Metrics
 from hwbp.server.persist import Persistence
 from hwbp.server.ptrace_service import PtraceServicer
+from hwbp.server.reload import reload_policy
 from hwbp.server.reservations import ArbiterServicer
 from hwbp.server.sessions import SessionsServicer, SessionTable, reaper
 from hwbp.server.simulation import SimulationServicer
@@ -248,6 +249,10 @@ async def serve(
     if replication is not None:  # the services serve on the leader only
         await replication.start(address, persistence, status, metrics)
     await status.apply()
+    # Before the address is printed: whoever waits for it may send a SIGHUP at once.
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGHUP, reload_policy, fleet.authz, args.policy
+    )
     print(f"hwbp-arbiter listening on {address}", flush=True)
 
     stop = asyncio.Event()
