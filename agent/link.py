@@ -184,8 +184,9 @@ class AgentLink:
     def _before_retry(self, state: RetryCallState) -> None:
         """A failed attempt: one line when the link's state changes, DEBUG while it stays.
 
-        An arbiter that is away for an hour costs three lines (unreachable, then
-        connected), not one per attempt: the attempts themselves are DEBUG lines.
+        An arbiter that is away for an hour costs a few lines (the stream lost, the
+        arbiter unreachable, connected again), not one per attempt: the attempts
+        themselves are DEBUG lines.
         """
         exc = state.outcome.exception() if state.outcome is not None else None
         if exc is None:
@@ -207,7 +208,9 @@ class AgentLink:
             )
         elif kind is Failure.BROKEN:
             self._report(
-                "lost", logging.INFO, f"{where}: lost the arbiter ({describe(exc)}); {then}"
+                "lost",
+                logging.INFO,
+                f"{where}: lost the arbiter ({describe(exc)}); reconnecting, {then}",
             )
         elif kind is Failure.REFUSED:
             info = error_info(exc)
