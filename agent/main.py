@@ -19,7 +19,7 @@ from hwbp.agent.supervise import run_all
 from hwbp.arch import DEFAULT_FEATURES, HostFeatures
 from hwbp.client.endpoints import EndpointError, Endpoints
 from hwbp.client.endpoints import parse as parse_endpoints
-from hwbp.wire import tls
+from hwbp.wire import config, tls
 from hwbp.wire.helpformat import DefaultsHelpFormatter
 
 log = logging.getLogger("hwbp.agent")
@@ -81,6 +81,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="hwbp-agent", description=__doc__, formatter_class=DefaultsHelpFormatter
     )
+    config.add_argument(p)
     p.add_argument(
         "--arbiter",
         default=os.environ.get("HWBP_ARBITER", "127.0.0.1:50051"),
@@ -145,6 +146,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--tls-ca", help=f"CA that signed the arbiter's certificate (default ${tls.ENV_CA})"
     )
+    config.apply(p, argv)  # the file's keys become defaults: flags still win
     args = p.parse_args(argv)
     try:
         args.tls = tls.TlsConfig.resolve(args.tls_cert, args.tls_key, args.tls_ca)
@@ -223,6 +225,7 @@ async def run(args: argparse.Namespace) -> int:
             on_live=on_live,
             start_timeout=args.start_timeout,
             route=route,
+            arbiter=args.arbiter,
         )
         for i, cpu in enumerate(cpus)
     ]

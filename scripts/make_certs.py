@@ -4,6 +4,11 @@ Each certificate names one identity in its common name and subject alternative n
 "agent:HOST" for an agent, "ROLE:NAME" for a person. The arbiter's certificate names
 127.0.0.1, ::1 and localhost so clients on this machine can verify it. Development
 only: the keys are written unencrypted next to the certificates.
+
+``--issue IDENTITY`` adds one certificate signed by the CA already in ``--out``, leaving
+the CA and every other file as they are (a new host's agent, a new person); with
+``--server-name`` it is a server certificate for those names (an arbiter on another
+host).
 """
 
 from __future__ import annotations
@@ -87,10 +92,12 @@ def _san(name: str) -> x509.GeneralName:
     return x509.DNSName(name)
 
 
-def issue(ca: Issued, identity: str, *, server: bool = False) -> Issued:
-    """A leaf certificate for ``identity``; ``server`` makes it the arbiter's (TLS server)."""
+def issue(
+    ca: Issued, identity: str, *, server: bool = False, names: Sequence[str] = SERVER_NAMES
+) -> Issued:
+    """A leaf certificate for ``identity``; ``server`` makes it a TLS server's, for ``names``."""
     key = ec.generate_private_key(ec.SECP256R1())
-    names = [*SERVER_NAMES] if server else [identity]
+    names = [*names] if server else [identity]
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
     cert = (
         x509.CertificateBuilder()
@@ -167,6 +174,52 @@ def write_dev_certs(
     return pairs
 
 
+class CertError(Exception):
+    """Issuing from an existing CA is not possible as asked; the message says why."""
+
+
+def load_ca(out: Path) -> Issued:
+    """The CA ``write_dev_certs`` wrote under ``out`` (ca.pem and ca-key.pem)."""
+    cert_path, key_path = out / "ca.pem", out / "ca-key.pem"
+    if not cert_path.exists() or not key_path.exists():
+        raise CertError(f"no CA in {out} (ca.pem and ca-key.pem): run `make certs` first")
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CertError(f"{key_path}: not the EC key this script writes")
+    if key.public_key().public_numbers() != cert.public_key().public_numbers():  # type: ignore[union-attr]
+        raise CertError(f"{key_path} is not the key of {cert_path}")
+    return Issued(cert, key)
+
+
+def issue_more(
+    out: Path,
+    identities: Sequence[str],
+    *,
+    server_names: Sequence[str] = (),
+    force: bool = False,
+) -> dict[str, Pair]:
+    """One more certificate per identity from the CA in ``out``; nothing else is touched.
+
+    Refuses (CertError) to overwrite an identity's existing files unless ``force``."""
+    ca = load_ca(out)
+    pairs: dict[str, Pair] = {}
+    for ident in identities:
+        if not ident or ident != ident.strip():
+            raise CertError(f"{ident!r} is not an identity (ROLE:NAME, agent:HOST or arbiter)")
+        stem = stem_of(ident)
+        if stem == "ca":
+            raise CertError("the CA is not reissued here: remove the directory to start over")
+        if not force and ((out / f"{stem}.pem").exists() or (out / f"{stem}-key.pem").exists()):
+            raise CertError(f"{out / stem}.pem exists already; pass --force to replace it")
+    for ident in identities:
+        server = bool(server_names)
+        pairs[ident] = write(
+            issue(ca, ident, server=server, names=server_names), out, stem_of(ident)
+        )
+    return pairs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=ROOT / "var" / "certs")
@@ -177,7 +230,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="hosts to issue agent certificates for (default: this host, h1, h2)",
     )
     p.add_argument("--clients", nargs="+", default=list(DEFAULT_CLIENTS), metavar="ROLE:NAME")
+    p.add_argument(
+        "--issue",
+        action="append",
+        metavar="IDENTITY",
+        help="only issue this identity (agent:HOST, ROLE:NAME) from the CA already in --out, "
+        "keeping the CA and the other certificates; repeatable",
+    )
+    p.add_argument(
+        "--server-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --issue: a server certificate (an arbiter) for this DNS name or IP; repeatable",
+    )
+    p.add_argument("--force", action="store_true", help="with --issue: replace existing files")
     args = p.parse_args(argv)
+    if args.issue:
+        try:
+            pairs = issue_more(
+                args.out, args.issue, server_names=args.server_name, force=args.force
+            )
+        except CertError as err:
+            print(f"make_certs: {err}", file=sys.stderr)
+            return 2
+        for name, pair in pairs.items():
+            print(f"{name:24} {pair.cert}")
+        people = [i for i in args.issue if not i.startswith("agent:") and not args.server_name]
+        if people:
+            print(
+                f"add {', '.join(people)} to the arbiter's policy file, then reload it with "
+                "SIGHUP (systemctl reload hwbp-arbiter)"
+            )
+        return 0
+    if args.server_name or args.force:
+        p.error("--server-name and --force go with --issue")
     pairs = write_dev_certs(args.out, args.hosts, args.clients)
     for name, pair in pairs.items():
         print(f"{name:24} {pair.cert}")

@@ -1,4 +1,8 @@
-"""`make run`: an arbiter and one agent per local CPU (backend auto), until Ctrl-C."""
+"""`make run`: an arbiter and one agent per local CPU (backend auto), until Ctrl-C.
+
+`make run BACKEND=sim` simulates the CPUs instead of programming real debug registers.
+The arbiter serves Prometheus metrics on a loopback port picked at start (printed).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,7 +30,18 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--listen", default="127.0.0.1:50051")
-    p.add_argument("--backend", default="auto", choices=["auto", "perf", "sim"])
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "perf", "sim"],
+        help="auto: real registers where perf_event_open allows, else simulated",
+    )
+    p.add_argument(
+        "--metrics-listen",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="where the arbiter serves /metrics (default: a free loopback port)",
+    )
     p.add_argument("--tls-dir", type=Path, help="`make certs` output: mutual TLS, policy, audit")
     args = p.parse_args()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -40,16 +56,22 @@ def main() -> int:
         secure = [*_tls(d, "arbiter"), "--policy", str(d / "policy.toml")]
         secure += ["--audit-log", str(ROOT / "var" / "audit.jsonl")]
         agent_tls = _tls(d, f"agent-{host}")
+    serve = ["--listen", args.listen, "--metrics-listen", args.metrics_listen, *secure]
     arbiter = subprocess.Popen(
-        [sys.executable, "-m", "hwbp.server", "--listen", args.listen, *secure],
+        [sys.executable, "-m", "hwbp.server", *serve],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         text=True,
     )
     assert arbiter.stdout is not None
-    line = arbiter.stdout.readline()
-    if "listening on" not in line:
+    metrics = "?"
+    for line in arbiter.stdout:  # "metrics on HOST:PORT", then "... listening on HOST:PORT"
+        if line.startswith("metrics on "):
+            metrics = line.split()[-1]
+        if "listening on" in line:
+            break
+    else:
         arbiter.wait()
         return 1
     address = line.split()[-1]
@@ -81,7 +103,8 @@ def main() -> int:
     print(
         f"""
 hwbp-arbiter is listening on {address}, with {cpus} agent(s) for host {host!r}
-(backend {args.backend}: real debug registers where perf_event_open allows, else simulated).
+({_backend(args.backend)}).
+Metrics: http://{metrics}/metrics
 
 Try, in another shell:
   export HWBP_ARBITER={address}{_client_env(args.tls_dir)}
@@ -101,15 +124,24 @@ Ctrl-C stops the arbiter and the agents.
     except KeyboardInterrupt:
         pass
     finally:
-        for proc in [*agents, arbiter]:
+        children: list[subprocess.Popen[Any]] = [*agents, arbiter]
+        for proc in children:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
-        for proc in [*agents, arbiter]:
+        for proc in children:
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 proc.kill()
     return 0
+
+
+def _backend(kind: str) -> str:
+    return {
+        "auto": "backend auto: real debug registers where perf_event_open allows, else simulated",
+        "perf": "backend perf: real debug registers",
+        "sim": "backend sim: simulated CPUs, drive them with `hwbpctl sim ...`",
+    }[kind]
 
 
 def _tls(d: Path, stem: str) -> list[str]:

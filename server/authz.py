@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import logging
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,10 +26,10 @@ from typing import Protocol, TextIO
 
 from hwbp.errors import PermissionDenied, Unauthenticated
 from hwbp.model import Reservation
+from hwbp.server import outcomes
 from hwbp.v1 import arbiter_pb2, types_pb2
 from hwbp.validate import is_kernel_address
 
-log = logging.getLogger("hwbp.server")
 AGENT_PREFIX = "agent:"
 
 
@@ -311,15 +310,8 @@ class Authz:
             )
         if decision.allowed:
             return who
-        log.warning(
-            "request %s: %s (%s) may not %s %s: %s",
-            request_id,
-            who.name or "anonymous",
-            who.role.value,
-            action.value,
-            target.describe(),
-            decision.rule,
-        )
+        # Not logged here: whoever catches the refusal logs it, once (the servicers'
+        # guard for calls, the agent link for hellos and reports).
         raise PermissionDenied(
             f"{who.name or 'anonymous'} ({who.role.value}) may not {action.value} "
             f"{target.describe()}: {decision.rule}",
@@ -342,18 +334,17 @@ class Authz:
         if self.audit is None:
             return
         where = {k: v for k, v in vars(target).items() if v not in ("", None, False)}
-        self.audit.write(
-            {
-                "time": self.clock(),
-                "identity": identity,
-                "role": role,
-                "request_id": request_id,
-                "action": action.value,
-                "target": where,
-                "decision": "allow" if allowed else "deny",
-                "rule": rule,
-            }
-        )
+        call: dict[str, object] = {
+            "identity": identity,
+            "role": role,
+            "request_id": request_id,
+            "action": action.value,
+            "target": where,
+        }
+        call["decision"], call["rule"] = ("allow" if allowed else "deny"), rule
+        self.audit.write({"time": self.clock(), **call})
+        if allowed:  # how the call ends is a line of its own (server.outcomes)
+            outcomes.allowed(self.audit, self.clock, call)
 
 
 # --- targets from requests --------------------------------------------------------------

@@ -24,6 +24,7 @@ from grpc_status import rpc_status
 
 from hwbp.errors import ErrorClass, HwbpError, InvalidArgument, NoFreeSlot
 from hwbp.model import Reservation
+from hwbp.server import outcomes
 from hwbp.v1 import errors_pb2
 from hwbp.wire import convert
 
@@ -159,18 +160,24 @@ def rpc(
     @functools.wraps(method)
     async def wrapper(self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
         request_id: str = getattr(request, "request_id", "")
+        allowed = outcomes.begin()  # the audit's outcome line of each allowed change
         try:
             _refuse_malformed(request)
             _check_request_id(request_id)
-            return await method(self, request, context)
+            response = await method(self, request, context)
+            outcomes.settle(allowed, response)
+            return response
         except HwbpError as err:
+            outcomes.settle(allowed, error=err)
             log.info("request %s refused: %s %s", request_id, err.reason, err.message)
             await abort(context, err, request_id, _leases(self))
         except (grpc.aio.AbortError, grpc.RpcError):
             raise
         except Exception:
+            internal = _internal(method.__name__, request_id)
+            outcomes.settle(allowed, error=internal)
             log.exception("request %s failed in %s", request_id, method.__name__)
-            await abort(context, _internal(method.__name__, request_id), request_id)
+            await abort(context, internal, request_id)
 
     return wrapper
 

@@ -29,6 +29,7 @@ from hwbp.server.logs import setup as setup_logging
 from hwbp.server.metrics import Metrics
 from hwbp.server.persist import Persistence
 from hwbp.server.ptrace_service import PtraceServicer
+from hwbp.server.reload import reload_policy
 from hwbp.server.reservations import ArbiterServicer
 from hwbp.server.sessions import SessionsServicer, SessionTable, reaper
 from hwbp.server.simulation import SimulationServicer
@@ -46,6 +47,7 @@ from hwbp.v1 import (
     simulation_pb2,
     simulation_pb2_grpc,
 )
+from hwbp.wire import config
 from hwbp.wire.helpformat import DefaultsHelpFormatter
 from hwbp.wire.tls import TlsConfig, TlsConfigError, server_credentials
 
@@ -82,6 +84,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="hwbp-arbiter", description=__doc__, formatter_class=DefaultsHelpFormatter
     )
+    config.add_argument(p)
     p.add_argument(
         "--listen",
         default="127.0.0.1:50051",
@@ -130,6 +133,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sec.add_argument("--policy", metavar="TOML", help="identities and roles (needs TLS)")
     sec.add_argument("--audit-log", metavar="PATH", help="append every decision as a JSON line")
     ha.add_arguments(p)
+    config.apply(p, argv)  # the file's keys become defaults: flags still win
     return p.parse_args(argv)
 
 
@@ -250,6 +254,10 @@ async def serve(
     if replication is not None:  # the services serve on the leader only
         await replication.start(address, persistence, status, metrics)
     await status.apply()
+    # Before the address is printed: whoever waits for it may send a SIGHUP at once.
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGHUP, reload_policy, fleet.authz, args.policy
+    )
     print(f"hwbp-arbiter listening on {address}", flush=True)
 
     stop = asyncio.Event()

@@ -17,9 +17,18 @@ import logging
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import metadata
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -40,6 +49,14 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 SCRAPE_TIMEOUT = 2.0  # seconds a scrape waits for the event loop before giving up
 EXPIRED = "lease expired"  # the reason server.sessions' reaper gives LEASE_EXPIRED events
 SEEN_SESSIONS = 1024  # expired sessions remembered, to count each once across hosts
+
+
+def version() -> str:
+    """This arbiter's version, as installed (``unknown`` when run from a bare checkout)."""
+    try:
+        return metadata.version("hwbp-arbiter")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +223,16 @@ class Metrics:
         )
         self.collector = FleetCollector(self.fleet)
         r.register(self.collector)
+        # The standard process_* series (CPU, memory, file descriptors, start time) and
+        # python_info, as the default registry has them, plus which build is running.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        Gauge(
+            "hwbp_build_info",
+            "The running arbiter's version (always 1; the version is the label)",
+            ["version"],
+            registry=r,
+        ).labels(version()).set(1)
 
     # --- feeds -------------------------------------------------------------------
 
