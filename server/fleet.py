@@ -59,10 +59,22 @@ class Fleet:
                 host=name,
             ) from None
 
-    def ensure_host(self, name: str, ncpus: int, features: HostFeatures | None = None) -> Host:
+    def ensure_host(
+        self,
+        name: str,
+        ncpus: int,
+        features: HostFeatures | None = None,
+        *,
+        cpu: int | None = None,
+    ) -> Host:
         """A hello names the host's CPU count, so CPUs without an agent are known offline,
         and what it offers (``features``). A host restored from the ledger has none
-        reported yet, and none is held against a request until an agent says hello."""
+        reported yet, and none is held against a request until an agent says hello.
+
+        Another CPU count than the one known resizes the host (``Host.resize``): more
+        CPUs are accepted; fewer are refused with ``HostShrinkBlocked`` while something
+        sits on a removed CPU, and the refusal is kept on the CPU whose agent (``cpu``)
+        said hello, for the inventory to show."""
         host = self.hosts.get(name)
         if host is None:
             host = Host(
@@ -81,16 +93,23 @@ class Fleet:
             self.hosts[name] = host
             log.info("host %s appeared with %d cpus", name, ncpus)
         elif host.ncpus != ncpus:
-            raise HostShapeConflict(
-                f"host {name!r} is known with {host.ncpus} cpus, the agent says {ncpus}",
-                host=name,
-                known=host.ncpus,
-                said=ncpus,
-            )
-        elif features is not None and features != host.profile.features:
+            self._resize(host, ncpus, cpu)
+        if features is not None and features != host.profile.features:
             log.info("host %s offers %s (was %s)", name, features, host.profile.features)
             host.profile = host.ledger.profile = host.profile.with_features(features)
         return host
+
+    def _resize(self, host: Host, ncpus: int, cpu: int | None) -> None:
+        old = host.ncpus
+        try:
+            host.resize(ncpus)
+        except HostShapeConflict as err:
+            if cpu is not None and cpu < host.ncpus:
+                host.refusals[cpu] = err.message
+            raise
+        log.warning("host %s now has %d cpus (it had %d)", host.name, ncpus, old)
+        if self.on_host_created is not None:  # its record, with the new count
+            self.on_host_created(host)
 
     async def _write(self, host: HostShell, ins: Persist) -> None:
         if self.on_commit is not None:
