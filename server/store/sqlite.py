@@ -60,18 +60,13 @@ CREATE INDEX IF NOT EXISTS keys_by_expiry ON keys (expires);
 
 
 class SqliteStore:
-    def __init__(self, path: str, *, sync: str = "normal") -> None:
+    def __init__(self, path: str, *, sync: str = "normal", create_parent: bool = False) -> None:
         self.path = path
         self.lock: LedgerLock | None = None
         self.watch: FileWatch | None = None
         self._broken = ""  # the ledger file is gone or replaced: no write can be durable
         if path != ":memory:":
-            try:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise LedgerWriteFailed(
-                    f"ledger {path}: cannot create its directory: {err.strerror}", path=path
-                ) from None
+            ledger_directory(path, create=create_parent)
             self.lock = LedgerLock.acquire(path)  # before SQLite touches anything
         try:
             self.db = sqlite3.connect(
@@ -304,6 +299,28 @@ class SqliteStore:
         self.db.close()
         if self.lock is not None:
             self.lock.release()
+
+
+def ledger_directory(path: str, *, create: bool = False) -> Path:
+    """The directory a ledger file lives in, which must exist: a ``--db`` with a typo
+    must not start a fresh, empty ledger where nobody looks. ``create``: make it (the
+    arbiter's own default, ``var/``, on a first run)."""
+    parent = Path(path).parent
+    if create:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise LedgerWriteFailed(
+                f"ledger {path}: cannot create its directory {parent}: {err.strerror}", path=path
+            ) from None
+    if not parent.is_dir():
+        why = "is not a directory" if parent.exists() else "does not exist"
+        raise LedgerWriteFailed(
+            f"ledger {path}: its directory {parent} {why}; create it first, or pass another "
+            "--db (':memory:' keeps nothing)",
+            path=path,
+        )
+    return parent
 
 
 def _what(err: sqlite3.Error) -> str:
