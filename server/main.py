@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hwbp.errors import LedgerCorrupt, LedgerInUse, LedgerWriteFailed
-from hwbp.server import ha
+from hwbp.server import ha, ledger_tools
 from hwbp.server.agent_link import AgentLinkServicer
 from hwbp.server.authz import AuditLog, Authz, Policy, PolicyError
 from hwbp.server.errors import MalformedRequests
@@ -298,6 +298,9 @@ def _why_not(listen: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ledger"]:  # hwbp-arbiter ledger check|backup|restore
+        return ledger_tools.main(argv[1:])
     args = parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     try:

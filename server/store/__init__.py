@@ -4,7 +4,6 @@ from hwbp.server.store.base import Batch, Snapshot, Store
 from hwbp.server.store.memory import MemoryStore
 from hwbp.server.store.sqlite import SqliteStore
 
-
 # The arbiter's default --db: its directory is made on a first run (``make run``); any
 # other ledger's directory must already exist.
 DEFAULT_LEDGER = "var/hwbp.db"
