@@ -12,7 +12,13 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from hwbp.arch import UNREPORTED_FEATURES, X86_64, ArchProfile, HostFeatures
-from hwbp.errors import Draining, HostNotFound, HostShapeConflict, ReservationNotFound
+from hwbp.errors import (
+    Draining,
+    HostBusy,
+    HostNotFound,
+    HostShapeConflict,
+    ReservationNotFound,
+)
 from hwbp.keys import KeyTable
 from hwbp.model import Reservation
 from hwbp.pipeline import Keys, Persist
@@ -35,7 +41,9 @@ class Fleet:
         self.next_id = 1  # the next reservation is r<next_id>; never goes back
         self.draining = False
         self.paranoid = False
+        # A host appeared or its cpu count changed: write its record (in the background).
         self.on_host_created: Callable[[Host], None] | None = None
+        self.on_host_forgotten: Callable[[Host], Awaitable[None]] | None = None
         self.on_commit: Callable[[HostShell, Persist], Awaitable[None]] | None = None
         self.keys: Keys = KeyTable()  # idempotency keys, fleet-wide
         self.authz = Authz()  # every servicer's permission hook; allows all until configured
@@ -110,6 +118,29 @@ class Fleet:
         log.warning("host %s now has %d cpus (it had %d)", host.name, ncpus, old)
         if self.on_host_created is not None:  # its record, with the new count
             self.on_host_created(host)
+
+    async def forget(self, name: str) -> Host:
+        """Retire a host: it leaves the inventory and the ledger, so a later agent of that
+        name registers it afresh. Refused (``HostBusy``, naming each) while it holds
+        reservations or ptrace attachments, has agent streams or a change in flight;
+        if the ledger cannot drop it, it stays."""
+        host = self.host(name)
+        why = host.busy()
+        if why:
+            raise HostBusy(
+                f"host {name} cannot be forgotten: {'; '.join(why)}",
+                host=name,
+                reservations=",".join(r.id for r in host.ledger) or None,
+            )
+        del self.hosts[name]
+        try:
+            if self.on_host_forgotten is not None:
+                await self.on_host_forgotten(host)
+        except BaseException:
+            self.hosts.setdefault(name, host)
+            raise
+        log.warning("host %s forgotten (%d cpus, generation %d)", name, host.ncpus, host.generation)
+        return host
 
     async def _write(self, host: HostShell, ins: Persist) -> None:
         if self.on_commit is not None:

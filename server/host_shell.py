@@ -161,6 +161,11 @@ class HostShell:
         # returned (a retry joins only a change of the same request, so the same kind).
         return cast("Outcome[T]", outcome)
 
+    @property
+    def settled(self) -> bool:
+        """Nothing queued, in flight or being written."""
+        return self.pipeline.idle and not self._writes
+
     async def drain(self) -> None:
         """Wait until nothing is queued, in flight or being written."""
         await self._idle.wait()

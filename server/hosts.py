@@ -146,6 +146,29 @@ class Host(TracingHost):
                 )
             )
 
+    def busy(self) -> list[str]:
+        """What keeps this host from being forgotten, in words (empty: nothing)."""
+        held = list(self.ledger)
+        why = []
+        if held:
+            names = ", ".join(r.describe() for r in held[:16])
+            more = f" and {len(held) - 16} more" if len(held) > 16 else ""
+            why.append(f"it holds {names}{more}; release them first")
+        if self.attachments:
+            tasks = ", ".join(
+                f"task {t} (session {a.session or '-'}, {a.owner})"
+                for t, a in sorted(self.attachments.items())
+            )
+            why.append(f"ptrace keeps {tasks}; flush them first")
+        streams = [i for i, c in enumerate(self.channels) if c is not None]
+        if streams:
+            cpus = ", ".join(map(str, streams))
+            have = "has" if len(streams) == 1 else "have"
+            why.append(f"cpu {cpus} still {have} an agent; stop its agents first")
+        if not self.settled:
+            why.append("a change is in flight")
+        return why
+
     # --- committed reads ---------------------------------------------------------
 
     def committed(self) -> list[Reservation]:

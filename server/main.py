@@ -177,6 +177,7 @@ async def serve(
         print(f"hwbp-arbiter: refusing to start: {err}", file=sys.stderr)
         return 3
     fleet.on_host_created = persistence.host_created
+    fleet.on_host_forgotten = persistence.host_forgotten
     sessions.on_open = persistence.session_opened
     sessions.on_end = persistence.session_ended
     if restored is not None:

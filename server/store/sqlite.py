@@ -182,6 +182,7 @@ class SqliteStore:
                 "INSERT OR REPLACE INTO hosts VALUES (?, ?, ?)",
                 [(h.name, h.ncpus, h.generation) for h in batch.hosts],
             )
+            db.executemany("DELETE FROM hosts WHERE name = ?", [(n,) for n in batch.deleted_hosts])
             db.executemany(
                 "DELETE FROM reservations WHERE id = ?", [(r,) for r in batch.deleted_reservations]
             )
