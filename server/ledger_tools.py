@@ -186,6 +186,8 @@ def backup(path: str, dest: str) -> Summary:
         with contextlib.closing(sqlite3.connect(tmp)) as out:
             _copy(path, out)
             _intact(out, f"backup {dest}")
+            # One self-contained file (the arbiter turns WAL back on when it opens one).
+            out.execute("PRAGMA journal_mode=DELETE")
         _durable(tmp)
         os.replace(tmp, dest)
         _durable(str(Path(dest).parent))
