@@ -53,6 +53,7 @@ from typing import TypeAlias
 
 from hwbp.errors import (
     AgentRefused,
+    HostShapeConflict,
     HostShrinkBlocked,
     HwbpError,
     KernelNoSpace,
@@ -248,7 +249,7 @@ class HostPipeline:
             return
         host = self.ledger.host
         if not self.idle:
-            raise HostShrinkBlocked(
+            raise HostShapeConflict(
                 f"host {host} is in the middle of a change; its cpu count changes from "
                 f"{old} to {ncpus} once the change settles",
                 host=host,

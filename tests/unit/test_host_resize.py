@@ -15,11 +15,11 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given
 
-from hwbp.errors import HostShrinkBlocked, NoFreeSlot
+from hwbp.errors import HostShapeConflict, HostShrinkBlocked, NoFreeSlot
 from hwbp.keys import KeyTable
 from hwbp.ledger import HostLedger
 from hwbp.model import BpType, Breakpoint, Reservation, Scope, Target
-from hwbp.pipeline import AgentConnected, HostPipeline
+from hwbp.pipeline import AgentConnected, Change, HostPipeline, Submitted
 from hwbp.server.fleet import Fleet
 from hwbp.server.links import AgentChannel
 
@@ -127,3 +127,22 @@ def test_a_refused_hello_is_kept_on_its_cpu_until_an_agent_connects() -> None:
         assert host.link_state(0)[1] == ""
 
     asyncio.run(run())
+
+
+def test_the_cpu_count_changes_only_between_changes() -> None:
+    ledger = HostLedger(HOST, 2)
+    pipeline = HostPipeline(ledger, KeyTable(), ack_timeout=1.0)
+    pipeline.handle(AgentConnected(0, link=1, now=0.0))
+    res = Reservation(
+        "r1", HOST, Target(Scope.CPU, cpu=0), Breakpoint(0x1000, 8, BpType.WRITE), "o"
+    )
+
+    def apply() -> tuple[Reservation, tuple[int, ...]]:
+        ledger.reserve(res)
+        return res, (0,)
+
+    pipeline.handle(Submitted(1, Change("q", apply), now=0.0))
+    assert not pipeline.idle  # waiting for cpu 0's agent
+    with pytest.raises(HostShapeConflict, match="in the middle of a change"):
+        pipeline.resize(4)
+    assert len(pipeline.cpus) == 2 and ledger.ncpus == 2
