@@ -70,12 +70,16 @@ def test_an_online_backup_while_the_arbiter_writes(running: Running, tmp_path: P
     # The arbiter never noticed: it serves and writes on, and its ledger is its own.
     later = reserve(running.address, "--cpu", "1")
     assert ledgers.health(running.address) == ledgers.SERVING
+    live = ledger("check", "--db", str(running.db))  # a live ledger reads as well
+    assert live.returncode == 0 and "4 reservations" in live.stdout, live.stdout + live.stderr
     check = ledger("check", "--db", str(copy))
     assert check.returncode == 0, check.stdout + check.stderr
     assert "no conflicts" in check.stdout
     with sqlite3.connect(copy) as db:
         ids = {r for (r,) in db.execute("SELECT id FROM reservations")}
     assert ids == set(held) and later not in ids
+    reserve(running.address, "--cpu", "1")  # and it still writes after both were read
+    assert ledgers.health(running.address) == ledgers.SERVING
     again = ledger("backup", "--db", str(running.db), str(copy))
     assert again.returncode == 2 and "already exists" in again.stderr
 
