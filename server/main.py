@@ -300,7 +300,7 @@ def _why_not(listen: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["ledger"]:  # hwbp-arbiter ledger check|backup|restore
+    if list(argv[:1]) == ["ledger"]:  # hwbp-arbiter ledger check|backup|restore
         return ledger_tools.main(argv[1:])
     args = parse_args(argv)
     setup_logging(args.log_level, args.log_format)

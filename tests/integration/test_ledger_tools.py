@@ -110,6 +110,11 @@ def test_check_names_every_conflict_of_a_ledger_the_arbiter_refuses(
     assert "r902" in conflicts[2] and "s-gone" in conflicts[2]
     started = ledgers.run_arbiter("--listen", "127.0.0.1:0", "--db", str(running.db))
     assert started is not None and started.returncode == 3  # what check foretold
+    # Nor is such a ledger put in place of another as a backup.
+    other = tmp_path / "other.db"
+    refused = ledger("restore", "--db", str(other), str(running.db))
+    assert refused.returncode == 1 and "has 3 conflicts, not restored" in refused.stderr
+    assert "r900 (alice, cpu 0)" in refused.stderr and not other.exists()
 
 
 def test_restore_is_refused_while_an_arbiter_runs_and_then_puts_the_backup_in_place(
