@@ -144,9 +144,9 @@ class HostLedger:
         """The host now has ``ncpus`` CPUs (hotplug, a resized VM, agents started with
         another count). More is always fine: what applies everywhere applies on the new
         CPUs too (they hold nothing yet, so nothing can be overcommitted). Fewer is
-        refused while a reservation is pinned to a CPU that goes away, naming each one,
-        as the kernel never drops a pinned breakpoint behind its owner's back. Only
-        between changes: a journal mark open means a change waits for its agents."""
+        refused while a reservation is pinned to a CPU that goes away, naming each one:
+        an admitted reservation is never dropped behind its holder's back. Only between
+        changes: a journal mark open means a change waits for its agents."""
         if ncpus < 1:
             raise InvalidArgument(
                 f"host {self._host} needs at least one cpu, got {ncpus}", host=self._host
