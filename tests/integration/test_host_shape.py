@@ -39,6 +39,12 @@ def cpus(address: str) -> list[dict[str, Any]]:
     return rows
 
 
+def gone(fleet: procs.Proc, address: str) -> None:
+    """Stop a fleet and wait until the arbiter has seen each of its agents go."""
+    fleet.stop()
+    wait_until(lambda: all(r["link"] == "offline" for r in cpus(address)), what="agents gone")
+
+
 def reserve_on(address: str, cpu: int) -> str:
     done = procs.cli(
         address, "reserve", "--host", HOST, "--cpu", str(cpu), "--addr", "0x601000",
@@ -54,7 +60,7 @@ def test_more_cpus_are_accepted_and_kept_across_a_restart(
     proc, address, db = arbiter
     fleet = procs.start_fleet(address, HOST, 2)
     r0 = reserve_on(address, 1)
-    fleet.stop()
+    gone(fleet, address)
     fleet = procs.start_fleet(address, HOST, 4)  # before: never ready, refused forever
     try:
         rows = cpus(address)
@@ -81,19 +87,21 @@ def test_fewer_cpus_are_refused_while_a_reservation_sits_on_a_removed_one(
     fleet = procs.start_fleet(address, HOST, 4)
     kept = reserve_on(address, 1)
     blocker = reserve_on(address, 3)
-    fleet.stop()
+    gone(fleet, address)
     small, _ = procs.start(
         ["hwbp.agent", "--arbiter", address, "--fleet", "--host", HOST, "--cpus", "2"], "fleet 2"
     )
     try:
         small.output()  # read its log in the background
         why = f"{blocker} (alice, cpu 3)"
-        wait_until(lambda: any(why in line for line in small.lines), what="the agent's log")
+        wait_until(
+            lambda: any(why in line for line in small.lines), timeout=30, what="the agent's log"
+        )
         rows = cpus(address)
         assert len(rows) == 4  # still the shape the ledger holds
         assert why in rows[0]["link_reason"], rows[0]
         assert rows[0]["link"] == "offline"
-        small.stop()
+        gone(small, address)
         assert procs.cli(address, "release", blocker).code == 0
         small = procs.start_fleet(address, HOST, 2)
         rows = cpus(address)
@@ -115,7 +123,7 @@ def test_fewer_cpus_are_accepted_when_nothing_sits_on_a_removed_one(
     )  # fmt: skip
     assert done.code == 0, done.err
     system = done.out.strip()
-    fleet.stop()
+    gone(fleet, address)
     fleet = procs.start_fleet(address, HOST, 1)
     try:
         rows = cpus(address)
