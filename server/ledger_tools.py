@@ -28,7 +28,7 @@ from hwbp.ledger import HostLedger
 from hwbp.server.store import DEFAULT_LEDGER
 from hwbp.server.store.base import Snapshot, id_order
 from hwbp.server.store.lock import LedgerLock
-from hwbp.server.store.sqlite import bring_up_to_date, ledger_directory, read_snapshot
+from hwbp.server.store.sqlite import bring_up_to_date, read_snapshot
 
 OK, CONFLICTS, USAGE, IN_USE = 0, 1, 2, 3  # exit codes
 
@@ -245,10 +245,10 @@ def restore(path: str, source: str, *, stamp: str | None = None) -> tuple[Summar
 
 
 def _directory(path: str, what: str) -> None:
-    try:
-        ledger_directory(path)
-    except LedgerWriteFailed as err:
-        raise ToolError(str(err).replace("ledger ", f"{what} ", 1)) from None
+    """A file is written only into a directory that exists (as the arbiter's --db)."""
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise ToolError(f"{what} {path}: its directory {parent} does not exist; create it first")
 
 
 def _durable(path: str) -> None:

@@ -153,3 +153,7 @@ def test_a_backup_with_conflicts_is_not_restored(tmp_path: Path) -> None:
     assert not (tmp_path / "ledger.db").exists()
     missing = ledger("check", "--db", str(tmp_path / "nothing.db"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+    nowhere = tmp_path / "no-such-dir"
+    astray = ledger("backup", "--db", str(bad), str(nowhere / "b.db"))
+    assert astray.returncode == 2 and f"its directory {nowhere} does not exist" in astray.stderr
+    assert not nowhere.exists()
