@@ -39,13 +39,14 @@ from hwbp.client.values import (
     CpuInfo,
     EventInfo,
     EventKind,
+    ForgottenHost,
     ReservationInfo,
     SessionSummary,
 )
 from hwbp.errors import HwbpError
 from hwbp.model import AccessType, BpType
 from hwbp.registers import RegisterImage
-from hwbp.v1 import session_pb2, simulation_pb2
+from hwbp.v1 import arbiter_pb2, session_pb2, simulation_pb2
 from hwbp.wire.tls import TlsConfig, aio_channel
 
 T = TypeVar("T")
@@ -322,6 +323,18 @@ class AsyncClient:
         return self._stream(self._open(calls.WATCH, req, timeout), wire.event, timeout)
 
     # --- simulation -------------------------------------------------------------------
+
+    async def forget_host(
+        self, host: str, *, request_id: str | None = None
+    ) -> ForgottenHost | None:
+        """Retire ``host`` (admin only): refused (``HostBusy``, naming them) while it has
+        reservations, ptrace attachments or agents; a later agent registers it afresh.
+        None when a retry found it already gone (our first attempt did it)."""
+        req = arbiter_pb2.ForgetHostRequest(request_id=request_id or wire.new_id(), host=host)
+        resp = await self._call_or_gone(calls.FORGET_HOST, req)
+        if resp is None:
+            return None
+        return ForgottenHost(resp.host, resp.ncpus, resp.generation)
 
     async def context_switch(
         self, host: str, cpu: int, task: int | None, *, request_id: str | None = None

@@ -17,7 +17,13 @@ import grpc
 from google.protobuf.message import Message
 
 from hwbp.client.retry import Deadlines
-from hwbp.errors import HwbpError, NotAttached, ReservationNotFound, SessionNotFound
+from hwbp.errors import (
+    HostNotFound,
+    HwbpError,
+    NotAttached,
+    ReservationNotFound,
+    SessionNotFound,
+)
 from hwbp.v1 import (
     arbiter_pb2,
     arbiter_pb2_grpc,
@@ -88,6 +94,14 @@ LIST: Rpc[arbiter_pb2.ListRequest, arbiter_pb2.ListResponse] = Rpc(
 )
 INVENTORY: Rpc[arbiter_pb2.InventoryRequest, arbiter_pb2.InventoryResponse] = Rpc(
     "Arbiter", "Inventory", Deadline.READ, retry=True, why="a read"
+)
+FORGET_HOST: Rpc[arbiter_pb2.ForgetHostRequest, arbiter_pb2.ForgetHostResponse] = Rpc(
+    "Arbiter",
+    "ForgetHost",
+    Deadline.MUTATE,
+    retry=True,
+    gone=HostNotFound,
+    why="a repeat that finds the host unknown means the first attempt forgot it",
 )
 WATCH: Rpc[arbiter_pb2.WatchRequest, types_pb2.Event] = Rpc(
     "Arbiter",
@@ -193,6 +207,7 @@ TABLE: dict[tuple[str, str], Rpc[Message, Message]] = {
         MODIFY,
         LIST,
         INVENTORY,
+        FORGET_HOST,
         WATCH,
         OPEN_SESSION,
         KEEP_ALIVE,

@@ -92,6 +92,8 @@ def _handler(args: argparse.Namespace) -> Handler:
         name = f"sim_{args.sim_command}"
     elif name == "ptrace":
         name = f"ptrace_{args.ptrace_command}"
+    elif name == "host":
+        name = f"host_{args.host_command}"
     return _HANDLERS[name]
 
 
@@ -295,6 +297,14 @@ def _ptrace_watch(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
     return _follow(a, out, traps, render.jsonable, render.trap_line)
 
 
+def _host_forget(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
+    gone = c.forget_host(a.name)
+    # None: a retry found it unknown, so our first attempt forgot it (its answer was lost).
+    doc = {"host": a.name, "forgotten": True, "ncpus": gone.ncpus if gone else None}
+    cpus = f" ({gone.ncpus} cpus)" if gone else ""
+    return _show(a, out, doc, f"forgot host {a.name}{cpus}")
+
+
 _HANDLERS: dict[str, Handler] = {
     "reserve": _reserve,
     "release": _release,
@@ -313,4 +323,5 @@ _HANDLERS: dict[str, Handler] = {
     "ptrace_detach": _ptrace_detach,
     "ptrace_flush": _ptrace_flush,
     "ptrace_watch": _ptrace_watch,
+    "host_forget": _host_forget,
 }

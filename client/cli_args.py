@@ -249,6 +249,16 @@ def build_parser() -> Parser:
     _task_parser(pt, "detach", "stop tracing a task; it keeps its breakpoints, as in the kernel")
     _task_parser(pt, "flush", "drop the task's ptrace breakpoints, as its exit or exec would")
     _add_stop_args(_task_parser(pt, "watch", "stream the task's traps"))
+
+    hosts = cmds.add_parser("host", help="manage hosts (admin)").add_subparsers(
+        dest="host_command", metavar="HOSTCOMMAND", required=True
+    )
+    forget = hosts.add_parser(
+        "forget",
+        help="retire a host with no reservations, traced tasks or agents left: it leaves the "
+        "inventory and the ledger, and a later agent of that name registers it afresh",
+    )
+    forget.add_argument("name", metavar="HOST", help="the host to retire")
     _finish(p)
     return p
 

@@ -176,6 +176,15 @@ class CpuInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ForgottenHost:
+    """A host retired from the inventory and the ledger (``forget_host``), as it was."""
+
+    host: str
+    ncpus: int
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
 class HitInfo:
     """One breakpoint that fired."""
 

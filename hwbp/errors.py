@@ -271,6 +271,19 @@ class HostShapeConflict(FailedPrecondition):
     reason = "HOST_SHAPE_CONFLICT"
 
 
+class HostShrinkBlocked(HostShapeConflict):
+    """A host came back with fewer CPUs while reservations (or live agents) sit on the
+    CPUs it would lose; the message names them."""
+
+    reason = "HOST_SHRINK_BLOCKED"
+
+
+class HostBusy(FailedPrecondition):
+    """A host cannot be retired while something there is live (the message says what)."""
+
+    reason = "HOST_BUSY"
+
+
 class LedgerCorrupt(FailedPrecondition):
     reason = "LEDGER_CORRUPT"
 

@@ -15,6 +15,7 @@ from typing import TypeVar
 from hwbp.arch import X86_64, ArchProfile
 from hwbp.counters import SlotCounters
 from hwbp.errors import (
+    HostShrinkBlocked,
     InvalidArgument,
     InvalidCpu,
     LedgerCorrupt,
@@ -138,6 +139,55 @@ class HostLedger:
                 host=self._host,
             )
         self._profile = profile
+
+    def resize(self, ncpus: int) -> None:
+        """The host now has ``ncpus`` CPUs (hotplug, a resized VM, agents started with
+        another count). More is always fine: what applies everywhere applies on the new
+        CPUs too (they hold nothing yet, so nothing can be overcommitted). Fewer is
+        refused while a reservation is pinned to a CPU that goes away, naming each one:
+        an admitted reservation is never dropped behind its holder's back. Only between
+        changes: a journal mark open means a change waits for its agents."""
+        if ncpus < 1:
+            raise InvalidArgument(
+                f"host {self._host} needs at least one cpu, got {ncpus}", host=self._host
+            )
+        if self._marks:
+            raise InvalidArgument(
+                f"host {self._host} cannot change its cpu count while a change is open",
+                host=self._host,
+            )
+        stranded = self.stranded(ncpus)
+        if stranded:
+            raise HostShrinkBlocked(
+                f"host {self._host} cannot shrink from {self._ncpus} to {ncpus} cpus: "
+                + ", ".join(r.describe() for r in stranded[:16])
+                + (f" and {len(stranded) - 16} more" if len(stranded) > 16 else "")
+                + f" {'is' if len(stranded) == 1 else 'are'} pinned to a removed cpu; "
+                "release them, or start its agents with the cpus they had",
+                host=self._host,
+                known=self._ncpus,
+                said=ncpus,
+                reservations=",".join(r.id for r in stranded),
+            )
+        entries = list(self._all())
+        self._ncpus = ncpus
+        self._counters = {
+            cls: SlotCounters(self._profile.slots(cls), ncpus) for cls in self._profile.classes
+        }
+        self._on_cpu = [{} for _ in range(ncpus)]
+        self._everywhere = {}
+        self._system = {}
+        self._bound_on = [{} for _ in range(ncpus)]
+        self._by_task = {}
+        self._by_session = {}
+        for entry in entries:
+            self._insert(entry)
+
+    def stranded(self, ncpus: int) -> list[Reservation]:
+        """Reservations pinned to a CPU at or above ``ncpus`` (admission order)."""
+        return [
+            e.res for e in self._all() if e.res.target.cpu is not None and e.res.target.cpu >= ncpus
+        ]
 
     # --- admission ---------------------------------------------------------------------
 

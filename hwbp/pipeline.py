@@ -53,6 +53,8 @@ from typing import TypeAlias
 
 from hwbp.errors import (
     AgentRefused,
+    HostShapeConflict,
+    HostShrinkBlocked,
     HwbpError,
     KernelNoSpace,
     KernelRefused,
@@ -236,6 +238,41 @@ class HostPipeline:
     def pending_cpus(self) -> frozenset[int]:
         """CPUs touched by the change in flight (its state there is not committed)."""
         return frozenset() if self._batch is None else self._batch.affected
+
+    def resize(self, ncpus: int) -> None:
+        """The host's agents now report ``ncpus`` CPUs. Only while idle (no change waits
+        on a CPU that might go away), and a removed CPU must have no agent waited for;
+        the ledger refuses if a reservation is pinned there. New CPUs start offline and
+        get the whole state when their agent says hello."""
+        old = len(self.cpus)
+        if ncpus == old:
+            return
+        host = self.ledger.host
+        if not self.idle:
+            raise HostShapeConflict(
+                f"host {host} is in the middle of a change; its cpu count changes from "
+                f"{old} to {ncpus} once the change settles",
+                host=host,
+                known=old,
+                said=ncpus,
+            )
+        live = [i for i in range(ncpus, old) if self.cpus[i].state in WAITED]
+        if live:
+            raise HostShrinkBlocked(
+                f"host {host} cannot shrink from {old} to {ncpus} cpus: cpu "
+                f"{', '.join(map(str, live))} still {'has' if len(live) == 1 else 'have'} "
+                "a live agent",
+                host=host,
+                known=old,
+                said=ncpus,
+            )
+        self.ledger.resize(ncpus)
+        if ncpus < old:
+            del self.cpus[ncpus:]
+            self._deadlines = [d for d in self._deadlines if d[1] < ncpus]
+            heapq.heapify(self._deadlines)
+        else:
+            self.cpus.extend(CpuLink() for _ in range(ncpus - old))
 
     # --- the one entry point ---------------------------------------------------------
 

@@ -95,7 +95,9 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
                 host=name,
                 cpu=hello.cpu,
             )
-        host = self.fleet.ensure_host(name, hello.ncpus, convert.features_from(hello))
+        host = self.fleet.ensure_host(
+            name, hello.ncpus, convert.features_from(hello), cpu=hello.cpu
+        )
         if hello.last_applied_generation > host.generation and host.pipeline.idle:
             # It applied a generation this arbiter never stored (a previous leader's
             # rolled-back state): keep generations monotonic as its CPU saw them.

@@ -54,6 +54,7 @@ class Action(Enum):
     SESSION_KEEPALIVE = "session.keepalive"
     AGENT_HELLO = "agent.hello"
     AGENT_REPORT = "agent.report"  # acks, NACKs, hits, exits on a registered stream
+    HOST_FORGET = "host.forget"  # retire a host from the inventory and the ledger
 
     @property
     def audited(self) -> bool:
@@ -132,6 +133,8 @@ def decide(who: Principal, action: Action, target: Target) -> Decision:
         return _allow(f"{who.role.value} may read")
     if who.role is Role.VIEWER:
         return _deny("viewer may not change anything")
+    if action is Action.HOST_FORGET:
+        return _deny("only an admin may forget a host")
     return _decide_debugger(who, action, target)
 
 

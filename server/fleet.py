@@ -12,7 +12,13 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from hwbp.arch import UNREPORTED_FEATURES, X86_64, ArchProfile, HostFeatures
-from hwbp.errors import Draining, HostNotFound, HostShapeConflict, ReservationNotFound
+from hwbp.errors import (
+    Draining,
+    HostBusy,
+    HostNotFound,
+    HostShapeConflict,
+    ReservationNotFound,
+)
 from hwbp.keys import KeyTable
 from hwbp.model import Reservation
 from hwbp.pipeline import Keys, Persist
@@ -35,7 +41,9 @@ class Fleet:
         self.next_id = 1  # the next reservation is r<next_id>; never goes back
         self.draining = False
         self.paranoid = False
+        # A host appeared or its cpu count changed: write its record (in the background).
         self.on_host_created: Callable[[Host], None] | None = None
+        self.on_host_forgotten: Callable[[Host], Awaitable[None]] | None = None
         self.on_commit: Callable[[HostShell, Persist], Awaitable[None]] | None = None
         self.keys: Keys = KeyTable()  # idempotency keys, fleet-wide
         self.authz = Authz()  # every servicer's permission hook; allows all until configured
@@ -59,10 +67,22 @@ class Fleet:
                 host=name,
             ) from None
 
-    def ensure_host(self, name: str, ncpus: int, features: HostFeatures | None = None) -> Host:
+    def ensure_host(
+        self,
+        name: str,
+        ncpus: int,
+        features: HostFeatures | None = None,
+        *,
+        cpu: int | None = None,
+    ) -> Host:
         """A hello names the host's CPU count, so CPUs without an agent are known offline,
         and what it offers (``features``). A host restored from the ledger has none
-        reported yet, and none is held against a request until an agent says hello."""
+        reported yet, and none is held against a request until an agent says hello.
+
+        Another CPU count than the one known resizes the host (``Host.resize``): more
+        CPUs are accepted; fewer are refused with ``HostShrinkBlocked`` while something
+        sits on a removed CPU, and the refusal is kept on the CPU whose agent (``cpu``)
+        said hello, for the inventory to show."""
         host = self.hosts.get(name)
         if host is None:
             host = Host(
@@ -81,15 +101,45 @@ class Fleet:
             self.hosts[name] = host
             log.info("host %s appeared with %d cpus", name, ncpus)
         elif host.ncpus != ncpus:
-            raise HostShapeConflict(
-                f"host {name!r} is known with {host.ncpus} cpus, the agent says {ncpus}",
-                host=name,
-                known=host.ncpus,
-                said=ncpus,
-            )
-        elif features is not None and features != host.profile.features:
+            self._resize(host, ncpus, cpu)
+        if features is not None and features != host.profile.features:
             log.info("host %s offers %s (was %s)", name, features, host.profile.features)
             host.profile = host.ledger.profile = host.profile.with_features(features)
+        return host
+
+    def _resize(self, host: Host, ncpus: int, cpu: int | None) -> None:
+        old = host.ncpus
+        try:
+            host.resize(ncpus)
+        except HostShapeConflict as err:
+            if cpu is not None and cpu < host.ncpus:
+                host.refusals[cpu] = err.message
+            raise
+        log.warning("host %s now has %d cpus (it had %d)", host.name, ncpus, old)
+        if self.on_host_created is not None:  # its record, with the new count
+            self.on_host_created(host)
+
+    async def forget(self, name: str) -> Host:
+        """Retire a host: it leaves the inventory and the ledger, so a later agent of that
+        name registers it afresh. Refused (``HostBusy``, naming each) while it holds
+        reservations or ptrace attachments, has agent streams or a change in flight;
+        if the ledger cannot drop it, it stays."""
+        host = self.host(name)
+        why = host.busy()
+        if why:
+            raise HostBusy(
+                f"host {name} cannot be forgotten: {'; '.join(why)}",
+                host=name,
+                reservations=",".join(r.id for r in host.ledger) or None,
+            )
+        del self.hosts[name]
+        try:
+            if self.on_host_forgotten is not None:
+                await self.on_host_forgotten(host)
+        except BaseException:
+            self.hosts.setdefault(name, host)
+            raise
+        log.warning("host %s forgotten (%d cpus, generation %d)", name, host.ncpus, host.generation)
         return host
 
     async def _write(self, host: HostShell, ins: Persist) -> None:

@@ -81,6 +81,7 @@ class HostShell:
         self.pipeline = HostPipeline(self.ledger, table, ack_timeout=ack_timeout)
         self.channels: list[AgentChannel | None] = [None] * ncpus
         self.backends: list[str] = [""] * ncpus
+        self.refusals: dict[int, str] = {}  # cpu -> why its agent's last hello was refused
         # Traced tasks (``server/tracing.py``), written with the batch that changed them.
         self.attachments: dict[int, Attachment] = {}
         self.dirty_tasks: set[int] = set()  # ptrace attachments to write at the next commit
@@ -160,6 +161,11 @@ class HostShell:
         # returned (a retry joins only a change of the same request, so the same kind).
         return cast("Outcome[T]", outcome)
 
+    @property
+    def settled(self) -> bool:
+        """Nothing queued, in flight or being written."""
+        return self.pipeline.idle and not self._writes
+
     async def drain(self) -> None:
         """Wait until nothing is queued, in flight or being written."""
         await self._idle.wait()
@@ -184,11 +190,15 @@ class HostShell:
 
     def fence(self, channel: AgentChannel, reason: str) -> None:
         """Close a stream that cannot be used (it does not read); its CPU shows fenced."""
-        if self.channels[channel.cpu] is not channel:
+        if not self.current(channel):
             channel.close(reason)
             return
         self._feed(AgentGone(channel.cpu, channel.link, reason, _now(), fenced=True))
         self._fence(channel, reason)
+
+    def current(self, channel: AgentChannel) -> bool:
+        """Whether ``channel`` is its CPU's stream (the host may have shrunk since)."""
+        return channel.cpu < len(self.channels) and self.channels[channel.cpu] is channel
 
     def publish(
         self,

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from hwbp.errors import HwbpError, InvalidArgument
+from hwbp.errors import HostShrinkBlocked, HwbpError, InvalidArgument
 from hwbp.model import Assignment, BpType, Breakpoint, Reservation, Target
 from hwbp.pipeline import AgentConnected, AgentGone, Answered, Link, Outcome
 from hwbp.registers import RegisterFile, RegisterImage
@@ -70,8 +70,36 @@ class Host(TracingHost):
     # --- agents ------------------------------------------------------------------
 
     def link_state(self, cpu: int) -> tuple[Link, str]:
+        """The CPU's link, and why it is down: an offline CPU whose agent's hello was
+        refused says why (the operator sees it in the inventory, the agent in its log)."""
         state = self.pipeline.cpus[cpu]
+        if state.state is Link.OFFLINE and cpu in self.refusals:
+            return state.state, f"hello refused: {self.refusals[cpu]}"
         return state.state, state.reason
+
+    def resize(self, ncpus: int) -> None:
+        """Its agents now report ``ncpus`` CPUs: more are added offline (their agents
+        resync them), fewer are refused while a removed CPU holds a reservation or still
+        has an agent stream (``HostShrinkBlocked`` names which)."""
+        old = self.ncpus
+        streams = [i for i in range(ncpus, old) if self.channels[i] is not None]
+        if streams:
+            raise HostShrinkBlocked(
+                f"host {self.name} cannot shrink from {old} to {ncpus} cpus: cpu "
+                f"{', '.join(map(str, streams))} still {'has' if len(streams) == 1 else 'have'} "
+                "an agent stream",
+                host=self.name,
+                known=old,
+                said=ncpus,
+            )
+        self.pipeline.resize(ncpus)
+        self.ncpus = ncpus
+        if ncpus < old:
+            del self.channels[ncpus:], self.backends[ncpus:]
+        else:
+            self.channels += [None] * (ncpus - old)
+            self.backends += [""] * (ncpus - old)
+        self.refusals.clear()
 
     def live_channel(self, cpu: int) -> AgentChannel | None:
         """The CPU's agent, if its stream is open and the pipeline still counts on it."""
@@ -88,6 +116,7 @@ class Host(TracingHost):
         old = self.channels[channel.cpu]
         if old is not None and old is not channel:
             old.close("replaced by a new connection")
+        self.refusals.pop(channel.cpu, None)
         self.channels[channel.cpu] = channel
         self.backends[channel.cpu] = channel.backend
         self._feed(AgentConnected(channel.cpu, channel.link, _now(), deltas=channel.deltas))
@@ -95,7 +124,7 @@ class Host(TracingHost):
     def disconnect(self, channel: AgentChannel, reason: str) -> bool:
         """The stream ended; returns whether it was the CPU's current one."""
         channel.close()
-        if self.channels[channel.cpu] is not channel:
+        if not self.current(channel):
             return False
         self.channels[channel.cpu] = None
         self._feed(AgentGone(channel.cpu, channel.link, reason, _now()))
@@ -103,7 +132,7 @@ class Host(TracingHost):
 
     def answered(self, channel: AgentChannel, result: AckResult) -> None:
         channel.answered(result)
-        if self.channels[channel.cpu] is channel:
+        if self.current(channel):
             self._feed(
                 Answered(
                     channel.cpu,
@@ -116,6 +145,29 @@ class Host(TracingHost):
                     needs_full=result.needs_full,
                 )
             )
+
+    def busy(self) -> list[str]:
+        """What keeps this host from being forgotten, in words (empty: nothing)."""
+        held = list(self.ledger)
+        why = []
+        if held:
+            names = ", ".join(r.describe() for r in held[:16])
+            more = f" and {len(held) - 16} more" if len(held) > 16 else ""
+            why.append(f"it holds {names}{more}; release them first")
+        if self.attachments:
+            tasks = ", ".join(
+                f"task {t} (session {a.session or '-'}, {a.owner})"
+                for t, a in sorted(self.attachments.items())
+            )
+            why.append(f"ptrace keeps {tasks}; flush them first")
+        streams = [i for i, c in enumerate(self.channels) if c is not None]
+        if streams:
+            cpus = ", ".join(map(str, streams))
+            have = "has" if len(streams) == 1 else "have"
+            why.append(f"cpu {cpus} still {have} an agent; stop its agents first")
+        if not self.settled:
+            why.append("a change is in flight")
+        return why
 
     # --- committed reads ---------------------------------------------------------
 

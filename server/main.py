@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hwbp.errors import LedgerCorrupt, LedgerInUse, LedgerWriteFailed
-from hwbp.server import ha
+from hwbp.server import ha, ledger_tools
 from hwbp.server.agent_link import AgentLinkServicer
 from hwbp.server.authz import AuditLog, Authz, Policy, PolicyError
 from hwbp.server.errors import MalformedRequests
@@ -33,7 +33,7 @@ from hwbp.server.reload import reload_policy
 from hwbp.server.reservations import ArbiterServicer
 from hwbp.server.sessions import SessionsServicer, SessionTable, reaper
 from hwbp.server.simulation import SimulationServicer
-from hwbp.server.store import Store, open_store
+from hwbp.server.store import DEFAULT_LEDGER, Store, open_store
 from hwbp.server.store.writer import LedgerWriter
 from hwbp.v1 import (
     agent_pb2,
@@ -82,7 +82,11 @@ SERVER_OPTIONS = [
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="hwbp-arbiter", description=__doc__, formatter_class=DefaultsHelpFormatter
+        prog="hwbp-arbiter",
+        description=__doc__,
+        epilog="`hwbp-arbiter ledger check|backup|restore` checks, backs up or restores a "
+        "ledger (see `hwbp-arbiter ledger --help`).",
+        formatter_class=DefaultsHelpFormatter,
     )
     config.add_argument(p)
     p.add_argument(
@@ -103,7 +107,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--db",
-        default="var/hwbp.db",
+        default=DEFAULT_LEDGER,
         help="SQLite ledger file (WAL); ':memory:' keeps nothing across restarts",
     )
     p.add_argument(
@@ -186,6 +190,7 @@ async def serve(
         print(f"hwbp-arbiter: refusing to start: {err}", file=sys.stderr)
         return 3
     fleet.on_host_created = persistence.host_created
+    fleet.on_host_forgotten = persistence.host_forgotten
     sessions.on_open = persistence.session_opened
     sessions.on_end = persistence.session_ended
     if restored is not None:
@@ -311,6 +316,9 @@ def _why_not(listen: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if list(argv[:1]) == ["ledger"]:  # hwbp-arbiter ledger check|backup|restore
+        return ledger_tools.main(argv[1:])
     args = parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     try:

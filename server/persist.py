@@ -199,6 +199,10 @@ class Persistence:
         record = HostRecord(host.name, host.ncpus, host.generation)
         self.writer.post(Batch(hosts=[record]), f"host {host.name}")
 
+    async def host_forgotten(self, host: Host) -> None:
+        """A retired host leaves the ledger; it raises if that was not made durable."""
+        await self.writer.commit(Batch(deleted_hosts=[host.name]))
+
     async def session_opened(self, session: Session) -> None:
         await self.writer.commit(
             Batch(sessions=[SessionRecord(session.id, session.owner, session.ttl)])

@@ -21,6 +21,8 @@ from hwbp.server.sessions import SessionTable
 from hwbp.server.store.base import id_order
 from hwbp.v1 import arbiter_pb2_grpc, types_pb2
 from hwbp.v1.arbiter_pb2 import (
+    ForgetHostRequest,
+    ForgetHostResponse,
     InventoryRequest,
     InventoryResponse,
     ListRequest,
@@ -265,6 +267,19 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
                     yield event
         finally:
             self.fleet.bus.unsubscribe(sub)
+
+    @rpc
+    async def ForgetHost(
+        self,
+        request: ForgetHostRequest,
+        context: ServicerContext[ForgetHostRequest, ForgetHostResponse],
+    ) -> ForgetHostResponse:
+        name = convert.name(request.host, "host")
+        target = Target(name, name=f"host {name}")
+        self.fleet.authz.check(context, request.request_id, Action.HOST_FORGET, target)
+        check_open(self.fleet)
+        gone = await self.fleet.forget(name)
+        return ForgetHostResponse(host=name, ncpus=gone.ncpus, generation=gone.generation)
 
     def _hosts(self, name: str) -> list[Host]:
         if name:

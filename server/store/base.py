@@ -79,6 +79,7 @@ class Batch:
     """Everything one committed change wrote; deletions name keys."""
 
     hosts: list[HostRecord] = field(default_factory=list)
+    deleted_hosts: list[str] = field(default_factory=list)  # retired (``host forget``)
     reservations: list[ReservationRecord] = field(default_factory=list)
     deleted_reservations: list[str] = field(default_factory=list)
     attachments: list[AttachmentRecord] = field(default_factory=list)
@@ -93,6 +94,7 @@ class Batch:
         return any(
             (
                 self.hosts,
+                self.deleted_hosts,
                 self.reservations,
                 self.deleted_reservations,
                 self.attachments,

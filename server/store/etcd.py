@@ -242,6 +242,8 @@ class EtcdStore:
             ops.append(t.put(self.key("keyexp", _stamp(k.expires), k.key), b""))
         for h in batch.hosts:
             ops.append(t.put(self.key("hosts", h.name), _dump(_host(h))))
+        for name in batch.deleted_hosts:
+            ops.append(t.delete(self.key("hosts", name)))
         for rid in batch.deleted_reservations:
             ops.append(t.delete(self.key("reservations", rid)))
         next_id = max(self._next_id, batch.next_id)

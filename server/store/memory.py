@@ -38,6 +38,8 @@ class MemoryStore:
     def commit(self, batch: Batch) -> None:
         for h in batch.hosts:
             self.hosts[h.name] = h
+        for name in batch.deleted_hosts:
+            self.hosts.pop(name, None)
         for rid in batch.deleted_reservations:
             self.reservations.pop(rid, None)
         for r in batch.reservations:

@@ -60,18 +60,13 @@ CREATE INDEX IF NOT EXISTS keys_by_expiry ON keys (expires);
 
 
 class SqliteStore:
-    def __init__(self, path: str, *, sync: str = "normal") -> None:
+    def __init__(self, path: str, *, sync: str = "normal", create_parent: bool = False) -> None:
         self.path = path
         self.lock: LedgerLock | None = None
         self.watch: FileWatch | None = None
         self._broken = ""  # the ledger file is gone or replaced: no write can be durable
         if path != ":memory:":
-            try:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise LedgerWriteFailed(
-                    f"ledger {path}: cannot create its directory: {err.strerror}", path=path
-                ) from None
+            ledger_directory(path, create=create_parent)
             self.lock = LedgerLock.acquire(path)  # before SQLite touches anything
         try:
             self.db = sqlite3.connect(
@@ -133,53 +128,7 @@ class SqliteStore:
             ) from None
 
     def _load(self) -> Snapshot:
-        db = self.db
-        hosts = tuple(
-            HostRecord(n, c, g)
-            for n, c, g in db.execute("SELECT name, ncpus, generation FROM hosts ORDER BY name")
-        )
-        res = [
-            _reservation(row)
-            for row in db.execute(
-                "SELECT id, host, scope, cpu, task, addr, len, type, enabled, kernel, owner, "
-                "session, ptrace_index, idempotency_key, tracer_applied FROM reservations"
-            )
-        ]
-        res.sort(key=lambda r: id_order(r.reservation.id))
-        atts = tuple(
-            AttachmentRecord(
-                h,
-                t,
-                s,
-                o,
-                _state(json.loads(st)),
-                tuple((int(i), str(r)) for i, r in json.loads(rs)),
-                bool(at),
-            )
-            for h, t, s, o, st, rs, at in db.execute(
-                "SELECT host, task, session, owner, state, reservations, attached FROM attachments"
-            )
-        )
-        sessions = tuple(
-            SessionRecord(i, o, t) for i, o, t in db.execute("SELECT id, owner, ttl FROM sessions")
-        )
-        keys = tuple(
-            KeyRecord(
-                str(k),
-                str(h),
-                str(f),
-                _reservation((*json.loads(r), "")).reservation,
-                int(g),
-                tuple(int(c) for c in json.loads(a)),
-                tuple(int(c) for c in json.loads(p)),
-                float(e),
-            )
-            for k, h, f, r, g, a, p, e in db.execute(
-                "SELECT key, host, fingerprint, reservation, generation, applied, pending, "
-                "expires FROM keys ORDER BY expires"
-            )
-        )
-        return Snapshot(hosts, tuple(res), atts, sessions, keys, self._next_id)
+        return read_snapshot(self.db, self._next_id)
 
     # --- writes --------------------------------------------------------------------
 
@@ -233,6 +182,7 @@ class SqliteStore:
                 "INSERT OR REPLACE INTO hosts VALUES (?, ?, ?)",
                 [(h.name, h.ncpus, h.generation) for h in batch.hosts],
             )
+            db.executemany("DELETE FROM hosts WHERE name = ?", [(n,) for n in batch.deleted_hosts])
             db.executemany(
                 "DELETE FROM reservations WHERE id = ?", [(r,) for r in batch.deleted_reservations]
             )
@@ -306,6 +256,82 @@ class SqliteStore:
             self.lock.release()
 
 
+def read_snapshot(db: sqlite3.Connection, next_id: int | None = None) -> Snapshot:
+    """Everything a ledger holds, from an open connection (``next_id``: the counter as
+    known, else read from its meta table). Raises what SQLite or a bad row raises."""
+    if next_id is None:
+        row = db.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()
+        next_id = 1 if row is None else int(row[0])
+    hosts = tuple(
+        HostRecord(n, c, g)
+        for n, c, g in db.execute("SELECT name, ncpus, generation FROM hosts ORDER BY name")
+    )
+    res = [
+        _reservation(row)
+        for row in db.execute(
+            "SELECT id, host, scope, cpu, task, addr, len, type, enabled, kernel, owner, "
+            "session, ptrace_index, idempotency_key, tracer_applied FROM reservations"
+        )
+    ]
+    res.sort(key=lambda r: id_order(r.reservation.id))
+    atts = tuple(
+        AttachmentRecord(
+            h,
+            t,
+            s,
+            o,
+            _state(json.loads(st)),
+            tuple((int(i), str(r)) for i, r in json.loads(rs)),
+            bool(at),
+        )
+        for h, t, s, o, st, rs, at in db.execute(
+            "SELECT host, task, session, owner, state, reservations, attached FROM attachments"
+        )
+    )
+    sessions = tuple(
+        SessionRecord(i, o, t) for i, o, t in db.execute("SELECT id, owner, ttl FROM sessions")
+    )
+    keys = tuple(
+        KeyRecord(
+            str(k),
+            str(h),
+            str(f),
+            _reservation((*json.loads(r), "")).reservation,
+            int(g),
+            tuple(int(c) for c in json.loads(a)),
+            tuple(int(c) for c in json.loads(p)),
+            float(e),
+        )
+        for k, h, f, r, g, a, p, e in db.execute(
+            "SELECT key, host, fingerprint, reservation, generation, applied, pending, "
+            "expires FROM keys ORDER BY expires"
+        )
+    )
+    return Snapshot(hosts, tuple(res), atts, sessions, keys, next_id)
+
+
+def ledger_directory(path: str, *, create: bool = False) -> Path:
+    """The directory a ledger file lives in, which must exist: a ``--db`` with a typo
+    must not start a fresh, empty ledger where nobody looks. ``create``: make it (the
+    arbiter's own default, ``var/``, on a first run)."""
+    parent = Path(path).parent
+    if create:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise LedgerWriteFailed(
+                f"ledger {path}: cannot create its directory {parent}: {err.strerror}", path=path
+            ) from None
+    if not parent.is_dir():
+        why = "is not a directory" if parent.exists() else "does not exist"
+        raise LedgerWriteFailed(
+            f"ledger {path}: its directory {parent} {why}; create it first, or pass another "
+            "--db (':memory:' keeps nothing)",
+            path=path,
+        )
+    return parent
+
+
 def _what(err: sqlite3.Error) -> str:
     """SQLite's refusal in words, with its code: a full disk says so."""
     name = str(getattr(err, "sqlite_errorname", "") or "")
@@ -327,6 +353,12 @@ ADDED_COLUMNS = (
     ("reservations", "tracer_applied", "INTEGER NOT NULL DEFAULT 0"),
     ("attachments", "attached", "INTEGER NOT NULL DEFAULT 1"),
 )
+
+
+def bring_up_to_date(db: sqlite3.Connection) -> None:
+    """Give a copy of an older ledger today's tables and columns (for reading it)."""
+    db.executescript(SCHEMA)
+    _add_missing_columns(db)
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:

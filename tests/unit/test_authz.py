@@ -223,3 +223,11 @@ def test_only_a_sessions_owner_adds_to_it_whatever_the_role() -> None:
     assert rule(CAROL, Action.PTRACE_READ, alices) == "allow: viewer may read"
     # Without TLS nobody is identified: the owner a client named cannot be checked.
     assert decide(ANONYMOUS, Action.RESERVE, Target("h1", session_owner="gdb")).allowed
+
+
+def test_only_an_admin_may_forget_a_host() -> None:
+    where = Target("h1", name="host h1")
+    assert decide(ALICE, Action.HOST_FORGET, where).allowed
+    for who in (BOB, CAROL, Principal("agent:h1", Role.AGENT, ("h1",))):
+        assert not decide(who, Action.HOST_FORGET, where).allowed
+    assert decide(BOB, Action.HOST_FORGET, where).rule == "only an admin may forget a host"

@@ -113,6 +113,15 @@ def test_a_batch_round_trips_exactly(stores: tuple[Store, Reopen]) -> None:
     assert snap.sessions == (SessionRecord("s-1", "alice", 2.5),)
 
 
+def test_a_forgotten_host_is_deleted_and_a_new_count_replaces_the_old(
+    stores: tuple[Store, Reopen],
+) -> None:
+    store, reopen = stores
+    store.commit(Batch(hosts=[HostRecord("h1", 2, 5), HostRecord("h2", 1, 3)]))
+    store.commit(Batch(hosts=[HostRecord("h1", 4, 5)], deleted_hosts=["h2"]))
+    assert reopen().load().hosts == (HostRecord("h1", 4, 5),)
+
+
 def test_deletes_and_updates(stores: tuple[Store, Reopen]) -> None:
     store, reopen = stores
     store.commit(

@@ -69,6 +69,11 @@ class ArbiterStub:
                 request_serializer=hwbp_dot_v1_dot_arbiter__pb2.WatchRequest.SerializeToString,
                 response_deserializer=hwbp_dot_v1_dot_types__pb2.Event.FromString,
                 _registered_method=True)
+        self.ForgetHost = channel.unary_unary(
+                '/hwbp.v1.Arbiter/ForgetHost',
+                request_serializer=hwbp_dot_v1_dot_arbiter__pb2.ForgetHostRequest.SerializeToString,
+                response_deserializer=hwbp_dot_v1_dot_arbiter__pb2.ForgetHostResponse.FromString,
+                _registered_method=True)
 
 
 class ArbiterServicer:
@@ -120,6 +125,16 @@ class ArbiterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForgetHost(self, request, context):
+        """Retire a host (admin only): it leaves the inventory and the ledger, and a later
+        agent of that name registers it afresh. Refused (FAILED_PRECONDITION, HOST_BUSY)
+        while it has reservations, ptrace attachments, live agents or a change in flight,
+        naming them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ArbiterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +167,11 @@ def add_ArbiterServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=hwbp_dot_v1_dot_arbiter__pb2.WatchRequest.FromString,
                     response_serializer=hwbp_dot_v1_dot_types__pb2.Event.SerializeToString,
+            ),
+            'ForgetHost': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetHost,
+                    request_deserializer=hwbp_dot_v1_dot_arbiter__pb2.ForgetHostRequest.FromString,
+                    response_serializer=hwbp_dot_v1_dot_arbiter__pb2.ForgetHostResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -320,6 +340,33 @@ class Arbiter:
             '/hwbp.v1.Arbiter/Watch',
             hwbp_dot_v1_dot_arbiter__pb2.WatchRequest.SerializeToString,
             hwbp_dot_v1_dot_types__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hwbp.v1.Arbiter/ForgetHost',
+            hwbp_dot_v1_dot_arbiter__pb2.ForgetHostRequest.SerializeToString,
+            hwbp_dot_v1_dot_arbiter__pb2.ForgetHostResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,12 @@ class ArbiterStub:
     against registers expected.
     """
     Watch: _grpc.UnaryStreamMultiCallable[_arbiter_pb2.WatchRequest, _types_pb2.Event]
+    ForgetHost: _grpc.UnaryUnaryMultiCallable[_arbiter_pb2.ForgetHostRequest, _arbiter_pb2.ForgetHostResponse]
+    """Retire a host (admin only): it leaves the inventory and the ledger, and a later
+    agent of that name registers it afresh. Refused (FAILED_PRECONDITION, HOST_BUSY)
+    while it has reservations, ptrace attachments, live agents or a change in flight,
+    naming them.
+    """
 
 @_typing.type_check_only
 class ArbiterAsyncStub(ArbiterStub):
@@ -78,6 +84,12 @@ class ArbiterAsyncStub(ArbiterStub):
     against registers expected.
     """
     Watch: _aio.UnaryStreamMultiCallable[_arbiter_pb2.WatchRequest, _types_pb2.Event]  # type: ignore[assignment]
+    ForgetHost: _aio.UnaryUnaryMultiCallable[_arbiter_pb2.ForgetHostRequest, _arbiter_pb2.ForgetHostResponse]  # type: ignore[assignment]
+    """Retire a host (admin only): it leaves the inventory and the ledger, and a later
+    agent of that name registers it afresh. Refused (FAILED_PRECONDITION, HOST_BUSY)
+    while it has reservations, ptrace attachments, live agents or a change in flight,
+    naming them.
+    """
 
 class ArbiterServicer(metaclass=_abc_1.ABCMeta):
     """Every failure is a google.rpc.Status whose details hold an ErrorInfo
@@ -136,5 +148,17 @@ class ArbiterServicer(metaclass=_abc_1.ABCMeta):
         request: _arbiter_pb2.WatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_types_pb2.Event], _abc.AsyncIterator[_types_pb2.Event]]: ...
+
+    @_abc_1.abstractmethod
+    def ForgetHost(
+        self,
+        request: _arbiter_pb2.ForgetHostRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_arbiter_pb2.ForgetHostResponse, _abc.Awaitable[_arbiter_pb2.ForgetHostResponse]]:
+        """Retire a host (admin only): it leaves the inventory and the ledger, and a later
+        agent of that name registers it afresh. Refused (FAILED_PRECONDITION, HOST_BUSY)
+        while it has reservations, ptrace attachments, live agents or a change in flight,
+        naming them.
+        """
 
 def add_ArbiterServicer_to_server(servicer: ArbiterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
