@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "ROOT",
     "CliResult",
     "Proc",
+    "arbiter_with_fleet",
     "cli",
     "start",
     "start_agent",
@@ -54,6 +56,21 @@ def start_arbiter(*extra: str) -> tuple[Proc, str]:
         ["hwbp.server", "--listen", "127.0.0.1:0", *db, *extra], "arbiter", wait_for="listening on"
     )
     return proc, line.rsplit(" ", 1)[-1]
+
+
+@contextmanager
+def arbiter_with_fleet(host: str, cpus: int, *extra: str) -> Iterator[str]:
+    """An arbiter (``extra``: its flags) and a simulated ``cpus``-CPU fleet for ``host``;
+    yields the arbiter's address, stops both by pid on the way out."""
+    arbiter, address = start_arbiter(*extra)
+    try:
+        fleet = start_fleet(address, host, cpus)
+        try:
+            yield address
+        finally:
+            fleet.stop()
+    finally:
+        arbiter.stop()
 
 
 def start_fleet(arbiter: str, host: str, cpus: int, *extra: str) -> Proc:

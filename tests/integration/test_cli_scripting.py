@@ -25,15 +25,8 @@ OWNER = f"{USER}@{socket.gethostname()}"
 
 @pytest.fixture(scope="module")
 def addr() -> Iterator[str]:
-    arbiter, address = procs.start_arbiter()
-    try:
-        fleet = procs.start_fleet(address, HOST, 2)
-        try:
-            yield address
-        finally:
-            fleet.stop()
-    finally:
-        arbiter.stop()
+    with procs.arbiter_with_fleet(HOST, 2) as address:
+        yield address
 
 
 @pytest.fixture(autouse=True)

@@ -28,15 +28,8 @@ HOST = "h2"
 
 @pytest.fixture(scope="module")
 def addr() -> Iterator[str]:
-    arbiter, address = procs.start_arbiter()
-    try:
-        fleet = procs.start_fleet(address, HOST, 2)
-        try:
-            yield address
-        finally:
-            fleet.stop()
-    finally:
-        arbiter.stop()
+    with procs.arbiter_with_fleet(HOST, 2) as address:
+        yield address
 
 
 @pytest.fixture(params=SURFACES)

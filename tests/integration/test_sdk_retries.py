@@ -28,15 +28,8 @@ HOLD = 2.5  # a held answer comes later than that
 
 @pytest.fixture(scope="module")
 def arbiter() -> Iterator[str]:
-    proc, address = procs.start_arbiter()
-    try:
-        fleet = procs.start_fleet(address, HOST, 2)
-        try:
-            yield address
-        finally:
-            fleet.stop()
-    finally:
-        proc.stop()
+    with procs.arbiter_with_fleet(HOST, 2) as address:
+        yield address
 
 
 @pytest.fixture
