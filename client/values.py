@@ -106,6 +106,8 @@ class SlotHolder:
             return f"cpu {self.cpu}"
         if self.scope is Scope.TASK:
             return f"task {self.task}"
+        if self.scope is Scope.PROCESS:
+            return f"process {self.task}"
         return f"task {self.task} on cpu {self.cpu}"
 
     def __str__(self) -> str:
@@ -176,6 +178,7 @@ class HitInfo:
     ip: int
     dr6: int
     seq: int
+    tid: int | None = None  # the thread that made the access, when the kernel said (perf)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,8 @@ class _Entry:
         sent = self._sent
         if sent is None or sent.bp is not self.res.bp:  # a modify replaced the breakpoint
             res = self.res
-            sent = self._sent = Assignment(res.id, res.target.task, res.bp)
+            process = res.target.scope is Scope.PROCESS
+            sent = self._sent = Assignment(res.id, res.target.task, res.bp, process)
         return sent
 
 

@@ -172,3 +172,4 @@ class Assignment:
     reservation_id: str
     task: int | None  # None: CPU-bound
     bp: Breakpoint
+    process: bool = False  # task is a process: every thread of it, present and future

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from hwbp.errors import HwbpError, InvalidArgument
-from hwbp.model import Assignment, BpType, Breakpoint, Reservation, Target
+from hwbp.model import Assignment, BpType, Breakpoint, Reservation, Scope, Target
 from hwbp.pipeline import AgentConnected, AgentGone, Answered, Link, Outcome
 from hwbp.registers import RegisterFile, RegisterImage
 from hwbp.server.attachments import Attachment, flush_attachment
@@ -165,7 +165,12 @@ class Host(TracingHost):
         regs.switch(current)
         if cpu not in self.pipeline.pending_cpus():
             return regs.load(self.ledger.installable(cpu, current))
-        return regs.load([Assignment(r.id, r.target.task, r.bp) for r in self.holders(cpu)])
+        return regs.load(
+            [
+                Assignment(r.id, r.target.task, r.bp, r.target.scope is Scope.PROCESS)
+                for r in self.holders(cpu)
+            ]
+        )
 
     # --- reservations --------------------------------------------------------------
 
