@@ -55,8 +55,10 @@ SAMPLE_TYPE = (
 
 # attr flag bits (the u64 bitfield after read_format)
 FLAG_DISABLED = 1 << 0
+FLAG_INHERIT = 1 << 1  # threads (and, without inherit_thread, processes) it creates inherit it
 FLAG_EXCLUDE_KERNEL = 1 << 5
 FLAG_EXCLUDE_HV = 1 << 6
+FLAG_INHERIT_THREAD = 1 << 35  # inherit only into threads (CLONE_THREAD), not forks (5.13+)
 
 PERF_FLAG_FD_CLOEXEC = 1 << 3
 
@@ -109,16 +111,30 @@ assert ctypes.sizeof(PerfEventAttr) == 128
 
 
 def breakpoint_attr(
-    *, bp_type: int, addr: int, length: int, disabled: bool, exclude_kernel: bool
+    *,
+    bp_type: int,
+    addr: int,
+    length: int,
+    disabled: bool,
+    exclude_kernel: bool,
+    inherit: bool = False,
 ) -> PerfEventAttr:
-    """A sampling breakpoint attr: one sample and one wakeup per hit, so counts are exact."""
+    """A sampling breakpoint attr: one sample and one wakeup per hit, so counts are exact.
+
+    ``inherit``: the threads the task creates later get a copy (counted against each of
+    them, as the kernel's inherit_event() reserves a slot for it); their samples go to
+    this event's ring buffer, naming the thread."""
     attr = PerfEventAttr()
     attr.type = PERF_TYPE_BREAKPOINT
     attr.size = ctypes.sizeof(PerfEventAttr)
     attr.sample_period = 1
     attr.sample_type = SAMPLE_TYPE
     attr.sample_regs_user = REGS_USER_MASK
-    attr.flags = (FLAG_DISABLED if disabled else 0) | (FLAG_EXCLUDE_KERNEL if exclude_kernel else 0)
+    attr.flags = (
+        (FLAG_DISABLED if disabled else 0)
+        | (FLAG_EXCLUDE_KERNEL if exclude_kernel else 0)
+        | (FLAG_INHERIT | FLAG_INHERIT_THREAD if inherit else 0)
+    )
     attr.wakeup_events = 1
     attr.bp_type = bp_type
     attr.bp_addr = addr

@@ -68,6 +68,7 @@ class ReservationInfo:
     session_id: str  # "" when it persists until released
     kernel: bool = False
     ptrace_index: int | None = None  # 0..3 when made through the ptrace facade
+    threads: tuple[int, ...] = ()  # a process's threads when it was reserved
 
 
 @dataclass(frozen=True, slots=True)

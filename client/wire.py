@@ -282,6 +282,7 @@ def reservation(msg: types_pb2.Reservation) -> ReservationInfo:
         session_id=msg.session_id,
         kernel=msg.spec.kernel,
         ptrace_index=msg.ptrace_index if msg.ptrace_index >= 0 else None,
+        threads=tuple(msg.target.threads),
     )
 
 

@@ -1,0 +1,214 @@
+"""Watch a whole process by symbol: real kernel, real arbiter and perf agents, real CLI.
+
+A two-thread C program (compiled here) writes a global; ``hwbpctl reserve --pid
+--symbol`` covers every thread of it, those that exist and those it creates later, and
+every write is reported naming the thread that made it. Skips only where the kernel
+refuses perf_event_open hardware breakpoints, saying why.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hwbp.agent.perf import probe
+from tests.integration import procs
+from tests.integration.c_targets import Threads, compile_c
+
+_reason = probe()
+if _reason is not None:
+    pytest.skip(f"the kernel refuses hardware breakpoints here: {_reason}", allow_module_level=True)
+
+pytestmark = pytest.mark.kernel
+HOST = socket.gethostname()  # the agents' default name: hwbpctl names IPs on its own host
+CPUS = os.cpu_count() or 1
+HIT = re.compile(
+    r"^#\d+ hit (?P<id>r\d+) via DR\d on (?P<host>\S+) cpu \d+ task (?P<task>\d+) "
+    r"thread (?P<tid>\d+): addr (?P<addr>0x[0-9a-f]+) accessed \S+ DR6=\S+ "
+    r"ip 0x[0-9a-f]+ (?P<where>\S+)(?: \((?P<line>[^)]*)\))?$"
+)
+
+
+@pytest.fixture(scope="module")
+def host(arbiter: str) -> Iterator[str]:
+    agents = [
+        procs.start_agent(arbiter, HOST, c, "--cpus", str(CPUS), "--backend", "perf")
+        for c in range(CPUS)
+    ]
+    try:
+        yield HOST
+    finally:
+        for p in agents:
+            p.stop()
+
+
+@pytest.fixture(scope="module")
+def exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return compile_c("threads", tmp_path_factory.mktemp("c"))
+
+
+@pytest.fixture
+def program(exe: Path) -> Iterator[Threads]:
+    t = Threads(exe)
+    try:
+        yield t
+    finally:
+        t.kill()
+
+
+class Watch:
+    """``hwbpctl watch`` as its own process, started before the writes."""
+
+    def __init__(self, arbiter: str, count: int) -> None:
+        argv = [procs.PY, "-m", "hwbp.client", "--arbiter", arbiter, "watch", "--host", HOST]
+        self.proc = subprocess.Popen(
+            [*argv, "--count", str(count), "--timeout", "30", "--announce"],
+            cwd=procs.ROOT,
+            env=procs.child_env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        first = self._line()
+        assert first.startswith("subscribed"), first
+
+    def _line(self) -> str:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
+        assert ready, "hwbpctl watch said nothing"
+        return self.proc.stdout.readline().rstrip("\n")
+
+    def hits(self) -> list[re.Match[str]]:
+        """Every line until it exits (after --count events), parsed as hits."""
+        assert self.proc.stdout is not None
+        out, _ = self.proc.communicate(timeout=40)
+        lines = [ln for ln in out.splitlines() if " hit " in ln]
+        parsed = [HIT.match(ln) for ln in lines]
+        assert all(parsed), lines
+        return [m for m in parsed if m is not None]
+
+
+def reserve(arbiter: str, *args: str) -> procs.CliResult:
+    return procs.cli(arbiter, "reserve", "--host", HOST, *args, as_json=False)
+
+
+def test_every_write_of_the_second_thread_is_reported_with_its_thread(
+    arbiter: str, host: str, program: Threads
+) -> None:
+    r = reserve(arbiter, "--pid", str(program.pid), "--symbol", "counter", "--type", "w")
+    assert r.code == 0, r.err
+    rid = r.out.strip()
+    try:
+        listed = procs.cli(arbiter, "ls", "--host", HOST).json()
+        mine = next(x for x in listed if x["id"] == rid)
+        assert (mine["scope"], mine["task"]) == ("process", program.pid)
+        assert mine["threads"] == [program.pid, program.second]  # listed from /proc
+        assert mine["len"] == 8  # the symbol's size
+        watch = Watch(arbiter, 5)
+        tid = program.stores("t", 5)
+        assert tid == program.second
+        hits = watch.hits()
+        assert len(hits) == 5
+        assert {(h["id"], int(h["task"]), int(h["tid"])) for h in hits} == {
+            (rid, program.pid, program.second)
+        }
+        # The IP is the instruction after the store, in store_many; the line is the store's.
+        assert all(h["where"].startswith("store_many+0x") for h in hits), hits[0].string
+        assert all(h["line"] == "threads.c:31" for h in hits), hits[0].string
+    finally:
+        assert procs.cli(arbiter, "release", rid, as_json=False).code == 0
+
+
+def test_a_thread_created_after_the_reservation_is_covered(
+    arbiter: str, host: str, program: Threads
+) -> None:
+    r = reserve(arbiter, "--pid", str(program.pid), "--symbol", "counter", "--type", "w")
+    assert r.code == 0, r.err
+    rid = r.out.strip()
+    try:
+        watch = Watch(arbiter, 6)
+        first = program.stores("n", 3)
+        second = program.stores("n", 3)
+        assert len({first, second, program.pid, program.second}) == 4  # new threads
+        hits = watch.hits()
+        assert [int(h["tid"]) for h in hits] == [first] * 3 + [second] * 3
+        assert {h["id"] for h in hits} == {rid}
+    finally:
+        assert procs.cli(arbiter, "release", rid, as_json=False).code == 0
+
+
+def test_a_process_wide_breakpoint_that_would_give_a_thread_a_fifth_slot_is_refused(
+    arbiter: str, host: str, program: Threads
+) -> None:
+    """The second thread holds three of its own; the process-wide one is its fourth; one
+    more process-wide breakpoint would be its fifth: refused, naming what it holds."""
+    held: list[str] = []
+    try:
+        for i in range(3):
+            r = reserve(
+                arbiter,
+                "--task",
+                str(program.second),
+                "--symbol",
+                "counter",
+                "--type",
+                "w",
+                "--owner",
+                f"thread-{i}",
+            )
+            assert r.code == 0, r.err
+            held.append(r.out.strip())
+        r = reserve(
+            arbiter,
+            "--pid",
+            str(program.pid),
+            "--symbol",
+            "small",
+            "--type",
+            "w",
+            "--owner",
+            "whole",
+        )
+        assert r.code == 0, r.err
+        held.append(r.out.strip())
+        refused = reserve(
+            arbiter,
+            "--pid",
+            str(program.pid),
+            "--symbol",
+            "counter",
+            "--type",
+            "rw",
+            "--owner",
+            "fifth",
+        )
+        assert refused.code == 3, refused.err
+        assert "4 of 4 in use" in refused.err
+        for rid, who in zip(held, ["thread-0", "thread-1", "thread-2", "whole"], strict=True):
+            assert f"{rid} ({who}" in refused.err
+        assert f"process {program.pid}" in refused.err
+        # The main thread alone still has room: one thread's count is its own.
+        ok = reserve(arbiter, "--task", str(program.pid), "--symbol", "counter", "--type", "w")
+        assert ok.code == 0, ok.err
+        held.append(ok.out.strip())
+    finally:
+        for rid in held:
+            procs.cli(arbiter, "release", rid, as_json=False)
+
+
+def test_a_symbol_the_process_lacks_is_a_clear_error(
+    arbiter: str, host: str, program: Threads
+) -> None:
+    r = reserve(arbiter, "--pid", str(program.pid), "--symbol", "nope", "--type", "w")
+    assert r.code == 6 and r.err.startswith("hwbpctl: no data symbol nope in process"), r.err
+    r = reserve(arbiter, "--pid", str(program.pid), "--symbol", "opterr", "--type", "w")
+    assert r.code == 2 and "name one as OBJECT:NAME" in r.err, r.err
+    r = reserve(arbiter, "--pid", str(program.pid), "--symbol", "buffer", "--type", "w")
+    assert r.code == 2 and "give --len" in r.err, r.err
+    assert "Traceback" not in r.err
