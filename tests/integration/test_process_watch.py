@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from hwbp.agent.perf import probe
+from hwbp.load.procs import child_env
 from tests.integration import procs
 from tests.integration.c_targets import Threads, compile_c
 
@@ -71,7 +72,7 @@ class Watch:
         self.proc = subprocess.Popen(
             [*argv, "--count", str(count), "--timeout", "30", "--announce"],
             cwd=procs.ROOT,
-            env=procs.child_env(),
+            env=child_env(),
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -82,7 +83,8 @@ class Watch:
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
         assert ready, "hwbpctl watch said nothing"
-        return self.proc.stdout.readline().rstrip("\n")
+        line: str = self.proc.stdout.readline()
+        return line.rstrip("\n")
 
     def hits(self) -> list[re.Match[str]]:
         """Every line until it exits (after --count events), parsed as hits."""

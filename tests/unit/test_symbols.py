@@ -78,12 +78,10 @@ def test_unknown_ambiguous_and_unwatchable_names_say_what_is_wrong(running: Thre
 
 
 def test_an_address_is_named_function_plus_offset_and_line(running: Threads) -> None:
-    store_many = next(
-        (v, s) for v, s, n in symbols._table(str(running.exe)).funcs if n == "store_many"
-    )
-    base = symbols.resolve(running.pid, "counter").addr - next(
-        v for v, _, _ in symbols._table(str(running.exe)).data["counter"]
-    )
+    table = symbols._table(str(running.exe))
+    assert table is not None
+    store_many = next((v, s) for v, s, n in table.funcs if n == "store_many")
+    base = symbols.resolve(running.pid, "counter").addr - table.data["counter"][0][0]
     loc = symbols.Symbolizer(running.pid).locate(base + store_many[0] + 0x10)
     assert loc is not None and loc.function == "store_many" and loc.offset == 0x10
     assert loc.source is not None and loc.source.startswith("threads.c:")
