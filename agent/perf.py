@@ -496,6 +496,10 @@ class PerfBackend:
             self._pidfds[pid] = ps.pidfd_open(pid)
         except ProcessLookupError:
             self._exited.append(pid)
+        except OSError:
+            # A thread on a kernel without PIDFD_THREAD: its breakpoint goes with it in
+            # the kernel; the ledger's slot waits for a release (or its process's exit).
+            pass
 
     def exited_tasks(self) -> list[int]:
         """Watched pids that have exited since the last call, each reported once."""

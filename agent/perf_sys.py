@@ -9,6 +9,7 @@ kernel's errno so the backend can word the refusal.
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import gzip
 import mmap
@@ -191,9 +192,21 @@ def read_count(fd: int) -> int:
     return int(struct.unpack("<Q", data)[0]) if len(data) == 8 else 0
 
 
+PIDFD_THREAD = os.O_EXCL  # a pidfd of one thread, readable when it exits (6.9+)
+
+
 def pidfd_open(pid: int) -> int:
-    """A pidfd that becomes readable when the process exits (Linux 5.3+)."""
-    return os.pidfd_open(pid)
+    """A pidfd that becomes readable when the task exits (Linux 5.3+): a process's when
+    ``pid`` leads one, else (a thread that is not its process's leader) the thread's,
+    where the kernel offers PIDFD_THREAD. Raises ProcessLookupError when it is gone."""
+    try:
+        return os.pidfd_open(pid)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOENT):
+            raise
+        if not os.path.exists(f"/proc/{pid}"):
+            raise ProcessLookupError(errno.ESRCH, os.strerror(errno.ESRCH), pid) from None
+    return os.pidfd_open(pid, PIDFD_THREAD)  # a thread: kernels before 6.9 say EINVAL
 
 
 # --- what this host offers (hwbp.arch.HostFeatures) -------------------------------------
