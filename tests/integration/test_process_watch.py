@@ -8,6 +8,7 @@ refuses perf_event_open hardware breakpoints, saying why.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import select
@@ -18,10 +19,16 @@ from pathlib import Path
 
 import pytest
 
+from hwbp.agent import perf_sys as ps
 from hwbp.agent.perf import probe
+from hwbp.errors import NoFreeSlot
+from hwbp.ledger import HostLedger
 from hwbp.load.procs import child_env
+from hwbp.model import BpType, Breakpoint, Reservation, Scope, Target
+from hwbp.wire import procfs, symbols
 from tests.integration import procs
 from tests.integration.c_targets import Threads, compile_c
+from tests.integration.targets import need_every_register
 
 _reason = probe()
 if _reason is not None:
@@ -214,3 +221,64 @@ def test_a_symbol_the_process_lacks_is_a_clear_error(
     r = reserve(arbiter, "--pid", str(program.pid), "--symbol", "buffer", "--type", "w")
     assert r.code == 2 and "give --len" in r.err, r.err
     assert "Traceback" not in r.err
+
+
+def test_the_ledger_counts_a_process_as_this_kernel_does(program: Threads) -> None:
+    """One sequence on the real kernel (perf_event_open on the program's threads, with
+    inherit for the process-wide ones) and through the ledger: the same step is refused,
+    on the same thread."""
+    for cpu in range(CPUS):
+        need_every_register(cpu)  # registers held outside would make the kernel refuse first
+    threads = procfs.threads_of(program.pid)
+    var = symbols.resolve(program.pid, "counter").addr
+
+    def attr(inherit: bool) -> ps.PerfEventAttr:
+        return ps.breakpoint_attr(
+            bp_type=ps.HW_BREAKPOINT_W,
+            addr=var,
+            length=8,
+            disabled=True,
+            exclude_kernel=True,
+            inherit=inherit,
+        )
+
+    fds: list[int] = []
+
+    def kernel(step: str) -> str:
+        """'task T' or 'process': ok, or the errno's name."""
+        opened: list[int] = []
+        try:
+            for tid in threads if step == "process" else (int(step.split()[1]),):
+                opened.append(ps.perf_event_open(attr(step == "process"), pid=tid, cpu=-1))
+        except OSError as e:
+            for fd in opened:
+                os.close(fd)
+            return errno.errorcode[e.errno or 0]
+        fds.extend(opened)
+        return "ok"
+
+    ledger = HostLedger("h", CPUS)
+    serial = iter(range(100))
+
+    def arbiter_(step: str) -> str:
+        if step == "process":
+            target = Target(Scope.PROCESS, task=program.pid, threads=threads)
+        else:
+            target = Target(Scope.TASK, task=int(step.split()[1]))
+        try:
+            ledger.reserve(
+                Reservation(f"r{next(serial)}", "h", target, Breakpoint(var, 8, BpType.WRITE))
+            )
+        except NoFreeSlot:
+            return "ENOSPC"
+        return "ok"
+
+    second, main = f"task {program.second}", f"task {program.pid}"
+    steps = [second, second, second, "process", "process", second, main, main, main, main]
+    try:
+        seen = [(step, kernel(step), arbiter_(step)) for step in steps]
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert [k for _, k, _ in seen] == [a for _, _, a in seen], seen
+    assert [k for _, k, _ in seen] == ["ok"] * 4 + ["ENOSPC"] * 2 + ["ok"] * 3 + ["ENOSPC"]
