@@ -151,7 +151,8 @@ def reservation_into(msg: pb.Reservation, res: Reservation, generation: int = 0)
         target.cpu = res.target.cpu
     if res.target.task is not None:
         target.task = res.target.task
-    target.threads.extend(res.target.threads)
+    if res.target.threads:
+        target.threads[:] = res.target.threads
     bp, spec = res.bp, msg.spec
     spec.addr = bp.addr
     spec.len = bp.length

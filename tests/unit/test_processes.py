@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from hwbp.errors import InvalidScope, InvalidTask, NoFreeSlot
+from hwbp.errors import InvalidScope, InvalidTask, NoFreeSlot, ValueOutOfRange
 from hwbp.ledger import HostLedger
 from hwbp.model import BpType, Breakpoint, Reservation, Scope, Target
+from hwbp.v1 import types_pb2
+from hwbp.wire import convert
 
 PID, T2, T3 = 100, 101, 102
 
@@ -80,3 +82,25 @@ def test_process_target_shape() -> None:
     with pytest.raises(InvalidScope, match="takes no cpu"):
         Target(Scope.PROCESS, task=PID, cpu=0)
     assert Target(Scope.PROCESS, task=PID).describe() == f"process {PID}"
+
+
+def test_a_process_target_crosses_the_wire_with_its_threads() -> None:
+    target = process(PID, T2)
+    msg = convert.target_to("h", target)
+    assert (msg.scope, list(msg.threads)) == (types_pb2.SCOPE_PROCESS, [PID, T2])
+    assert convert.target_from(msg) == target
+    res = Reservation("r1", "h", target, wp(0x1000))
+    into = types_pb2.Reservation()
+    convert.reservation_into(into, res)
+    assert convert.reservation_to(res) == into and list(into.target.threads) == [PID, T2]
+    a = HostLedger("h", 1)
+    a.reserve(res)
+    (sent,) = a.for_cpu(0)
+    assert sent.process and convert.assignment_from(convert.assignment_to(sent)) == sent
+    too_many = types_pb2.Target(
+        host="h", scope=types_pb2.SCOPE_PROCESS, task=PID, threads=range(1, convert.MAX_THREADS + 2)
+    )
+    with pytest.raises(ValueOutOfRange, match="at most"):
+        convert.target_from(too_many)
+    with pytest.raises(ValueOutOfRange, match="thread must be a pid"):
+        convert.target_from(types_pb2.Target(scope=types_pb2.SCOPE_PROCESS, task=PID, threads=[0]))
