@@ -9,7 +9,7 @@ it; the line shown is that of the access (the instruction just before).
 
 from __future__ import annotations
 
-import socket
+import os
 
 from hwbp.client.values import HitInfo
 from hwbp.errors import HwbpError
@@ -22,7 +22,7 @@ _MAX = 64
 def ip_words(h: HitInfo) -> str | None:
     """``store_many+0x1c (threads.c:31)`` for a hit of this host's process; None when
     the IP cannot be named here (another host, a gone process, no symbols)."""
-    if not h.ip or h.task is None or h.host != socket.gethostname():
+    if not h.ip or h.task is None or h.host != os.uname().nodename:
         return None
     if h.task not in _names:
         if len(_names) >= _MAX:

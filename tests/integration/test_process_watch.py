@@ -12,7 +12,6 @@ import errno
 import os
 import re
 import select
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +34,7 @@ if _reason is not None:
     pytest.skip(f"the kernel refuses hardware breakpoints here: {_reason}", allow_module_level=True)
 
 pytestmark = pytest.mark.kernel
-HOST = socket.gethostname()  # the agents' default name: hwbpctl names IPs on its own host
+HOST = os.uname().nodename  # the agents' default name: hwbpctl names IPs on its own host
 CPUS = os.cpu_count() or 1
 HIT = re.compile(
     r"^#\d+ hit (?P<id>r\d+) via DR\d on (?P<host>\S+) cpu \d+ task (?P<task>\d+) "
