@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import select
+import queue
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
 C_DIR = Path(__file__).with_name("c")
-WAIT = 10.0
+WAIT = 30.0  # a loaded machine may be slow to schedule it; a hang still fails
 
 
 def compile_c(name: str, out_dir: Path, *flags: str) -> Path:
@@ -28,25 +29,36 @@ def compile_c(name: str, out_dir: Path, *flags: str) -> Path:
 
 
 class Threads:
-    """A running ``c/threads.c``: its pid, its second thread's tid, and commands."""
+    """A running ``c/threads.c``: its pid, its second thread's tid, and commands.
+
+    Its lines are read by a thread into a queue: it may write two lines at once, and a
+    select() on the pipe would not see the second one already buffered."""
 
     def __init__(self, exe: Path) -> None:
         self.exe = exe
         self.proc = subprocess.Popen(
             [str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
         self.pid = int(self._line().removeprefix("pid "))
         self.second = int(self._line().removeprefix("tid "))
 
-    def _line(self) -> str:
+    def _read(self) -> None:
         assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], WAIT)
-        if not ready:
-            raise TimeoutError(f"{self.exe.name} did not answer")
-        line = self.proc.stdout.readline()
-        if not line:
+        with self.proc.stdout:
+            for line in self.proc.stdout:
+                self._lines.put(line.strip())
+        self._lines.put(None)
+
+    def _line(self) -> str:
+        try:
+            line = self._lines.get(timeout=WAIT)
+        except queue.Empty:
+            raise TimeoutError(f"{self.exe.name} did not answer") from None
+        if line is None:
             raise EOFError(f"{self.exe.name} exited ({self.proc.poll()})")
-        return line.strip()
+        return line
 
     def stores(self, cmd: str, n: int) -> int:
         """``t``: the second thread stores n times; ``n``: a new thread does. Its tid."""
@@ -59,6 +71,5 @@ class Threads:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=WAIT)
-        for f in (self.proc.stdin, self.proc.stdout):
-            if f is not None:
-                f.close()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()

@@ -93,3 +93,18 @@ def test_threads_are_listed_from_proc(running: Threads) -> None:
     assert procfs.tgid_of(running.second) == running.pid
     with pytest.raises(ProcessNotFound):
         procfs.threads_of(1 << 30)
+
+
+def test_a_non_pie_executable_keeps_its_link_time_addresses(tmp_path: Path) -> None:
+    exe = compile_c("threads", tmp_path, "-no-pie")
+    t = Threads(exe)
+    try:
+        sym = symbols.resolve(t.pid, "counter")
+        table = symbols._table(str(exe))
+        assert table is not None and not table.dynamic
+        assert sym.addr == table.data["counter"][0][0]  # ET_EXEC: the value is the address
+        before = read_long(t.pid, sym.addr)
+        t.stores("t", 2)
+        assert read_long(t.pid, sym.addr) == before + 2
+    finally:
+        t.kill()
