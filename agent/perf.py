@@ -148,17 +148,15 @@ class _Event:
     fd: int
     ring: ps.RingBuffer
     base: int = 0
-    threads: list[tuple[int, ps.RingBuffer]] = field(default_factory=list)  # more fds
-
-    def parts(self) -> list[tuple[int, ps.RingBuffer]]:
-        return [(self.fd, self.ring), *self.threads]
+    # The other threads' events, writing their samples into ``ring`` (SET_OUTPUT).
+    threads: list[int] = field(default_factory=list)
 
     def count(self) -> int:
-        return self.base + sum(ps.read_count(fd) for fd, _ in self.parts())
+        return self.base + sum(ps.read_count(fd) for fd in (self.fd, *self.threads))
 
     def close(self) -> None:
-        for fd, ring in self.parts():
-            ring.close()
+        self.ring.close()
+        for fd in (self.fd, *self.threads):
             os.close(fd)
 
 
@@ -266,33 +264,44 @@ class PerfBackend:
     def _open_process(self, a: Assignment, pid: int) -> _Event:
         """One inherited event per thread the process has; listed again until no thread
         is new, since one created by a thread not yet covered would inherit nothing. A
-        thread that exits meanwhile (ESRCH) needs none; the process itself must exist."""
-        parts: dict[int, tuple[int, ps.RingBuffer]] = {}
+        thread that exits meanwhile (ESRCH) needs none; the process itself must exist.
+        Every event writes into the first one's ring (the threads they create do too),
+        so a process of many threads costs one buffer per CPU, not one per thread."""
+        fds: dict[int, int] = {}  # tid -> fd; the first owns the ring
         gone: set[int] = set()
+        ring: ps.RingBuffer | None = None
         try:
             while True:
                 try:
-                    new = [t for t in procfs.threads_of(pid) if t not in parts and t not in gone]
+                    new = [t for t in procfs.threads_of(pid) if t not in fds and t not in gone]
                 except HwbpError:
                     raise OSError(errno.ESRCH, os.strerror(errno.ESRCH)) from None
                 if not new:
                     break
                 for tid in new:
                     try:
-                        parts[tid] = self._open_one(a.bp, tid, inherit=True)
+                        fd = ps.perf_event_open(_attr(a.bp, inherit=True), pid=tid, cpu=self.cpu)
                     except OSError as e:
                         if e.errno != errno.ESRCH or tid == pid:
                             raise
                         gone.add(tid)
+                        continue
+                    fds[tid] = fd
+                    if ring is None:
+                        ring = ps.RingBuffer(fd, self._ring_pages)
+                    else:
+                        first = next(iter(fds.values()))
+                        ps.ioctl(fd, ps.PERF_EVENT_IOC_SET_OUTPUT, first)
         except BaseException:
-            for fd, ring in parts.values():
+            if ring is not None:
                 ring.close()
+            for fd in fds.values():
                 os.close(fd)
             raise
-        if not parts:
+        if ring is None:
             raise OSError(errno.ESRCH, os.strerror(errno.ESRCH))
-        (fd, ring), *rest = parts.values()
-        return _Event(assignment=a, fd=fd, ring=ring, threads=rest)
+        first, *rest = fds.values()
+        return _Event(assignment=a, fd=first, ring=ring, threads=rest)
 
     def _open_or_make_room(self, a: Assignment, removals: list[_Event], txn: _Txn) -> _Event:
         """Open while the old set still holds its slots; only on ENOSPC free the removals.
@@ -476,7 +485,7 @@ class PerfBackend:
     def _drain(self, ev: _Event) -> list[_Drained]:
         a = ev.assignment
         index = self._index.get(a.reservation_id, 0)
-        return [_Drained(a, index, s) for _, ring in ev.parts() for s in ring.drain()]
+        return [_Drained(a, index, s) for s in ev.ring.drain()]
 
     def counts(self) -> dict[str, int]:
         """Reservation id -> hits counted by the kernel (kept across reopen of the same id)."""
@@ -484,7 +493,7 @@ class PerfBackend:
 
     def lost(self) -> int:
         """Samples the kernel dropped because a ring buffer was full (counts stay exact)."""
-        return sum(ring.lost for ev in self._events.values() for _, ring in ev.parts())
+        return sum(ev.ring.lost for ev in self._events.values())
 
     # --- task exits --------------------------------------------------------------------
 
@@ -515,8 +524,7 @@ class PerfBackend:
 
     def fds(self) -> list[int]:
         """Every fd whose readability means work: sample buffers and pidfds."""
-        fds = [fd for ev in self._events.values() for fd, _ in ev.parts()]
-        return fds + list(self._pidfds.values())
+        return [ev.fd for ev in self._events.values()] + list(self._pidfds.values())
 
     def close(self) -> None:
         for ev in self._events.values():
