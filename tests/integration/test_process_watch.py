@@ -222,6 +222,10 @@ def test_a_symbol_the_process_lacks_is_a_clear_error(
     r = reserve(arbiter, "--pid", str(program.pid), "--symbol", "buffer", "--type", "w")
     assert r.code == 2 and "give --len" in r.err, r.err
     assert "Traceback" not in r.err
+    gone = "4194000"  # above any pid this machine hands out by default
+    r = reserve(arbiter, "--pid", gone, "--addr", "0x1000", "--len", "8", "--type", "w")
+    assert r.code == 6 and f"process {gone} is not on this host" in r.err, r.err
+    assert procs.cli(arbiter, "ls", "--host", HOST).json() == []  # nothing was reserved
 
 
 def test_the_ledger_counts_a_process_as_this_kernel_does(program: Threads) -> None:
