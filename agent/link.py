@@ -436,8 +436,10 @@ class AgentLink:
             out.ok, out.error = False, convert.bounded(str(err), "error")
         return out
 
-    def _hit_pb(self, hit: HitRecord) -> types_pb2.Hit:
+    def _hit_pb(self, hit: HitRecord, tid: int | None = None) -> types_pb2.Hit:
         msg = convert.hit_to(self.host, self.cpu, hit, ptrace_index=None, seq=0)
+        if tid:
+            msg.tid = tid  # the thread that made the access (a process's: any of them)
         msg.exception = hit.exception  # which hits one debug exception made
         current = self.backend.image().current_task
         if not msg.HasField("task") and current is not None:
@@ -474,9 +476,12 @@ class AgentLink:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ready.wait(), 0.5)
         ready.clear()
-        hits = [h.record if hasattr(h, "record") else h for h in self.backend.poll_hits()]
+        hits = [
+            (h.record, h.tid) if hasattr(h, "record") else (h, None)
+            for h in self.backend.poll_hits()
+        ]
         for i in range(0, len(hits), convert.MAX_HITS):  # the arbiter's per-report cap
-            chunk = [self._hit_pb(h) for h in hits[i : i + convert.MAX_HITS]]
+            chunk = [self._hit_pb(h, tid) for h, tid in hits[i : i + convert.MAX_HITS]]
             self.send(agent_pb2.AgentMessage(hits=agent_pb2.HitReport(hits=chunk)))
         for pid in self.backend.exited_tasks():
             self.send(agent_pb2.AgentMessage(task_exited=agent_pb2.TaskExited(task=pid)))

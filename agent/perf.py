@@ -26,9 +26,10 @@ from typing import NamedTuple
 
 from hwbp import dr7
 from hwbp.agent import perf_sys as ps
-from hwbp.errors import KernelNoSpace, KernelRefused
+from hwbp.errors import HwbpError, KernelNoSpace, KernelRefused
 from hwbp.model import Assignment, BpType, Breakpoint
 from hwbp.registers import HitRecord, RegisterImage
+from hwbp.wire import procfs
 
 _LONG = ctypes.sizeof(ctypes.c_long)  # the only length the kernel takes for exec
 _KERNEL_TYPE = {
@@ -52,7 +53,7 @@ class Hit(NamedTuple):
     tid: int
 
 
-def _attr(bp: Breakpoint) -> ps.PerfEventAttr:
+def _attr(bp: Breakpoint, *, inherit: bool = False) -> ps.PerfEventAttr:
     is_exec = bp.type is BpType.EXEC
     return ps.breakpoint_attr(
         bp_type=_KERNEL_TYPE[bp.type],
@@ -60,6 +61,7 @@ def _attr(bp: Breakpoint) -> ps.PerfEventAttr:
         length=_LONG if is_exec else bp.length,
         disabled=not bp.enabled,
         exclude_kernel=not bp.kernel,
+        inherit=inherit,
     )
 
 
@@ -90,6 +92,15 @@ def _hint(e: OSError) -> str:
     if e.errno == errno.ENOSPC:
         return "; every debug register is already taken"
     return ""
+
+
+def _pid_words(ev: _Event) -> str:
+    a = ev.assignment
+    if a.task is None:
+        return "pid -1"
+    if a.process:
+        return f"process {a.task}, {1 + len(ev.threads)} threads inheriting"
+    return f"pid {a.task}"
 
 
 def _dr7(slots: Sequence[Breakpoint | None]) -> int:
@@ -129,19 +140,24 @@ def _one_exception(group: list[_Drained], d: _Drained) -> bool:
 
 @dataclass(eq=False)
 class _Event:
-    """An open perf event for one assignment. ``base`` carries the count of earlier fds."""
+    """The open perf events of one assignment: one, or one per thread of a process (each
+    inherited by the threads that thread creates). ``base`` carries the count of earlier
+    fds."""
 
     assignment: Assignment
     fd: int
     ring: ps.RingBuffer
     base: int = 0
+    # The other threads' events, writing their samples into ``ring`` (SET_OUTPUT).
+    threads: list[int] = field(default_factory=list)
 
     def count(self) -> int:
-        return self.base + ps.read_count(self.fd)
+        return self.base + sum(ps.read_count(fd) for fd in (self.fd, *self.threads))
 
     def close(self) -> None:
         self.ring.close()
-        os.close(self.fd)
+        for fd in (self.fd, *self.threads):
+            os.close(fd)
 
 
 @dataclass
@@ -231,14 +247,61 @@ class PerfBackend:
         return [ev.assignment for ev in self._events.values()] + list(self._traced.values())
 
     def _open(self, a: Assignment) -> _Event:
+        if a.process and a.task is not None:
+            return self._open_process(a, a.task)
         pid = -1 if a.task is None else a.task
-        fd = ps.perf_event_open(_attr(a.bp), pid=pid, cpu=self.cpu)
+        fd, ring = self._open_one(a.bp, pid, inherit=False)
+        return _Event(assignment=a, fd=fd, ring=ring)
+
+    def _open_one(self, bp: Breakpoint, pid: int, *, inherit: bool) -> tuple[int, ps.RingBuffer]:
+        fd = ps.perf_event_open(_attr(bp, inherit=inherit), pid=pid, cpu=self.cpu)
         try:
-            ring = ps.RingBuffer(fd, self._ring_pages)
+            return fd, ps.RingBuffer(fd, self._ring_pages)
         except BaseException:
             os.close(fd)
             raise
-        return _Event(assignment=a, fd=fd, ring=ring)
+
+    def _open_process(self, a: Assignment, pid: int) -> _Event:
+        """One inherited event per thread the process has; listed again until no thread
+        is new, since one created by a thread not yet covered would inherit nothing. A
+        thread that exits meanwhile (ESRCH) needs none; the process itself must exist.
+        Every event writes into the first one's ring (the threads they create do too),
+        so a process of many threads costs one buffer per CPU, not one per thread."""
+        fds: dict[int, int] = {}  # tid -> fd; the first owns the ring
+        gone: set[int] = set()
+        ring: ps.RingBuffer | None = None
+        try:
+            while True:
+                try:
+                    new = [t for t in procfs.threads_of(pid) if t not in fds and t not in gone]
+                except HwbpError:
+                    raise OSError(errno.ESRCH, os.strerror(errno.ESRCH)) from None
+                if not new:
+                    break
+                for tid in new:
+                    try:
+                        fd = ps.perf_event_open(_attr(a.bp, inherit=True), pid=tid, cpu=self.cpu)
+                    except OSError as e:
+                        if e.errno != errno.ESRCH or tid == pid:
+                            raise
+                        gone.add(tid)
+                        continue
+                    fds[tid] = fd
+                    if ring is None:
+                        ring = ps.RingBuffer(fd, self._ring_pages)
+                    else:
+                        first = next(iter(fds.values()))
+                        ps.ioctl(fd, ps.PERF_EVENT_IOC_SET_OUTPUT, first)
+        except BaseException:
+            if ring is not None:
+                ring.close()
+            for fd in fds.values():
+                os.close(fd)
+            raise
+        if ring is None:
+            raise OSError(errno.ESRCH, os.strerror(errno.ESRCH))
+        first, *rest = fds.values()
+        return _Event(assignment=a, fd=first, ring=ring, threads=rest)
 
     def _open_or_make_room(self, a: Assignment, removals: list[_Event], txn: _Txn) -> _Event:
         """Open while the old set still holds its slots; only on ENOSPC free the removals.
@@ -260,11 +323,13 @@ class PerfBackend:
     def _modify(self, ev: _Event, new: Assignment, txn: _Txn) -> bool:
         """Change the event in place, keeping its slot; False when it must be reopened."""
         old = ev.assignment
-        if old.task != new.task or old.bp.kernel != new.bp.kernel:
-            return False  # pid and exclude_kernel are fixed for the event's life
+        if (old.task, old.process, old.bp.kernel) != (new.task, new.process, new.bp.kernel):
+            return False  # pid, inherit and exclude_kernel are fixed for the event's life
+        if ev.threads:
+            return False  # one event per thread: reopened whole, so it stays all-or-nothing
         self._pending += self._drain(ev)  # earlier hits belong to the old breakpoint
         try:
-            ps.modify_attributes(ev.fd, _attr(new.bp))
+            ps.modify_attributes(ev.fd, _attr(new.bp, inherit=new.process))
         except OSError as e:
             if e.errno in _NO_MODIFY:
                 return False
@@ -284,7 +349,8 @@ class PerfBackend:
         for ev in txn.opened:
             ev.close()
         for ev, old in reversed(txn.modified):
-            ps.modify_attributes(ev.fd, _attr(old.bp))  # the old attrs were valid already
+            # The old attrs were valid already.
+            ps.modify_attributes(ev.fd, _attr(old.bp, inherit=old.process))
             ev.assignment = old
         shrunk = False
         for ev in txn.closed:
@@ -359,8 +425,7 @@ class PerfBackend:
         if not self._events and not self._traced:
             return f"cpu {self.cpu}: kernel holds no breakpoint events"
         parts = [
-            f"{rid} (pid {ev.assignment.task if ev.assignment.task is not None else -1}, "
-            f"fd {ev.fd}, {ev.count()} hits)"
+            f"{rid} ({_pid_words(ev)}, fd {ev.fd}, {ev.count()} hits)"
             for rid, ev in sorted(self._events.items())
         ]
         parts += [f"{rid} (pid {a.task}, armed by its tracer)" for rid, a in self._traced.items()]
@@ -440,6 +505,10 @@ class PerfBackend:
             self._pidfds[pid] = ps.pidfd_open(pid)
         except ProcessLookupError:
             self._exited.append(pid)
+        except OSError:
+            # A thread on a kernel without PIDFD_THREAD: its breakpoint goes with it in
+            # the kernel; the ledger's slot waits for a release (or its process's exit).
+            pass
 
     def exited_tasks(self) -> list[int]:
         """Watched pids that have exited since the last call, each reported once."""

@@ -9,6 +9,7 @@ kernel's errno so the backend can word the refusal.
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import gzip
 import mmap
@@ -55,8 +56,10 @@ SAMPLE_TYPE = (
 
 # attr flag bits (the u64 bitfield after read_format)
 FLAG_DISABLED = 1 << 0
+FLAG_INHERIT = 1 << 1  # threads (and, without inherit_thread, processes) it creates inherit it
 FLAG_EXCLUDE_KERNEL = 1 << 5
 FLAG_EXCLUDE_HV = 1 << 6
+FLAG_INHERIT_THREAD = 1 << 35  # inherit only into threads (CLONE_THREAD), not forks (5.13+)
 
 PERF_FLAG_FD_CLOEXEC = 1 << 3
 
@@ -64,6 +67,7 @@ PERF_FLAG_FD_CLOEXEC = 1 << 3
 PERF_EVENT_IOC_ENABLE = 0x2400
 PERF_EVENT_IOC_DISABLE = 0x2401
 PERF_EVENT_IOC_RESET = 0x2403
+PERF_EVENT_IOC_SET_OUTPUT = 0x2405  # write samples to another event's ring (same cpu)
 PERF_EVENT_IOC_MODIFY_ATTRIBUTES = 0x4008240B
 
 PERF_RECORD_LOST = 2
@@ -109,16 +113,30 @@ assert ctypes.sizeof(PerfEventAttr) == 128
 
 
 def breakpoint_attr(
-    *, bp_type: int, addr: int, length: int, disabled: bool, exclude_kernel: bool
+    *,
+    bp_type: int,
+    addr: int,
+    length: int,
+    disabled: bool,
+    exclude_kernel: bool,
+    inherit: bool = False,
 ) -> PerfEventAttr:
-    """A sampling breakpoint attr: one sample and one wakeup per hit, so counts are exact."""
+    """A sampling breakpoint attr: one sample and one wakeup per hit, so counts are exact.
+
+    ``inherit``: the threads the task creates later get a copy (counted against each of
+    them, as the kernel's inherit_event() reserves a slot for it); their samples go to
+    this event's ring buffer, naming the thread."""
     attr = PerfEventAttr()
     attr.type = PERF_TYPE_BREAKPOINT
     attr.size = ctypes.sizeof(PerfEventAttr)
     attr.sample_period = 1
     attr.sample_type = SAMPLE_TYPE
     attr.sample_regs_user = REGS_USER_MASK
-    attr.flags = (FLAG_DISABLED if disabled else 0) | (FLAG_EXCLUDE_KERNEL if exclude_kernel else 0)
+    attr.flags = (
+        (FLAG_DISABLED if disabled else 0)
+        | (FLAG_EXCLUDE_KERNEL if exclude_kernel else 0)
+        | (FLAG_INHERIT | FLAG_INHERIT_THREAD if inherit else 0)
+    )
     attr.wakeup_events = 1
     attr.bp_type = bp_type
     attr.bp_addr = addr
@@ -175,9 +193,21 @@ def read_count(fd: int) -> int:
     return int(struct.unpack("<Q", data)[0]) if len(data) == 8 else 0
 
 
+PIDFD_THREAD = os.O_EXCL  # a pidfd of one thread, readable when it exits (6.9+)
+
+
 def pidfd_open(pid: int) -> int:
-    """A pidfd that becomes readable when the process exits (Linux 5.3+)."""
-    return os.pidfd_open(pid)
+    """A pidfd that becomes readable when the task exits (Linux 5.3+): a process's when
+    ``pid`` leads one, else (a thread that is not its process's leader) the thread's,
+    where the kernel offers PIDFD_THREAD. Raises ProcessLookupError when it is gone."""
+    try:
+        return os.pidfd_open(pid)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOENT):
+            raise
+        if not os.path.exists(f"/proc/{pid}"):
+            raise ProcessLookupError(errno.ESRCH, os.strerror(errno.ESRCH), pid) from None
+    return os.pidfd_open(pid, PIDFD_THREAD)  # a thread: kernels before 6.9 say EINVAL
 
 
 # --- what this host offers (hwbp.arch.HostFeatures) -------------------------------------

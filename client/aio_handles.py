@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -158,6 +158,8 @@ class AsyncSession:
         enabled: bool = True,
         request_id: str | None = None,
         idempotency_key: str | None = None,
+        pid: int | None = None,
+        threads: Sequence[int] = (),
     ) -> AsyncReservationHandle:
         """Like ``Client.reserve``, but released with the session at the latest."""
         return await self._client.reserve(
@@ -165,6 +167,8 @@ class AsyncSession:
             system=system,
             cpu=cpu,
             task=task,
+            pid=pid,
+            threads=threads,
             addr=addr,
             len=len,
             type=type,

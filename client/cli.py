@@ -26,6 +26,7 @@ from hwbp.client.sdk import Client
 from hwbp.client.values import Change, EventKind
 from hwbp.client.wire import endpoint_or_default
 from hwbp.errors import HwbpError
+from hwbp.wire import procfs, symbols
 from hwbp.wire.tls import TlsConfig, TlsConfigError
 
 T = TypeVar("T")
@@ -132,13 +133,19 @@ def _follow(
 
 
 def _reserve(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
+    addr, length = a.addr, a.len
+    if a.symbol is not None:  # resolved here, where the process runs (as gdb and perf do)
+        sym = symbols.resolve(a.pid if a.pid is not None else a.task, a.symbol)
+        addr, length = sym.addr, sym.watch_len() if length is None else length
     h = c.reserve(
         a.host,
         system=a.system,
         cpu=a.cpu,
         task=a.task,
-        addr=a.addr,
-        len=a.len,
+        pid=a.pid,
+        threads=() if a.pid is None else procfs.threads_of(a.pid),
+        addr=addr,
+        len=length,
         type=a.type,
         owner=a.owner,
         kernel=a.kernel,

@@ -151,9 +151,26 @@ def build_parser() -> Parser:
     r.add_argument("--host", required=True, help="the host, as its agents name it")
     r.add_argument("--system", action="store_true", help="every CPU of the host")
     r.add_argument("--cpu", type=u32, help="one CPU (with --task: that task on that CPU)")
-    r.add_argument("--task", type=pid, metavar="PID", help="one task (thread), on any CPU")
-    r.add_argument("--addr", type=u64, required=True, help="the address watched")
-    r.add_argument("--len", type=u32, help="1, 2, 4 or 8; required for w and rw (x: 8)")
+    r.add_argument("--task", type=pid, metavar="TID", help="one thread (the kernel's task)")
+    r.add_argument(
+        "--pid",
+        type=pid,
+        metavar="PID",
+        help="every thread of the process, present and future (run on its host: its "
+        "threads are listed from /proc)",
+    )
+    r.add_argument("--addr", type=u64, help="the address watched")
+    r.add_argument(
+        "--symbol",
+        metavar="[OBJECT:]NAME",
+        help="instead of --addr: a global of the --pid/--task process, from the symbol "
+        "tables of its executable and shared objects (run on its host)",
+    )
+    r.add_argument(
+        "--len",
+        type=u32,
+        help="1, 2, 4 or 8; required for w and rw (x: 8; --symbol: the symbol's size)",
+    )
     r.add_argument(
         "--type", choices=("x", "w", "rw"), required=True, help="execute, write, read/write"
     )
@@ -345,10 +362,20 @@ def wants_json(argv: Sequence[str]) -> bool:
 def _check_reserve(args: argparse.Namespace) -> None:
     if not args.owner.strip():
         raise UsageError("hwbpctl reserve: --owner needs a name (leave it out for $USER@hostname)")
-    if args.system and (args.cpu is not None or args.task is not None):
-        raise UsageError("hwbpctl reserve: --system takes neither --cpu nor --task")
-    if not args.system and args.cpu is None and args.task is None:
-        raise UsageError("hwbpctl reserve: give --system, --cpu N or --task PID [--cpu N]")
+    if args.system and (args.cpu is not None or args.task is not None or args.pid is not None):
+        raise UsageError("hwbpctl reserve: --system takes neither --cpu, --task nor --pid")
+    if args.pid is not None and (args.task is not None or args.cpu is not None):
+        raise UsageError("hwbpctl reserve: --pid takes neither --task nor --cpu")
+    if not args.system and args.cpu is None and args.task is None and args.pid is None:
+        raise UsageError(
+            "hwbpctl reserve: give --system, --cpu N, --task TID [--cpu N] or --pid PID"
+        )
+    if (args.addr is None) == (args.symbol is None):
+        raise UsageError("hwbpctl reserve: give one of --addr A or --symbol NAME")
+    if args.symbol is not None and args.pid is None and args.task is None:
+        raise UsageError("hwbpctl reserve: --symbol needs the process: --pid PID or --task TID")
+    if args.len is None and args.symbol is not None:
+        return  # the symbol's size, once resolved
     if args.len is None:
         if args.type != "x":
             raise UsageError(f"hwbpctl reserve: --len is required for --type {args.type}")

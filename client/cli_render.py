@@ -10,6 +10,7 @@ from enum import Enum
 from typing import Any, TextIO
 
 from hwbp.client.errors import NoFreeSlot
+from hwbp.client.hit_ip import ip_words
 from hwbp.client.values import (
     AccessResult,
     Change,
@@ -292,10 +293,15 @@ def access_line(r: AccessResult) -> str:
 
 def hit_line(h: HitInfo) -> str:
     task = "-" if h.task is None else h.task
-    return (
-        f"hit {h.reservation_id} via DR{h.register} on {h.host} cpu {h.cpu} task {task}: "
-        f"addr {hx(h.addr)} accessed {hx(h.access_addr)} DR6={hx(h.dr6)}"
+    thread = "" if h.tid is None else f" thread {h.tid}"
+    line = (
+        f"hit {h.reservation_id} via DR{h.register} on {h.host} cpu {h.cpu} task {task}"
+        f"{thread}: addr {hx(h.addr)} accessed {hx(h.access_addr)} DR6={hx(h.dr6)}"
     )
+    if h.ip:  # x86: the instruction after the access
+        where = ip_words(h)
+        line += f" ip {hx(h.ip)}" + ("" if where is None else f" {where}")
+    return line
 
 
 def event_line(e: EventInfo) -> str:

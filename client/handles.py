@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -157,6 +157,8 @@ class Session:
         enabled: bool = True,
         request_id: str | None = None,
         idempotency_key: str | None = None,
+        pid: int | None = None,
+        threads: Sequence[int] = (),
     ) -> ReservationHandle:
         """Like ``Client.reserve``, but released with the session at the latest."""
         return self._client.reserve(
@@ -164,6 +166,8 @@ class Session:
             system=system,
             cpu=cpu,
             task=task,
+            pid=pid,
+            threads=threads,
             addr=addr,
             len=len,
             type=type,

@@ -193,13 +193,21 @@ class Client:
         request_id: str | None = None,
         idempotency_key: str | None = None,
         session_id: str = "",
+        pid: int | None = None,
+        threads: Sequence[int] = (),
     ) -> ReservationHandle:
-        """Reserve a debug register; with no session it persists until released."""
+        """Reserve a debug register; with no session it persists until released.
+
+        ``pid``: every thread of that process, present and future (``threads``: the tids
+        it has now, e.g. ``hwbp.wire.procfs.threads_of(pid)`` on its host; empty: its
+        main thread alone is counted until the agent covers the rest)."""
         req = wire.reserve_request(
             host,
             system=system,
             cpu=cpu,
             task=task,
+            pid=pid,
+            threads=threads,
             addr=addr,
             len=len,
             type=type,

@@ -69,6 +69,7 @@ class ReservationInfo:
     session_id: str  # "" when it persists until released
     kernel: bool = False
     ptrace_index: int | None = None  # 0..3 when made through the ptrace facade
+    threads: tuple[int, ...] = ()  # a process's threads when it was reserved
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,8 @@ class SlotHolder:
             return f"cpu {self.cpu}"
         if self.scope is Scope.TASK:
             return f"task {self.task}"
+        if self.scope is Scope.PROCESS:
+            return f"process {self.task}"
         return f"task {self.task} on cpu {self.cpu}"
 
     def __str__(self) -> str:
@@ -199,6 +202,7 @@ class HitInfo:
     ip: int
     dr6: int
     seq: int
+    tid: int | None = None  # the thread that made the access, when the kernel said (perf)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from google.protobuf.message import Message
 
@@ -95,9 +95,22 @@ def event_kind(value: EventKind | str) -> EventKind:
 
 
 def target(
-    host: str, *, system: bool, cpu: int | None, task: int | None
+    host: str,
+    *,
+    system: bool,
+    cpu: int | None,
+    task: int | None,
+    pid: int | None = None,
+    threads: Sequence[int] = (),
 ) -> tuple[Target, types_pb2.Target]:
     """The scope follows from what is given; the core's Target checks the shape."""
+    if pid is not None:
+        if system or task is not None:
+            raise InvalidArgument("a process (pid) takes neither system nor a task")
+        core = Target(Scope.PROCESS, cpu, pid, tuple(threads))
+        return core, convert.target_to(host, core)
+    if threads:
+        raise InvalidArgument("threads are for a process (pid) only")
     if system:
         scope = Scope.SYSTEM
     elif task is not None:
@@ -136,8 +149,10 @@ def reserve_request(
     session_id: str,
     request_id: str | None,
     idempotency_key: str | None,
+    pid: int | None = None,
+    threads: Sequence[int] = (),
 ) -> arbiter_pb2.ReserveRequest:
-    _, tgt = target(host, system=system, cpu=cpu, task=task)
+    _, tgt = target(host, system=system, cpu=cpu, task=task, pid=pid, threads=threads)
     return arbiter_pb2.ReserveRequest(
         request_id=request_id or new_id(),
         target=tgt,
@@ -277,6 +292,7 @@ def reservation(msg: types_pb2.Reservation) -> ReservationInfo:
         session_id=msg.session_id,
         kernel=msg.spec.kernel,
         ptrace_index=msg.ptrace_index if msg.ptrace_index >= 0 else None,
+        threads=tuple(msg.target.threads),
     )
 
 
@@ -366,6 +382,7 @@ def hit(msg: types_pb2.Hit) -> HitInfo:
         ip=msg.ip,
         dr6=msg.dr6,
         seq=msg.seq,
+        tid=_opt(msg, "tid"),
     )
 
 

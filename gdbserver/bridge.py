@@ -111,6 +111,7 @@ def _reservation_line(r: ReservationInfo, *, mine: bool) -> str:
         Scope.CPU: f"cpu {r.cpu}",
         Scope.TASK: f"task {r.task}",
         Scope.TASK_CPU: f"task {r.task} on cpu {r.cpu}",
+        Scope.PROCESS: f"process {r.task}",
     }[r.scope]
     kind = {BpType.EXEC: "x", BpType.WRITE: "w", BpType.RW: "rw", BpType.READ: "r"}[r.type]
     return f"  {r.id}  {r.owner or 'anonymous'}  {where}  {kind} {r.addr:#x} len {r.len}" + (

@@ -8,7 +8,8 @@ O(tasks): the busiest task on a CPU is read off a histogram of per-task counts.
 from __future__ import annotations
 
 from hwbp.errors import LedgerCorrupt
-from hwbp.model import Target
+from hwbp.model import Scope, Target
+from hwbp.processes import task_keys
 
 
 class _TaskCount:
@@ -66,14 +67,24 @@ class SlotCounters:
                 if used > limit:
                     return c, used
             return None
-        t = self._tasks.get(target.task) if target.task is not None else None
-        every = 0 if t is None else t.every
-        on = {} if t is None else t.on
-        for c in cpus:
-            used = pinned[c] + every + on.get(c, 0)
-            if used > limit:
-                return c, used
-        return None
+        worst: tuple[int, int] | None = None
+        for key in task_keys(target):
+            t = self._tasks.get(key)
+            every = 0 if t is None else t.every
+            on = {} if t is None else t.on
+            for c in cpus:
+                used = pinned[c] + every + on.get(c, 0)
+                if used > limit and (worst is None or (c, -used) < (worst[0], -worst[1])):
+                    worst = (c, used)
+        return worst
+
+    def fullest_task(self, target: Target, cpu: int) -> int | None:
+        """The task key of ``target`` with the most breakpoints on ``cpu`` (the one a
+        refusal names), the first such in ``task_keys`` order."""
+        keys = task_keys(target)
+        if not keys:
+            return None
+        return max(keys, key=lambda k: (self.task_on(k, cpu), -keys.index(k)))
 
     def add(self, target: Target, delta: int) -> None:
         """Count (+1) or uncount (-1) one breakpoint of ``target``."""
@@ -85,12 +96,18 @@ class SlotCounters:
             else:
                 self.cpu_pinned[target.cpu] += delta
             return
-        task = target.task
-        assert task is not None  # a task scope always names its task
+        if target.scope is Scope.PROCESS:
+            for key in task_keys(target):
+                self._add_task(key, None, delta)
+            return
+        assert target.task is not None  # a task scope always names its task
+        self._add_task(target.task, target.cpu, delta)
+
+    def _add_task(self, task: int, cpu: int | None, delta: int) -> None:
         t = self._tasks.get(task)
         if t is None:
             t = self._tasks[task] = _TaskCount()
-        if target.cpu is None:
+        if cpu is None:
             before = t.every
             t.every += delta
             on = t.on
@@ -98,7 +115,7 @@ class SlotCounters:
                 n = before + on.get(c, 0)
                 self._move(c, n, n + delta)
         else:
-            c = target.cpu
+            c = cpu
             mine = t.on.get(c, 0) + delta
             if mine:
                 t.on[c] = mine

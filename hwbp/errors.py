@@ -240,6 +240,25 @@ class NotAttached(NotFound):
     errno = _errno.ESRCH
 
 
+class ProcessNotFound(NotFound):
+    """A process named by pid is not on this host, or its /proc cannot be read."""
+
+    reason = "PROCESS_NOT_FOUND"
+    errno = _errno.ESRCH
+
+
+class SymbolNotFound(NotFound):
+    """No object mapped in the process defines the symbol."""
+
+    reason = "SYMBOL_NOT_FOUND"
+
+
+class SymbolAmbiguous(InvalidArgument):
+    """Several objects mapped in the process define the symbol at different addresses."""
+
+    reason = "SYMBOL_AMBIGUOUS"
+
+
 # --- state and ownership --------------------------------------------------------------
 
 

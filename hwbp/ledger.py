@@ -24,6 +24,7 @@ from hwbp.errors import (
     UnsupportedSlotClass,
 )
 from hwbp.model import Assignment, BpType, Breakpoint, Reservation, Scope, SlotClass, Target
+from hwbp.processes import counts_on, task_keys
 from hwbp.validate import validate_breakpoint
 
 
@@ -44,7 +45,8 @@ class _Entry:
         sent = self._sent
         if sent is None or sent.bp is not self.res.bp:  # a modify replaced the breakpoint
             res = self.res
-            sent = self._sent = Assignment(res.id, res.target.task, res.bp)
+            process = res.target.scope is Scope.PROCESS
+            sent = self._sent = Assignment(res.id, res.target.task, res.bp, process)
         return sent
 
 
@@ -84,6 +86,7 @@ class HostLedger:
         "_next_token",
         "_on_cpu",
         "_ordered",
+        "_processes",
         "_profile",
         "_system",
     )
@@ -105,7 +108,8 @@ class HostLedger:
         # what a refusal names or a context switch installs is found without walking tasks.
         self._system: dict[str, _Entry] = {}
         self._bound_on: list[dict[str, _Entry]] = [{} for _ in range(ncpus)]
-        self._by_task: dict[int, dict[str, _Entry]] = {}
+        self._by_task: dict[int, dict[str, _Entry]] = {}  # PROCESS ones under their pid
+        self._processes: dict[str, _Entry] = {}  # PROCESS: counted on each of its threads
         self._by_session: dict[str, dict[str, _Entry]] = {}
         self._journal: list[_Undo] = []
         self._journal_base = 0  # absolute position of _journal[0]
@@ -287,7 +291,7 @@ class HostLedger:
         other tasks hold."""
         entries = self._bound(cpu)
         if task is not None:
-            entries += [e for e in self._by_task.get(task, {}).values() if _applies(e, cpu)]
+            entries += [e for e in self._counting_on(task) if _applies(e, cpu)]
         return [_assignment(e) for e in _in_order(entries)]
 
     def delta(self, cpu: int, ids: Iterable[str]) -> tuple[list[Assignment], list[str]]:
@@ -321,8 +325,10 @@ class HostLedger:
         """Reservations of ``scope``, from the indexes: O(cpus), not O(reservations)."""
         if scope is Scope.SYSTEM:
             return len(self._system)
+        if scope is Scope.PROCESS:
+            return len(self._processes)
         if scope is Scope.TASK:
-            return len(self._everywhere) - len(self._system)
+            return len(self._everywhere) - len(self._system) - len(self._processes)
         cpu_scoped = sum(len(b) for b in self._bound_on)
         if scope is Scope.CPU:
             return cpu_scoped
@@ -410,6 +416,7 @@ class HostLedger:
         bound_on: list[set[str]] = [set() for _ in range(self._ncpus)]
         system: set[str] = set()
         tasks: dict[int, set[str]] = {}
+        processes: set[str] = set()
         sessions: dict[str, set[str]] = {}
         for e in self._all():
             res, target = e.res, e.res.target
@@ -429,6 +436,8 @@ class HostLedger:
                 (system if target.cpu is None else bound_on[target.cpu]).add(res.id)
             if target.task is not None:
                 tasks.setdefault(target.task, set()).add(res.id)
+            if target.scope is Scope.PROCESS:
+                processes.add(res.id)
             if res.session is not None:
                 sessions.setdefault(res.session, set()).add(res.id)
         for cls, counters in self._counters.items():
@@ -443,6 +452,8 @@ class HostLedger:
 
         if tasks != {k: set(v) for k, v in self._by_task.items()}:
             problems.append("per-task index differs from the reservations")
+        if processes != set(self._processes):
+            problems.append("per-process index differs from the reservations")
         if sessions != {k: set(v) for k, v in self._by_session.items()}:
             problems.append("per-session index differs from the reservations")
         if problems:
@@ -477,15 +488,15 @@ class HostLedger:
 
     def _no_space(self, target: Target, cls: SlotClass, cpu: int, used: int) -> NoFreeSlot:
         """Name the cpu-bound holders and the one task whose breakpoints filled ``cpu``."""
-        task = target.task
+        counters = self._counters[cls]
+        task = counters.fullest_task(target, cpu)
         if target.cpu_bound:
-            counters = self._counters[cls]
             busiest = counters.max_task(cpu)  # 0: no task there, so none is named
             # The first task (in admission order) that holds the busiest count here.
             here = (e for e in self._applying(cpu) if e.cls is cls and not e.res.target.cpu_bound)
-            tasks = (e.res.target.task for e in here) if busiest else iter(())
+            tasks = (t for e in here for t in task_keys(e.res.target)) if busiest else iter(())
             task = next((t for t in tasks if counters.task_on(t, cpu) == busiest), None)
-        mine = [] if task is None else list(self._by_task.get(task, {}).values())
+        mine = [] if task is None else self._counting_on(task)
         entries = _in_order(self._bound(cpu) + [e for e in mine if _applies(e, cpu)])
         holders = [e.res for e in entries if e.cls is cls]
         return NoFreeSlot(
@@ -521,6 +532,20 @@ class HostLedger:
             self._ordered = True
         return self._entries.values()
 
+    def _counting_on(self, task: int) -> list[_Entry]:
+        """The entries counted against thread (or counter key) ``task``: its own and the
+        process-wide ones of its process."""
+        if task < 0:  # a process's threads to come: only its process-wide breakpoints
+            return [e for e in self._by_task.get(-task, {}).values() if e.res.id in self._processes]
+        own = [e for e in self._by_task.get(task, {}).values() if counts_on(e.res.target, task)]
+        if self._processes:
+            own += [
+                e
+                for e in self._processes.values()
+                if e.res.target.task != task and counts_on(e.res.target, task)
+            ]
+        return own
+
     def _bound(self, cpu: int) -> list[_Entry]:
         self._check_cpu(cpu)
         return [*self._system.values(), *self._bound_on[cpu].values()]
@@ -543,6 +568,8 @@ class HostLedger:
             (self._system if target.cpu is None else self._bound_on[target.cpu])[res.id] = entry
         if target.task is not None:
             self._by_task.setdefault(target.task, {})[res.id] = entry
+        if target.scope is Scope.PROCESS:
+            self._processes[res.id] = entry
         if res.session is not None:
             self._by_session.setdefault(res.session, {})[res.id] = entry
 
@@ -557,6 +584,7 @@ class HostLedger:
             del (self._system if target.cpu is None else self._bound_on[target.cpu])[res.id]
         if target.task is not None:
             _discard(self._by_task, target.task, res.id)
+        self._processes.pop(res.id, None)
         if res.session is not None:
             _discard(self._by_session, res.session, res.id)
 

@@ -44,13 +44,16 @@ class Scope(_Member):
     CPU = "cpu"  # pid -1, cpu c
     TASK = "task"  # pid T, cpu -1
     TASK_CPU = "task+cpu"  # pid T, cpu c
+    # Every thread of process T, present and future: one (tid, cpu -1) breakpoint per
+    # thread with perf's inherit, so each thread counts it as one of its own.
+    PROCESS = "process"
 
     @property
     def is_task(self) -> bool:
         return self in _TASK_SCOPES
 
 
-_TASK_SCOPES = (Scope.TASK, Scope.TASK_CPU)
+_TASK_SCOPES = (Scope.TASK, Scope.TASK_CPU, Scope.PROCESS)
 
 
 class AccessType(_Member):
@@ -80,8 +83,12 @@ class Target:
     scope: Scope
     cpu: int | None = None
     task: int | None = None
+    # PROCESS: the threads (tids) that existed when it was reserved, sorted; the ledger
+    # counts the breakpoint on each of them and on every thread created later.
+    threads: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        self._check_threads()
         wants_cpu = self.scope in (Scope.CPU, Scope.TASK_CPU)
         wants_task = self.scope.is_task
         if wants_cpu and self.cpu is None:
@@ -101,6 +108,23 @@ class Target:
         if self.task is not None and self.task <= 0:
             raise InvalidTask(f"task must be a pid > 0, got {self.task}", task=self.task)
 
+    def _check_threads(self) -> None:
+        if self.scope is not Scope.PROCESS:
+            if self.threads:
+                raise InvalidScope(
+                    f"scope {self.scope.value} takes no threads (got {len(self.threads)})",
+                    scope=self.scope.value,
+                )
+            return
+        bad = [t for t in self.threads if t <= 0]
+        if bad:
+            raise InvalidTask(f"a thread id must be > 0, got {bad[0]}", task=bad[0])
+        threads = tuple(sorted(set(self.threads)))
+        if not threads and self.task is not None:
+            threads = (self.task,)  # not told: its main thread, whose tid is the pid
+        if threads != self.threads:
+            object.__setattr__(self, "threads", threads)
+
     @property
     def cpu_bound(self) -> bool:
         """No task: counts in cpu_pinned and stays installed across context switches."""
@@ -116,6 +140,8 @@ class Target:
             return f"cpu {self.cpu}"
         if self.scope is Scope.TASK:
             return f"task {self.task}"
+        if self.scope is Scope.PROCESS:
+            return f"process {self.task}"
         return f"task {self.task} on cpu {self.cpu}"
 
 
@@ -146,3 +172,4 @@ class Assignment:
     reservation_id: str
     task: int | None  # None: CPU-bound
     bp: Breakpoint
+    process: bool = False  # task is a process: every thread of it, present and future

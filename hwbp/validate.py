@@ -185,7 +185,7 @@ def _check_kernel(bp: Breakpoint, scope: Scope, profile: ArchProfile) -> None:
 
 def _check_tracer(bp: Breakpoint, scope: Scope) -> None:
     """Only a task has a tracer: a CPU-bound breakpoint must be armed by its agents."""
-    if bp.tracer_applied and not scope.is_task:
+    if bp.tracer_applied and scope not in (Scope.TASK, Scope.TASK_CPU):
         raise InvalidScope(
             f"a tracer-applied breakpoint needs a task scope (task or task+cpu), "
             f"not {scope.value}: only a task's tracer can arm it",

@@ -72,7 +72,7 @@ class Target:
     """What an action touches; only the fields a rule looks at are filled in."""
 
     host: str = ""
-    scope: str = ""  # reserve: system, cpu, task or task+cpu
+    scope: str = ""  # reserve: system, cpu, task, task+cpu or process
     kernel: bool = False  # a kernel address, or a request for one
     owner: str | None = None  # holder of what is changed; None: nothing is held yet
     name: str = ""  # reservation id, task or session: for the audit line only
@@ -357,6 +357,7 @@ _SCOPES = {
     types_pb2.SCOPE_CPU: "cpu",
     types_pb2.SCOPE_TASK: "task",
     types_pb2.SCOPE_TASK_CPU: "task+cpu",
+    types_pb2.SCOPE_PROCESS: "process",
 }
 
 

@@ -19,8 +19,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 from hwbp.errors import HostShrinkBlocked, HwbpError, InvalidArgument
-from hwbp.model import Assignment, BpType, Breakpoint, Reservation, Target
+from hwbp.model import Assignment, BpType, Breakpoint, Reservation, Scope, Target
 from hwbp.pipeline import AgentConnected, AgentGone, Answered, Link, Outcome
+from hwbp.processes import task_keys
 from hwbp.registers import RegisterFile, RegisterImage
 from hwbp.server.attachments import Attachment, flush_attachment
 from hwbp.server.links import AckResult, AgentChannel
@@ -206,7 +207,8 @@ class Host(TracingHost):
             for r in (self.holders(cpu) if holders is None else holders)
             if self.profile.slot_class(r.bp.type) is cls
         ]
-        per_task = Counter(r.target.task for r in here if not r.target.cpu_bound)
+        # Each thread is a task; a process-wide breakpoint counts on every one of them.
+        per_task = Counter(k for r in here if not r.target.cpu_bound for k in task_keys(r.target))
         return sum(1 for r in here if r.target.cpu_bound) + max(per_task.values(), default=0)
 
     def expected_image(self, cpu: int) -> RegisterImage:
@@ -217,7 +219,12 @@ class Host(TracingHost):
         regs.switch(current)
         if cpu not in self.pipeline.pending_cpus():
             return regs.load(self.ledger.installable(cpu, current))
-        return regs.load([Assignment(r.id, r.target.task, r.bp) for r in self.holders(cpu)])
+        return regs.load(
+            [
+                Assignment(r.id, r.target.task, r.bp, r.target.scope is Scope.PROCESS)
+                for r in self.holders(cpu)
+            ]
+        )
 
     # --- reservations --------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from hwbp.v1 import types_pb2 as pb
 MAX_NAME = 128  # host names, owners, ids: anything longer is a mistake, not a name
 MAX_CPUS = 4096
 MAX_PID = 1 << 22  # Linux pid_max limit
+MAX_THREADS = 65536  # threads one process may list: well above what a real one has
 # What an agent may make the arbiter keep or forward: an ack's detail, a NACK's reason, a
 # control's error. Two agents acking 15 MB each once made every fleet-wide Inventory too
 # large for gRPC; a person reads these, and a kilobyte says all there is to say.
@@ -35,6 +36,7 @@ SCOPE: dict[pb.Scope.ValueType, Scope] = {
     pb.SCOPE_CPU: Scope.CPU,
     pb.SCOPE_TASK: Scope.TASK,
     pb.SCOPE_TASK_CPU: Scope.TASK_CPU,
+    pb.SCOPE_PROCESS: Scope.PROCESS,
 }
 SCOPE_PB: dict[Scope, pb.Scope.ValueType] = {v: k for k, v in SCOPE.items()}
 ACCESS: dict[pb.AccessType.ValueType, AccessType] = {
@@ -84,13 +86,20 @@ def access_type(value: pb.AccessType.ValueType) -> AccessType:
 def target_from(msg: pb.Target) -> Target:
     if msg.scope not in SCOPE:
         raise InvalidScope(
-            f"scope {msg.scope} is not one of system, cpu, task, task+cpu", field="scope"
+            f"scope {msg.scope} is not one of system, cpu, task, task+cpu, process",
+            field="scope",
         )
     cpu = msg.cpu if msg.HasField("cpu") else None
     if cpu is not None and cpu >= MAX_CPUS:
         raise InvalidCpu(f"cpu {cpu} is out of range (max {MAX_CPUS - 1})", cpu=cpu)
     tsk = task(msg.task) if msg.HasField("task") else None
-    return Target(scope=SCOPE[msg.scope], cpu=cpu, task=tsk)
+    if len(msg.threads) > MAX_THREADS:
+        raise ValueOutOfRange(
+            f"a process may list at most {MAX_THREADS} threads, got {len(msg.threads)}",
+            field="threads",
+        )
+    threads = tuple(task(t, "thread") for t in msg.threads)
+    return Target(scope=SCOPE[msg.scope], cpu=cpu, task=tsk, threads=threads)
 
 
 def bp_from(msg: pb.BreakpointSpec) -> Breakpoint:
@@ -116,7 +125,7 @@ def bp_to(bp: Breakpoint) -> pb.BreakpointSpec:
 
 
 def target_to(host: str, t: Target) -> pb.Target:
-    return pb.Target(host=host, scope=SCOPE_PB[t.scope], cpu=t.cpu, task=t.task)
+    return pb.Target(host=host, scope=SCOPE_PB[t.scope], cpu=t.cpu, task=t.task, threads=t.threads)
 
 
 def reservation_to(res: Reservation, generation: int = 0) -> pb.Reservation:
@@ -142,6 +151,8 @@ def reservation_into(msg: pb.Reservation, res: Reservation, generation: int = 0)
         target.cpu = res.target.cpu
     if res.target.task is not None:
         target.task = res.target.task
+    if res.target.threads:
+        target.threads[:] = res.target.threads
     bp, spec = res.bp, msg.spec
     spec.addr = bp.addr
     spec.len = bp.length
@@ -159,7 +170,9 @@ def reservation_into(msg: pb.Reservation, res: Reservation, generation: int = 0)
 def assignment_to(a: Assignment) -> agent_pb2.Assignment:
     """Cached: a reload carries every breakpoint of a CPU, mostly unchanged since the last
     one, and a parent message copies what it is given, so sharing is safe."""
-    return agent_pb2.Assignment(reservation_id=a.reservation_id, task=a.task, spec=bp_to(a.bp))
+    return agent_pb2.Assignment(
+        reservation_id=a.reservation_id, task=a.task, spec=bp_to(a.bp), process=a.process
+    )
 
 
 def assignments_into(
@@ -175,7 +188,7 @@ def assignments_into(
     types = BP_TYPE_PB
     for a in assignments:
         bp = a.bp
-        spec = add(reservation_id=a.reservation_id, task=a.task).spec
+        spec = add(reservation_id=a.reservation_id, task=a.task, process=a.process).spec
         spec.addr = bp.addr
         spec.len = bp.length
         spec.type = types[bp.type]
@@ -190,6 +203,7 @@ def assignment_from(msg: agent_pb2.Assignment) -> Assignment:
         reservation_id=msg.reservation_id,
         task=task_,
         bp=bp_from(msg.spec),
+        process=msg.process and task_ is not None,
     )
 
 

@@ -337,6 +337,7 @@ def _reservation(rec: ReservationRecord) -> dict[str, object]:
         "scope": r.target.scope.value,
         "cpu": r.target.cpu,
         "task": r.target.task,
+        "threads": list(r.target.threads),
         "addr": r.bp.addr,
         "len": r.bp.length,
         "type": r.bp.type.value,
@@ -363,6 +364,7 @@ def _res_from(d: dict[str, Any]) -> Reservation:
             Scope(d["scope"]),
             cpu=None if cpu is None else int(cpu),
             task=None if task is None else int(task),
+            threads=tuple(int(t) for t in d.get("threads", ())),
         ),
         bp=Breakpoint(
             int(d["addr"]),

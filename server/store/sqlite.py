@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS reservations (
     id TEXT PRIMARY KEY, host TEXT NOT NULL, scope TEXT NOT NULL, cpu INTEGER, task INTEGER,
     addr TEXT NOT NULL, len INTEGER NOT NULL, type TEXT NOT NULL, enabled INTEGER NOT NULL,
     kernel INTEGER NOT NULL, owner TEXT NOT NULL, session TEXT, ptrace_index INTEGER,
-    idempotency_key TEXT NOT NULL DEFAULT '', tracer_applied INTEGER NOT NULL DEFAULT 0);
+    idempotency_key TEXT NOT NULL DEFAULT '', tracer_applied INTEGER NOT NULL DEFAULT 0,
+    threads TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS attachments (
     host TEXT NOT NULL, task INTEGER NOT NULL, session TEXT NOT NULL, owner TEXT NOT NULL,
     state TEXT NOT NULL, reservations TEXT NOT NULL, attached INTEGER NOT NULL DEFAULT 1,
@@ -187,8 +188,9 @@ class SqliteStore:
                 "DELETE FROM reservations WHERE id = ?", [(r,) for r in batch.deleted_reservations]
             )
             db.executemany(
-                "INSERT OR REPLACE INTO reservations VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO reservations (id, host, scope, cpu, task, addr, len, "
+                "type, enabled, kernel, owner, session, ptrace_index, idempotency_key, "
+                "tracer_applied, threads) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [_row(r) for r in batch.reservations],
             )
             db.executemany(
@@ -227,7 +229,7 @@ class SqliteStore:
                         k.key,
                         k.host,
                         k.fingerprint,
-                        json.dumps(_row(ReservationRecord(k.reservation))[:-1]),
+                        json.dumps(_row(ReservationRecord(k.reservation))),
                         k.generation,
                         json.dumps(list(k.applied)),
                         json.dumps(list(k.pending)),
@@ -270,7 +272,7 @@ def read_snapshot(db: sqlite3.Connection, next_id: int | None = None) -> Snapsho
         _reservation(row)
         for row in db.execute(
             "SELECT id, host, scope, cpu, task, addr, len, type, enabled, kernel, owner, "
-            "session, ptrace_index, idempotency_key, tracer_applied FROM reservations"
+            "session, ptrace_index, idempotency_key, tracer_applied, threads FROM reservations"
         )
     ]
     res.sort(key=lambda r: id_order(r.reservation.id))
@@ -296,7 +298,7 @@ def read_snapshot(db: sqlite3.Connection, next_id: int | None = None) -> Snapsho
             str(k),
             str(h),
             str(f),
-            _reservation((*json.loads(r), "")).reservation,
+            _key_reservation(json.loads(r)),
             int(g),
             tuple(int(c) for c in json.loads(a)),
             tuple(int(c) for c in json.loads(p)),
@@ -351,6 +353,7 @@ def _what(err: sqlite3.Error) -> str:
 # default an older ledger's rows take). A schema 1 ledger's attachments were all attached.
 ADDED_COLUMNS = (
     ("reservations", "tracer_applied", "INTEGER NOT NULL DEFAULT 0"),
+    ("reservations", "threads", "TEXT NOT NULL DEFAULT ''"),  # a process's, space-separated
     ("attachments", "attached", "INTEGER NOT NULL DEFAULT 1"),
 )
 
@@ -368,6 +371,15 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
         have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
         if column not in have:
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
+def _key_reservation(row: list[object]) -> Reservation:
+    """A key's reservation, stored as a row; an older ledger's rows are shorter (without
+    ``tracer_applied`` or ``threads``): the missing columns take their defaults."""
+    return _reservation((*row, *[""] * (ROW_WIDTH - len(row)))).reservation
+
+
+ROW_WIDTH = 16  # the columns of a reservation row, as _row writes them
 
 
 def _row(rec: ReservationRecord) -> tuple[object, ...]:
@@ -388,6 +400,7 @@ def _row(rec: ReservationRecord) -> tuple[object, ...]:
         r.ptrace_index,
         rec.idempotency_key,
         int(r.bp.tracer_applied),
+        " ".join(map(str, r.target.threads)),
     )
 
 
@@ -396,6 +409,7 @@ def _reservation(row: tuple[object, ...]) -> ReservationRecord:
         row[:14]
     )
     tracer = bool(row[14])
+    threads = tuple(int(t) for t in str(row[15] or "").split())
     res = Reservation(
         id=str(rid),
         host=str(host),
@@ -403,6 +417,7 @@ def _reservation(row: tuple[object, ...]) -> ReservationRecord:
             Scope(scope),
             cpu=None if cpu is None else int(str(cpu)),
             task=None if task is None else int(str(task)),
+            threads=threads,
         ),
         bp=Breakpoint(
             int(str(addr)), int(str(length)), BpType(typ), bool(enabled), bool(kernel), tracer

@@ -88,6 +88,7 @@ def test_admin_may_do_anything() -> None:
 def test_debugger_reserves_task_scopes_on_its_hosts_only() -> None:
     assert rule(BOB, Action.RESERVE, Target("h1", scope="task")).startswith("allow")
     assert rule(BOB, Action.RESERVE, Target("lab-3", scope="task+cpu")).startswith("allow")
+    assert rule(BOB, Action.RESERVE, Target("h1", scope="process")).startswith("allow")
     assert rule(BOB, Action.RESERVE, Target("h1", scope="system")) == (
         "deny: debugger may not reserve system scope"
     )

@@ -31,7 +31,9 @@ def target_of(scope: Scope, cpu: int, task: int) -> Target:
     return Target(
         scope,
         cpu=cpu if scope in (Scope.CPU, Scope.TASK_CPU) else None,
-        task=task if scope in (Scope.TASK, Scope.TASK_CPU) else None,
+        task=task if scope in (Scope.TASK, Scope.TASK_CPU, Scope.PROCESS) else None,
+        # a process: its main thread and one more, shared with the next task number's
+        threads=(task, task + 1) if scope is Scope.PROCESS else (),
     )
 
 

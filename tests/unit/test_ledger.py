@@ -430,7 +430,13 @@ def test_lookups_cost_what_they_name_not_what_the_host_holds(ledger: CheckedLedg
     with pytest.raises(InvalidArgument, match="not open"):
         ledger.touched_where(token)
     counts = {scope: ledger.count(scope) for scope in Scope}
-    assert counts == {Scope.SYSTEM: 1, Scope.CPU: 1, Scope.TASK: 201, Scope.TASK_CPU: 1}
+    assert counts == {
+        Scope.SYSTEM: 1,
+        Scope.CPU: 1,
+        Scope.TASK: 201,
+        Scope.TASK_CPU: 1,
+        Scope.PROCESS: 0,
+    }
     ledger.release(s.id)  # the cpu-bound index follows releases
     assert ledger.installable(0, None) == [] and ledger.count(Scope.SYSTEM) == 0
 

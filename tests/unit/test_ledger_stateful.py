@@ -28,6 +28,23 @@ from hwbp.validate import validate_breakpoint
 
 HOST = "h"
 TASKS = (1, 2, 3)
+# Processes and the threads each may have: process 1 has threads 1 and 2, process 3 has 3.
+PROCESSES = {1: (1, 2), 3: (3,)}
+
+
+def counted_on(r: Reservation) -> list[tuple[str, int]]:
+    """The kernel's tasks a reservation counts on, spelled out: a task breakpoint on its
+    task; a process-wide one on each thread it had, and on every thread it creates later
+    (one more task, which starts with the process-wide breakpoints alone)."""
+    if r.target.scope is Scope.PROCESS:
+        assert r.target.task is not None
+        return [("tid", t) for t in r.target.threads] + [("new", r.target.task)]
+    assert r.target.task is not None
+    return [("tid", r.target.task)]
+
+
+def per_task(here: list[Reservation]) -> Counter[tuple[str, int]]:
+    return Counter(k for r in here if not r.target.cpu_bound for k in counted_on(r))
 
 
 def reference_full_cpu(
@@ -39,8 +56,12 @@ def reference_full_cpu(
     for c in cpus:
         here = [r for r in live if profile.slot_class(r.bp.type) is cls and r.target.applies_to(c)]
         pinned = sum(1 for r in here if r.target.cpu_bound)
-        per_task = Counter(r.target.task for r in here if not r.target.cpu_bound)
-        others = max(per_task.values(), default=0) if target.cpu_bound else per_task[target.task]
+        tasks = per_task(here)
+        if target.cpu_bound:
+            others = max(tasks.values(), default=0)
+        else:
+            probe = Reservation("probe", HOST, target, Breakpoint(0, 1, BpType.WRITE))
+            others = max(tasks[k] for k in counted_on(probe))
         if pinned + others + 1 > slots:
             return c
     return None
@@ -48,8 +69,8 @@ def reference_full_cpu(
 
 def reference_used(live: list[Reservation], c: int, cls: SlotClass, profile: ArchProfile) -> int:
     here = [r for r in live if profile.slot_class(r.bp.type) is cls and r.target.applies_to(c)]
-    per_task = Counter(r.target.task for r in here if not r.target.cpu_bound)
-    return sum(1 for r in here if r.target.cpu_bound) + max(per_task.values(), default=0)
+    tasks = per_task(here)
+    return sum(1 for r in here if r.target.cpu_bound) + max(tasks.values(), default=0)
 
 
 def targets(ncpus: int) -> st.SearchStrategy[Target]:
@@ -60,7 +81,15 @@ def targets(ncpus: int) -> st.SearchStrategy[Target]:
         cpus.map(lambda c: Target(Scope.CPU, cpu=c)),
         tasks.map(lambda t: Target(Scope.TASK, task=t)),
         st.tuples(tasks, cpus).map(lambda tc: Target(Scope.TASK_CPU, cpu=tc[1], task=tc[0])),
+        processes(),
     )
+
+
+@st.composite
+def processes(draw: st.DrawFn) -> Target:
+    pid = draw(st.sampled_from(sorted(PROCESSES)))
+    threads = draw(st.sets(st.sampled_from(PROCESSES[pid]), min_size=1))
+    return Target(Scope.PROCESS, task=pid, threads=tuple(threads))
 
 
 @st.composite
@@ -115,6 +144,7 @@ class LedgerMachine(RuleBasedStateMachine):
             with pytest.raises(NoFreeSlot) as info:
                 self.ledger.reserve(res)
             assert info.value.cpu == full
+            self.holders_fill(info.value, target)
             return
         if invalid is not None:
             with pytest.raises(type(invalid)):
@@ -123,6 +153,26 @@ class LedgerMachine(RuleBasedStateMachine):
         self.ledger.check(target, bp.type)
         self.ledger.reserve(res)
         self.live.append(res)
+
+    def holders_fill(self, refused: NoFreeSlot, target: Target) -> None:
+        """The holders named are the cpu's breakpoints counting on one task that is full:
+        exactly what fills the slots (CPU-bound ones plus that task's)."""
+        c = refused.cpu
+        cls = self.profile.slot_class(refused.holders[0].bp.type) if refused.holders else None
+        assert len(refused.holders) == refused.used
+        assert set(refused.holders) <= set(self.live)
+        assert all(
+            r.target.applies_to(c) and self.profile.slot_class(r.bp.type) is cls
+            for r in refused.holders
+        )
+        tasks = per_task([r for r in refused.holders if not r.target.cpu_bound])
+        if tasks:  # one task accounts for all of them
+            assert max(tasks.values()) == sum(1 for r in refused.holders if not r.target.cpu_bound)
+        if not target.cpu_bound and tasks:
+            probe = Reservation("probe", HOST, target, Breakpoint(0, 1, BpType.WRITE))
+            assert set(counted_on(probe)) & {
+                k for k, n in tasks.items() if n == max(tasks.values())
+            }
 
     @precondition(lambda self: bool(self.live))
     @rule(data=st.data())

@@ -156,6 +156,16 @@ def test_a_tracer_applied_reservation_keeps_its_flag(stores: tuple[Store, Reopen
     assert [r.reservation for r in reopen().load().reservations] == [traced]
 
 
+def test_a_process_wide_reservation_keeps_its_threads(stores: tuple[Store, Reopen]) -> None:
+    """Lost on a restart, the threads would no longer count it: a thread holding four
+    could be given a fifth."""
+    store, reopen = stores
+    whole = res("r4", target=Target(Scope.PROCESS, task=42, threads=(42, 43, 50)))
+    store.commit(Batch(hosts=[HostRecord("h1", 2, 1)], reservations=[ReservationRecord(whole)]))
+    (again,) = [r.reservation for r in reopen().load().reservations]
+    assert again == whole and again.target.threads == (42, 43, 50)
+
+
 def test_sqlite_opens_a_ledger_written_before_tracer_applied(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
@@ -183,6 +193,7 @@ def test_sqlite_opens_a_ledger_written_before_tracer_applied(tmp_path: Path) -> 
         traced = res("r2", bp=Breakpoint(0x2000, 8, BpType.WRITE, tracer_applied=True))
         store.commit(Batch(reservations=[ReservationRecord(traced)]))
         assert store.load().reservations[1].reservation == traced
+        assert old.reservation.target.threads == ()  # the column an older ledger lacked
     finally:
         store.close()
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from hwbp.v1 import types_pb2 as hwbp_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13hwbp/v1/agent.proto\x12\x07hwbp.v1\x1a\x13hwbp/v1/types.proto\"g\n\nAssignment\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x11\n\x04task\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12%\n\x04spec\x18\x03 \x01(\x0b\x32\x17.hwbp.v1.BreakpointSpecB\x07\n\x05_task\"\xfa\x01\n\x05Hello\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0b\n\x03\x63pu\x18\x02 \x01(\r\x12\r\n\x05ncpus\x18\x03 \x01(\r\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x1f\n\x17last_applied_generation\x18\x05 \x01(\x04\x12%\n\x05image\x18\x06 \x01(\x0b\x32\x16.hwbp.v1.RegisterImage\x12&\n\tinstalled\x18\x07 \x03(\x0b\x32\x13.hwbp.v1.Assignment\x12\r\n\x05slots\x18\x08 \x01(\r\x12\'\n\x08\x66\x65\x61tures\x18\t \x01(\x0b\x32\x15.hwbp.v1.HostFeatures\x12\x0e\n\x06\x64\x65ltas\x18\n \x01(\x08\"B\n\x0cHostFeatures\x12\r\n\x05\x62pext\x18\x01 \x01(\x08\x12\x0f\n\x07kprobes\x18\x02 \x01(\x08\x12\x12\n\nprivileged\x18\x03 \x01(\x08\"P\n\x03\x41\x63k\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12%\n\x05image\x18\x02 \x01(\x0b\x32\x16.hwbp.v1.RegisterImage\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"e\n\x04Nack\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x65rrno\x18\x03 \x01(\x05\x12\x16\n\x0ereservation_id\x18\x04 \x01(\t\x12\x12\n\nneeds_full\x18\x05 \x01(\x08\"\x81\x01\n\rControlResult\x12\x12\n\ncontrol_id\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x08\x12%\n\x05image\x18\x03 \x01(\x0b\x32\x16.hwbp.v1.RegisterImage\x12\x1a\n\x04hits\x18\x04 \x03(\x0b\x32\x0c.hwbp.v1.Hit\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\'\n\tHitReport\x12\x1a\n\x04hits\x18\x01 \x03(\x0b\x32\x0c.hwbp.v1.Hit\"\x1a\n\nTaskExited\x12\x0c\n\x04task\x18\x01 \x01(\x03\"\xf5\x01\n\x0c\x41gentMessage\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.hwbp.v1.HelloH\x00\x12\x1b\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0c.hwbp.v1.AckH\x00\x12\x1d\n\x04nack\x18\x03 \x01(\x0b\x32\r.hwbp.v1.NackH\x00\x12\x30\n\x0e\x63ontrol_result\x18\x04 \x01(\x0b\x32\x16.hwbp.v1.ControlResultH\x00\x12\"\n\x04hits\x18\x05 \x01(\x0b\x32\x12.hwbp.v1.HitReportH\x00\x12*\n\x0btask_exited\x18\x06 \x01(\x0b\x32\x13.hwbp.v1.TaskExitedH\x00\x42\x06\n\x04\x62ody\"\x9d\x01\n\x06Reload\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12(\n\x0b\x61ssignments\x18\x03 \x03(\x0b\x32\x13.hwbp.v1.Assignment\x12\x1c\n\x0f\x62\x61se_generation\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x0f\n\x07removed\x18\x05 \x03(\tB\x12\n\x10_base_generation\"(\n\nSwitchTask\x12\x11\n\x04task\x18\x01 \x01(\x03H\x00\x88\x01\x01\x42\x07\n\x05_task\"F\n\x06\x41\x63\x63\x65ss\x12\x0c\n\x04\x61\x64\x64r\x18\x01 \x01(\x04\x12\x0b\n\x03len\x18\x02 \x01(\r\x12!\n\x04type\x18\x03 \x01(\x0e\x32\x13.hwbp.v1.AccessType\"\x9c\x01\n\x07\x43ontrol\x12\x12\n\ncontrol_id\x18\x01 \x01(\x04\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12*\n\x0bswitch_task\x18\x04 \x01(\x0b\x32\x13.hwbp.v1.SwitchTaskH\x00\x12!\n\x06\x61\x63\x63\x65ss\x18\x05 \x01(\x0b\x32\x0f.hwbp.v1.AccessH\x00\x42\x06\n\x04\x62ody\"1\n\x07Welcome\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x12\n\narbiter_id\x18\x02 \x01(\t\"\x85\x01\n\x0e\x41rbiterMessage\x12#\n\x07welcome\x18\x01 \x01(\x0b\x32\x10.hwbp.v1.WelcomeH\x00\x12!\n\x06reload\x18\x02 \x01(\x0b\x32\x0f.hwbp.v1.ReloadH\x00\x12#\n\x07\x63ontrol\x18\x03 \x01(\x0b\x32\x10.hwbp.v1.ControlH\x00\x42\x06\n\x04\x62ody2J\n\tAgentLink\x12=\n\x07\x43onnect\x12\x15.hwbp.v1.AgentMessage\x1a\x17.hwbp.v1.ArbiterMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13hwbp/v1/agent.proto\x12\x07hwbp.v1\x1a\x13hwbp/v1/types.proto\"x\n\nAssignment\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x11\n\x04task\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12%\n\x04spec\x18\x03 \x01(\x0b\x32\x17.hwbp.v1.BreakpointSpec\x12\x0f\n\x07process\x18\x04 \x01(\x08\x42\x07\n\x05_task\"\xfa\x01\n\x05Hello\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0b\n\x03\x63pu\x18\x02 \x01(\r\x12\r\n\x05ncpus\x18\x03 \x01(\r\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x1f\n\x17last_applied_generation\x18\x05 \x01(\x04\x12%\n\x05image\x18\x06 \x01(\x0b\x32\x16.hwbp.v1.RegisterImage\x12&\n\tinstalled\x18\x07 \x03(\x0b\x32\x13.hwbp.v1.Assignment\x12\r\n\x05slots\x18\x08 \x01(\r\x12\'\n\x08\x66\x65\x61tures\x18\t \x01(\x0b\x32\x15.hwbp.v1.HostFeatures\x12\x0e\n\x06\x64\x65ltas\x18\n \x01(\x08\"B\n\x0cHostFeatures\x12\r\n\x05\x62pext\x18\x01 \x01(\x08\x12\x0f\n\x07kprobes\x18\x02 \x01(\x08\x12\x12\n\nprivileged\x18\x03 \x01(\x08\"P\n\x03\x41\x63k\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12%\n\x05image\x18\x02 \x01(\x0b\x32\x16.hwbp.v1.RegisterImage\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"e\n\x04Nack\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x65rrno\x18\x03 \x01(\x05\x12\x16\n\x0ereservation_id\x18\x04 \x01(\t\x12\x12\n\nneeds_full\x18\x05 \x01(\x08\"\x81\x01\n\rControlResult\x12\x12\n\ncontrol_id\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x08\x12%\n\x05image\x18\x03 \x01(\x0b\x32\x16.hwbp.v1.RegisterImage\x12\x1a\n\x04hits\x18\x04 \x03(\x0b\x32\x0c.hwbp.v1.Hit\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\'\n\tHitReport\x12\x1a\n\x04hits\x18\x01 \x03(\x0b\x32\x0c.hwbp.v1.Hit\"\x1a\n\nTaskExited\x12\x0c\n\x04task\x18\x01 \x01(\x03\"\xf5\x01\n\x0c\x41gentMessage\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.hwbp.v1.HelloH\x00\x12\x1b\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0c.hwbp.v1.AckH\x00\x12\x1d\n\x04nack\x18\x03 \x01(\x0b\x32\r.hwbp.v1.NackH\x00\x12\x30\n\x0e\x63ontrol_result\x18\x04 \x01(\x0b\x32\x16.hwbp.v1.ControlResultH\x00\x12\"\n\x04hits\x18\x05 \x01(\x0b\x32\x12.hwbp.v1.HitReportH\x00\x12*\n\x0btask_exited\x18\x06 \x01(\x0b\x32\x13.hwbp.v1.TaskExitedH\x00\x42\x06\n\x04\x62ody\"\x9d\x01\n\x06Reload\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12(\n\x0b\x61ssignments\x18\x03 \x03(\x0b\x32\x13.hwbp.v1.Assignment\x12\x1c\n\x0f\x62\x61se_generation\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x0f\n\x07removed\x18\x05 \x03(\tB\x12\n\x10_base_generation\"(\n\nSwitchTask\x12\x11\n\x04task\x18\x01 \x01(\x03H\x00\x88\x01\x01\x42\x07\n\x05_task\"F\n\x06\x41\x63\x63\x65ss\x12\x0c\n\x04\x61\x64\x64r\x18\x01 \x01(\x04\x12\x0b\n\x03len\x18\x02 \x01(\r\x12!\n\x04type\x18\x03 \x01(\x0e\x32\x13.hwbp.v1.AccessType\"\x9c\x01\n\x07\x43ontrol\x12\x12\n\ncontrol_id\x18\x01 \x01(\x04\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12*\n\x0bswitch_task\x18\x04 \x01(\x0b\x32\x13.hwbp.v1.SwitchTaskH\x00\x12!\n\x06\x61\x63\x63\x65ss\x18\x05 \x01(\x0b\x32\x0f.hwbp.v1.AccessH\x00\x42\x06\n\x04\x62ody\"1\n\x07Welcome\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x12\n\narbiter_id\x18\x02 \x01(\t\"\x85\x01\n\x0e\x41rbiterMessage\x12#\n\x07welcome\x18\x01 \x01(\x0b\x32\x10.hwbp.v1.WelcomeH\x00\x12!\n\x06reload\x18\x02 \x01(\x0b\x32\x0f.hwbp.v1.ReloadH\x00\x12#\n\x07\x63ontrol\x18\x03 \x01(\x0b\x32\x10.hwbp.v1.ControlH\x00\x42\x06\n\x04\x62ody2J\n\tAgentLink\x12=\n\x07\x43onnect\x12\x15.hwbp.v1.AgentMessage\x1a\x17.hwbp.v1.ArbiterMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,35 +33,35 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hwbp.v1.agent_pb2', _global
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ASSIGNMENT']._serialized_start=53
-  _globals['_ASSIGNMENT']._serialized_end=156
-  _globals['_HELLO']._serialized_start=159
-  _globals['_HELLO']._serialized_end=409
-  _globals['_HOSTFEATURES']._serialized_start=411
-  _globals['_HOSTFEATURES']._serialized_end=477
-  _globals['_ACK']._serialized_start=479
-  _globals['_ACK']._serialized_end=559
-  _globals['_NACK']._serialized_start=561
-  _globals['_NACK']._serialized_end=662
-  _globals['_CONTROLRESULT']._serialized_start=665
-  _globals['_CONTROLRESULT']._serialized_end=794
-  _globals['_HITREPORT']._serialized_start=796
-  _globals['_HITREPORT']._serialized_end=835
-  _globals['_TASKEXITED']._serialized_start=837
-  _globals['_TASKEXITED']._serialized_end=863
-  _globals['_AGENTMESSAGE']._serialized_start=866
-  _globals['_AGENTMESSAGE']._serialized_end=1111
-  _globals['_RELOAD']._serialized_start=1114
-  _globals['_RELOAD']._serialized_end=1271
-  _globals['_SWITCHTASK']._serialized_start=1273
-  _globals['_SWITCHTASK']._serialized_end=1313
-  _globals['_ACCESS']._serialized_start=1315
-  _globals['_ACCESS']._serialized_end=1385
-  _globals['_CONTROL']._serialized_start=1388
-  _globals['_CONTROL']._serialized_end=1544
-  _globals['_WELCOME']._serialized_start=1546
-  _globals['_WELCOME']._serialized_end=1595
-  _globals['_ARBITERMESSAGE']._serialized_start=1598
-  _globals['_ARBITERMESSAGE']._serialized_end=1731
-  _globals['_AGENTLINK']._serialized_start=1733
-  _globals['_AGENTLINK']._serialized_end=1807
+  _globals['_ASSIGNMENT']._serialized_end=173
+  _globals['_HELLO']._serialized_start=176
+  _globals['_HELLO']._serialized_end=426
+  _globals['_HOSTFEATURES']._serialized_start=428
+  _globals['_HOSTFEATURES']._serialized_end=494
+  _globals['_ACK']._serialized_start=496
+  _globals['_ACK']._serialized_end=576
+  _globals['_NACK']._serialized_start=578
+  _globals['_NACK']._serialized_end=679
+  _globals['_CONTROLRESULT']._serialized_start=682
+  _globals['_CONTROLRESULT']._serialized_end=811
+  _globals['_HITREPORT']._serialized_start=813
+  _globals['_HITREPORT']._serialized_end=852
+  _globals['_TASKEXITED']._serialized_start=854
+  _globals['_TASKEXITED']._serialized_end=880
+  _globals['_AGENTMESSAGE']._serialized_start=883
+  _globals['_AGENTMESSAGE']._serialized_end=1128
+  _globals['_RELOAD']._serialized_start=1131
+  _globals['_RELOAD']._serialized_end=1288
+  _globals['_SWITCHTASK']._serialized_start=1290
+  _globals['_SWITCHTASK']._serialized_end=1330
+  _globals['_ACCESS']._serialized_start=1332
+  _globals['_ACCESS']._serialized_end=1402
+  _globals['_CONTROL']._serialized_start=1405
+  _globals['_CONTROL']._serialized_end=1561
+  _globals['_WELCOME']._serialized_start=1563
+  _globals['_WELCOME']._serialized_end=1612
+  _globals['_ARBITERMESSAGE']._serialized_start=1615
+  _globals['_ARBITERMESSAGE']._serialized_end=1748
+  _globals['_AGENTLINK']._serialized_start=1750
+  _globals['_AGENTLINK']._serialized_end=1824
 # @@protoc_insertion_point(module_scope)

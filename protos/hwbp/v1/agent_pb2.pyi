@@ -31,9 +31,14 @@ class Assignment(_message.Message):
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
     TASK_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
+    PROCESS_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     task: _builtins.int
     """unset: CPU-bound (system or cpu scope)"""
+    process: _builtins.bool
+    """`task` is a process: open it on each of its threads with inherit, so the threads it
+    creates later carry it too.
+    """
     @_builtins.property
     def spec(self) -> _types_pb2.BreakpointSpec: ...
     def __init__(
@@ -42,10 +47,11 @@ class Assignment(_message.Message):
         reservation_id: _builtins.str = ...,
         task: _builtins.int | None = ...,
         spec: _types_pb2.BreakpointSpec | None = ...,
+        process: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_task", b"_task", "spec", b"spec", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_task", b"_task", "reservation_id", b"reservation_id", "spec", b"spec", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_task", b"_task", "process", b"process", "reservation_id", b"reservation_id", "spec", b"spec", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__task: _TypeAlias = _typing.Literal["task"]  # noqa: Y015
     _WhichOneofArgType__task: _TypeAlias = _typing.Literal["_task", b"_task"]  # noqa: Y015

@@ -59,6 +59,10 @@ class _ScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Scope.ValueType
     """follows one task to every CPU (pid T, cpu -1)"""
     SCOPE_TASK_CPU: _Scope.ValueType  # 4
     """one task, only while it runs on one CPU (pid T, cpu c)"""
+    SCOPE_PROCESS: _Scope.ValueType  # 5
+    """Every thread of process T, present and future: (tid, cpu -1) on each thread with
+    perf's inherit, so each thread counts it as one of its own.
+    """
 
 class Scope(_Scope, metaclass=_ScopeEnumTypeWrapper):
     """Where a breakpoint applies, as in the kernel's (pid, cpu) pair."""
@@ -72,6 +76,10 @@ SCOPE_TASK: Scope.ValueType  # 3
 """follows one task to every CPU (pid T, cpu -1)"""
 SCOPE_TASK_CPU: Scope.ValueType  # 4
 """one task, only while it runs on one CPU (pid T, cpu c)"""
+SCOPE_PROCESS: Scope.ValueType  # 5
+"""Every thread of process T, present and future: (tid, cpu -1) on each thread with
+perf's inherit, so each thread counts it as one of its own.
+"""
 Global___Scope: _TypeAlias = Scope  # noqa: Y015
 
 class _AccessType:
@@ -153,12 +161,20 @@ class Target(_message.Message):
     SCOPE_FIELD_NUMBER: _builtins.int
     CPU_FIELD_NUMBER: _builtins.int
     TASK_FIELD_NUMBER: _builtins.int
+    THREADS_FIELD_NUMBER: _builtins.int
     host: _builtins.str
     scope: Global___Scope.ValueType
     cpu: _builtins.int
     """SCOPE_CPU and SCOPE_TASK_CPU"""
     task: _builtins.int
-    """SCOPE_TASK and SCOPE_TASK_CPU (a pid on that host)"""
+    """SCOPE_TASK, SCOPE_TASK_CPU and SCOPE_PROCESS (a pid on that host)"""
+    @_builtins.property
+    def threads(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """SCOPE_PROCESS: the threads (tids) the process has now, as listed on its host
+        (/proc/PID/task); empty: its main thread alone. Threads created later are counted
+        without being listed.
+        """
+
     def __init__(
         self,
         *,
@@ -166,10 +182,11 @@ class Target(_message.Message):
         scope: Global___Scope.ValueType = ...,
         cpu: _builtins.int | None = ...,
         task: _builtins.int | None = ...,
+        threads: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cpu", b"_cpu", "_task", b"_task", "cpu", b"cpu", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu", b"_cpu", "_task", b"_task", "cpu", b"cpu", "host", b"host", "scope", b"scope", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu", b"_cpu", "_task", b"_task", "cpu", b"cpu", "host", b"host", "scope", b"scope", "task", b"task", "threads", b"threads"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cpu: _TypeAlias = _typing.Literal["cpu"]  # noqa: Y015
     _WhichOneofArgType__cpu: _TypeAlias = _typing.Literal["_cpu", b"_cpu"]  # noqa: Y015
@@ -454,6 +471,7 @@ class Hit(_message.Message):
     DR6_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     EXCEPTION_FIELD_NUMBER: _builtins.int
+    TID_FIELD_NUMBER: _builtins.int
     host: _builtins.str
     cpu: _builtins.int
     task: _builtins.int
@@ -475,6 +493,8 @@ class Hit(_message.Message):
     """Hits an agent reports with the same nonzero exception came from one debug
     exception (one access that hit several breakpoints); 0: a hit on its own.
     """
+    tid: _builtins.int
+    """the thread that made the access, when known (perf)"""
     def __init__(
         self,
         *,
@@ -490,14 +510,20 @@ class Hit(_message.Message):
         dr6: _builtins.int = ...,
         seq: _builtins.int = ...,
         exception: _builtins.int = ...,
+        tid: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_task", b"_task", "task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_task", b"_task", "_tid", b"_tid", "task", b"task", "tid", b"tid"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_task", b"_task", "access_addr", b"access_addr", "addr", b"addr", "cpu", b"cpu", "dr6", b"dr6", "exception", b"exception", "host", b"host", "ip", b"ip", "physical_index", b"physical_index", "ptrace_index", b"ptrace_index", "reservation_id", b"reservation_id", "seq", b"seq", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_task", b"_task", "_tid", b"_tid", "access_addr", b"access_addr", "addr", b"addr", "cpu", b"cpu", "dr6", b"dr6", "exception", b"exception", "host", b"host", "ip", b"ip", "physical_index", b"physical_index", "ptrace_index", b"ptrace_index", "reservation_id", b"reservation_id", "seq", b"seq", "task", b"task", "tid", b"tid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__task: _TypeAlias = _typing.Literal["task"]  # noqa: Y015
     _WhichOneofArgType__task: _TypeAlias = _typing.Literal["_task", b"_task"]  # noqa: Y015
+    _WhichOneofReturnType__tid: _TypeAlias = _typing.Literal["tid"]  # noqa: Y015
+    _WhichOneofArgType__tid: _TypeAlias = _typing.Literal["_tid", b"_tid"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__task) -> _WhichOneofReturnType__task | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tid) -> _WhichOneofReturnType__tid | None: ...
 
 Global___Hit: _TypeAlias = Hit  # noqa: Y015
 
