@@ -160,6 +160,7 @@ class AsyncSession:
         idempotency_key: str | None = None,
         pid: int | None = None,
         threads: Sequence[int] = (),
+        tracer_applied: bool = False,
     ) -> AsyncReservationHandle:
         """Like ``Client.reserve``, but released with the session at the latest."""
         return await self._client.reserve(
@@ -178,6 +179,7 @@ class AsyncSession:
             request_id=request_id,
             idempotency_key=idempotency_key,
             session_id=self.id,
+            tracer_applied=tracer_applied,
         )
 
     async def list(self) -> builtins.list[ReservationInfo]:

@@ -159,6 +159,7 @@ class Session:
         idempotency_key: str | None = None,
         pid: int | None = None,
         threads: Sequence[int] = (),
+        tracer_applied: bool = False,
     ) -> ReservationHandle:
         """Like ``Client.reserve``, but released with the session at the latest."""
         return self._client.reserve(
@@ -177,6 +178,7 @@ class Session:
             request_id=request_id,
             idempotency_key=idempotency_key,
             session_id=self.id,
+            tracer_applied=tracer_applied,
         )
 
     def list(self) -> builtins.list[ReservationInfo]:

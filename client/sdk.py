@@ -195,8 +195,12 @@ class Client:
         session_id: str = "",
         pid: int | None = None,
         threads: Sequence[int] = (),
+        tracer_applied: bool = False,
     ) -> ReservationHandle:
         """Reserve a debug register; with no session it persists until released.
+
+        ``tracer_applied``: the caller arms the register itself (a debugger's own perf
+        event or ptrace write); the agents account the slot but do not program it.
 
         ``pid``: every thread of that process, present and future (``threads``: the tids
         it has now, e.g. ``hwbp.wire.procfs.threads_of(pid)`` on its host; empty: its
@@ -217,6 +221,7 @@ class Client:
             session_id=session_id,
             request_id=request_id,
             idempotency_key=idempotency_key,
+            tracer_applied=tracer_applied,
         )
         resp = self._call(calls.RESERVE, req)
         return ReservationHandle(self, wire.change(resp))

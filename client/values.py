@@ -70,6 +70,7 @@ class ReservationInfo:
     kernel: bool = False
     ptrace_index: int | None = None  # 0..3 when made through the ptrace facade
     threads: tuple[int, ...] = ()  # a process's threads when it was reserved
+    tracer_applied: bool = False  # armed by its holder (a debugger), accounted by the agents
 
 
 @dataclass(frozen=True, slots=True)

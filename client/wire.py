@@ -122,7 +122,13 @@ def target(
 
 
 def spec(
-    addr: int, length: int | None, type_: BpType | str, *, enabled: bool, kernel: bool
+    addr: int,
+    length: int | None,
+    type_: BpType | str,
+    *,
+    enabled: bool,
+    kernel: bool,
+    tracer_applied: bool = False,
 ) -> types_pb2.BreakpointSpec:
     kind = bp_type(type_)
     if length is None:
@@ -130,7 +136,12 @@ def spec(
             raise InvalidLength(f"a {kind.value} breakpoint needs a length (1, 2, 4 or 8)")
         length = EXEC_LEN
     return types_pb2.BreakpointSpec(
-        addr=addr, len=length, type=convert.BP_TYPE_PB[kind], enabled=enabled, kernel=kernel
+        addr=addr,
+        len=length,
+        type=convert.BP_TYPE_PB[kind],
+        enabled=enabled,
+        kernel=kernel,
+        tracer_applied=tracer_applied,
     )
 
 
@@ -151,12 +162,13 @@ def reserve_request(
     idempotency_key: str | None,
     pid: int | None = None,
     threads: Sequence[int] = (),
+    tracer_applied: bool = False,
 ) -> arbiter_pb2.ReserveRequest:
     _, tgt = target(host, system=system, cpu=cpu, task=task, pid=pid, threads=threads)
     return arbiter_pb2.ReserveRequest(
         request_id=request_id or new_id(),
         target=tgt,
-        spec=spec(addr, len, type, enabled=enabled, kernel=kernel),
+        spec=spec(addr, len, type, enabled=enabled, kernel=kernel, tracer_applied=tracer_applied),
         owner=owner,
         session_id=session_id,
         # One key for every retry of this call: the arbiter answers a repeat with the
@@ -293,6 +305,7 @@ def reservation(msg: types_pb2.Reservation) -> ReservationInfo:
         kernel=msg.spec.kernel,
         ptrace_index=msg.ptrace_index if msg.ptrace_index >= 0 else None,
         threads=tuple(msg.target.threads),
+        tracer_applied=msg.spec.tracer_applied,
     )
 
 

@@ -8,19 +8,9 @@ tracer-applied: the agents account them but leave arming them to us.
 
 from __future__ import annotations
 
-import uuid
-
-import grpc
-
 from hwbp.client import Client, CpuInfo, ReservationInfo
-from hwbp.client.errors import from_rpc_error
 from hwbp.gdbserver.watchplan import Chunk
 from hwbp.model import BpType, Scope
-from hwbp.v1 import arbiter_pb2, arbiter_pb2_grpc, types_pb2
-from hwbp.wire.convert import BP_TYPE_PB
-from hwbp.wire.tls import channel
-
-RESERVE_TIMEOUT = 15.0  # a reserve returns once every live agent of the host acked it
 
 
 class ArbiterBridge:
@@ -36,34 +26,19 @@ class ArbiterBridge:
         self.host = host
         self.owner = self.session.owner or owner
         self.task = 0  # the inferior's pid, known once it runs
-        # The SDK's reserve() has no tracer_applied parameter yet: this one call goes
-        # through the generated stub, on the SDK's endpoint and TLS settings, with the
-        # SDK's error decoding. Everything else uses the SDK.
-        self._channel = channel(self.client.endpoint, self.client.tls)
-        self._arbiter = arbiter_pb2_grpc.ArbiterStub(self._channel)
 
     def reserve(self, chunk: Chunk) -> str:
-        """A tracer-applied, task-scoped reservation for one register; its id."""
-        key = uuid.uuid4().hex
-        request = arbiter_pb2.ReserveRequest(
-            request_id=key,
-            target=types_pb2.Target(host=self.host, scope=types_pb2.SCOPE_TASK, task=self.task),
-            spec=types_pb2.BreakpointSpec(
-                addr=chunk.addr,
-                len=chunk.length,
-                type=BP_TYPE_PB[chunk.type],
-                enabled=True,
-                tracer_applied=True,
-            ),
-            owner=self.owner,
-            session_id=self.session.id,
-            idempotency_key=key,
+        """A tracer-applied, task-scoped reservation for one register; its id. The SDK
+        retries a transient failure under one idempotency key: never two slots."""
+        handle = self.session.reserve(
+            self.host,
+            task=self.task,
+            addr=chunk.addr,
+            len=chunk.length,
+            type=chunk.type,
+            tracer_applied=True,
         )
-        try:
-            response = self._arbiter.Reserve(request, timeout=RESERVE_TIMEOUT)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-        return str(response.reservation.id)
+        return handle.id
 
     def release(self, reservation_id: str) -> None:
         self.client.release(reservation_id, session_id=self.session.id)
@@ -73,7 +48,6 @@ class ArbiterBridge:
         try:
             self.session.close()
         finally:
-            self._channel.close()
             self.client.close()
 
     # --- monitor hwbp --------------------------------------------------------------------

@@ -207,6 +207,19 @@ async def test_results_of_changes_say_where_they_are_applied(client: Any) -> Non
     assert gone is not None and gone.id == h.id and not gone.pending
 
 
+async def test_a_tracer_applied_reservation_is_accounted_and_listed_as_such(
+    client: Any,
+) -> None:
+    """A debugger that arms the register itself still takes the slot, through the SDK."""
+    async with await client.session(ttl=30, owner="gdb") as s:
+        h = await s.reserve(HOST, task=4243, addr=0xB000, len=4, type="w", tracer_applied=True)
+        mine = [r for r in await client.list(HOST) if r.id == h.id]
+        assert len(mine) == 1 and mine[0].tracer_applied and mine[0].task == 4243
+        plain = await s.reserve(HOST, task=4243, addr=0xB008, len=4, type="w")
+        listed = {r.id: r.tracer_applied for r in await client.list(HOST)}
+        assert listed[plain.id] is False and listed[h.id] is True
+
+
 async def test_list_and_inventory_follow_pages(client: Any) -> None:
     """Asked for pages smaller than the answer, every item still comes back once; an
     arbiter that ignores page_size answers in one page, with the same result."""
