@@ -31,6 +31,7 @@ class ErrorClass(Enum):
     DEADLINE = "deadline"
     INTERNAL = "internal"
     RESOURCE_EXHAUSTED = "resource_exhausted"  # the arbiter's own limits, not the registers
+    OUT_OF_RANGE = "out_of_range"  # a position (an event seq) outside what is kept
 
 
 class HwbpError(Exception):
@@ -206,6 +207,23 @@ class WatcherTooSlow(ResourceExhausted):
     """A watcher fell so far behind that it was cut off rather than slow the arbiter."""
 
     reason = "WATCHER_TOO_SLOW"
+
+
+# --- positions in the event log -------------------------------------------------------
+
+
+class SeqOutOfRange(HwbpError):
+    """A Watch ``since`` the arbiter cannot resume from (etcd's "revision" errors)."""
+
+    reason = "SEQ_OUT_OF_RANGE"
+    errno = _errno.ERANGE
+    error_class = ErrorClass.OUT_OF_RANGE
+
+
+class SeqCompacted(SeqOutOfRange):
+    """Events after ``since`` were dropped from the kept window: resuming would skip them."""
+
+    reason = "SEQ_COMPACTED"
 
 
 # --- lookups --------------------------------------------------------------------------
