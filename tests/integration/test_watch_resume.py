@@ -1,0 +1,178 @@
+"""`hwbpctl watch` across an arbiter restart, `--since` replay, and a seq too old to resume.
+
+Real processes: an arbiter on a SQLite ledger, a simulated fleet, hwbpctl. The arbiter is
+stopped by pid and started again on the same port and ledger while a watch runs; the
+watch must show every change event exactly once, in order, with one line per state
+change on stderr (lost, reconnected) and never a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration import ledgers, procs
+from tests.integration.stubs import wait_until
+
+pytestmark = pytest.mark.timeout(150)
+HOST = "hw"
+SEQ = re.compile(r"^#(\d+) (\w+) ")
+
+
+class Arbiter:
+    """An arbiter on one ledger file and port, with a two-CPU fleet that follows it."""
+
+    def __init__(self, db: Path, *extra: str) -> None:
+        self.db, self.extra = db, extra
+        self.proc, self.address = ledgers.arbiter(db, 0, *extra)
+        self.fleet = procs.start_fleet(self.address, HOST, 2)
+
+    def restart(self, sig: int) -> None:
+        self.proc.stop(sig)
+        self.proc, _ = ledgers.arbiter(self.db, ledgers.port_of(self.address), *self.extra)
+        wait_until(lambda: ledgers.health(self.address) == ledgers.SERVING, what="serving")
+
+    def stop(self) -> None:
+        self.fleet.stop()
+        self.proc.stop()
+
+
+@pytest.fixture
+def arb(tmp_path: Path) -> Iterator[Arbiter]:
+    arbiter = Arbiter(tmp_path / "ledger.db")
+    try:
+        yield arbiter
+    finally:
+        arbiter.stop()
+
+
+def cli(addr: str, command: str) -> procs.CliResult:
+    return procs.cli(addr, *command.split(), as_json=False, timeout=60)
+
+
+def reserve(addr: str, cpu: int, where: int) -> str:
+    """A reservation made with hwbpctl; its id (retried while the agents reconnect)."""
+    args = f"--json reserve --host {HOST} --cpu {cpu} --addr {where:#x} --len 4 --type w"
+    args += " --owner ann@lab"
+    for _ in range(100):
+        res = procs.cli(addr, *args.split(), as_json=False, timeout=60)
+        if res.code == 0:
+            rid: str = res.json()["id"]
+            return rid
+        time.sleep(0.2)  # the fleet is still reconnecting to a restarted arbiter
+    raise AssertionError(f"reserve kept failing: {res.err}")
+
+
+def release(addr: str, rid: str) -> None:
+    res = cli(addr, f"release {rid}")
+    assert res.code == 0, res.err
+
+
+def changes(lines: list[str]) -> list[tuple[int, str]]:
+    """(seq, kind) of the change events a watch printed, in order."""
+    return [(int(m[1]), m[2]) for line in lines if (m := SEQ.match(line))]
+
+
+def shown(watch: procs.Proc, seq: int) -> bool:
+    return any(s == seq for s, _ in changes(watch.lines))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill9"])
+def test_watch_rides_out_a_restart_without_losing_or_repeating_an_event(
+    arb: Arbiter, sig: int
+) -> None:
+    addr = arb.address
+    r1 = reserve(addr, 0, 0x1000)  # before the watch: replayed by --since 0
+    watch, _ = procs.start(
+        ["hwbp.client", "--arbiter", addr, "watch", "--since", "0", "--timeout", "120"],
+        "hwbpctl watch",
+        wait_for="#1 reserved",
+    )
+    try:
+        r2 = reserve(addr, 1, 0x2000)  # live, before the restart
+        release(addr, r1)
+        wait_until(lambda: shown(watch, 3), what="the watch showing #3")
+        arb.restart(sig)
+        r3 = reserve(addr, 0, 0x3000)  # most likely before the watch is back: replayed
+        wait_until(lambda: shown(watch, 4), what="the watch showing #4 after the restart")
+        wait_until(lambda: any("reconnected" in line for line in watch.lines), what="reconnected")
+        release(addr, r2)  # live again
+        release(addr, r3)
+        wait_until(lambda: shown(watch, 6), what="the watch showing #6")
+    finally:
+        watch.stop(signal.SIGINT)
+    assert watch.popen.returncode == 0, watch.lines
+    out = "".join(watch.lines)
+    assert "Traceback" not in out, out
+    assert changes(watch.lines) == [
+        (1, "reserved"),
+        (2, "reserved"),
+        (3, "released"),
+        (4, "reserved"),
+        (5, "released"),
+        (6, "released"),
+    ], out
+    # One line per change of state, on stderr (merged here), not one per attempt.
+    state = [line for line in watch.lines if line.startswith("hwbpctl: watch:")]
+    assert len(state) == 2, out
+    assert "lost" in state[0] and "reconnecting" in state[0], state
+    assert "reconnected" in state[1] and "after seq 3" in state[1], state
+    # What was released is named, with its owner; a CPU is never shown in hex.
+    released = [line for line in watch.lines if SEQ.match(line) and " released " in line]
+    assert all("(owner ann@lab" in line for line in released), released
+    assert r1 in released[0] and r2 in released[1] and r3 in released[2]
+    assert not re.search(r"cpu 0x", out), out
+
+
+def test_since_replays_after_a_seq_and_survives_a_restart(arb: Arbiter) -> None:
+    addr = arb.address
+    r1 = reserve(addr, 0, 0x1000)
+    r2 = reserve(addr, 1, 0x2000)
+    release(addr, r1)
+    arb.restart(signal.SIGTERM)
+    res = cli(addr, "watch --since 1 --timeout 2")
+    assert res.code == 0, res.err
+    assert changes(res.out.splitlines(keepends=True)) == [(2, "reserved"), (3, "released")]
+    assert r2 in res.out and r1 in res.out
+    # Numbering continues after the restart: the next change is #4.
+    reserve(addr, 0, 0x3000)
+    res = cli(addr, "watch --since 3 --timeout 2")
+    assert changes(res.out.splitlines(keepends=True)) == [(4, "reserved")], res.out
+    # JSON carries the seq and who: scripts resume from it.
+    doc = procs.cli(addr, "watch", "--since", "3", "--timeout", "2", timeout=60)
+    assert doc.code == 0, doc.err
+    event = doc.json() if doc.out.lstrip().startswith("{") else None
+    assert event is not None and event["seq"] == 4 and event["kind"] == "reserved", doc.out
+    assert event["reservation_ids"] == [event["reservation"]["id"]], event
+    assert event["owner"] == "ann@lab", event
+
+
+def test_since_older_than_the_kept_window_is_a_clear_error(tmp_path: Path) -> None:
+    arb = Arbiter(tmp_path / "ledger.db", "--keep-events", "2")
+    try:
+        addr = arb.address
+        for i in range(4):
+            reserve(addr, i % 2, 0x1000 * (i + 1))  # #1..#4; #1 and #2 are no longer kept
+        res = cli(addr, "watch --since 1 --timeout 2")
+        assert res.code == 2, (res.code, res.out, res.err)
+        lines = res.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("hwbpctl"), res.err
+        assert "no longer kept" in lines[0] and "oldest kept is 3" in lines[0], lines
+        assert res.out == ""
+        # From the window's edge it works, and the window survives a restart.
+        arb.restart(signal.SIGTERM)
+        res = cli(addr, "watch --since 2 --timeout 2")
+        assert res.code == 0, res.err
+        assert [s for s, _ in changes(res.out.splitlines(keepends=True))] == [3, 4]
+        res = cli(addr, "watch --since 0 --timeout 2")
+        assert res.code == 2 and "oldest kept is 3" in res.err, res.err
+        # A seq never issued is refused too, rather than waiting for it forever.
+        res = cli(addr, "watch --since 99 --timeout 2")
+        assert res.code == 2 and "ahead of" in res.err, res.err
+    finally:
+        arb.stop()
