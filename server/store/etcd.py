@@ -74,8 +74,11 @@ class EtcdStore:
         self.on_lost: Callable[[int, str], None] | None = None  # (revision, why)
         self.on_txn: Callable[[float, str], None] | None = None  # (seconds, result)
         self._next_id = 1  # what P/ids holds
+        self._trimmed = 0  # what P/eventtrim holds
         self._check_schema()
         self._next_id = self._read_next_id()
+        got = self.io.call(self.io.client.get(self.key("eventtrim")))
+        self._trimmed = 0 if got is None else int(got.value)
 
     # --- keys --------------------------------------------------------------------
 
@@ -156,6 +159,7 @@ class EtcdStore:
             )
         self._observe(start, "ok")
         self._next_id = max(self._next_id, next_id)
+        self._trimmed = max(self._trimmed, batch.events_trimmed_through)
 
     async def commit_async(self, batch: Batch) -> None:
         """``commit`` for an asyncio caller: the wait happens off its loop."""
@@ -268,7 +272,7 @@ class EtcdStore:
             ops.append(t.put(self.key("sessions", s.id), _dump(doc)))
         for e in batch.events:
             ops.append(t.put(self.key("events", _seq(e.seq)), e.body))
-        if batch.events_trimmed_through:
+        if batch.events_trimmed_through > self._trimmed:  # the window only moves forward
             through = batch.events_trimmed_through
             start = self.key("events") + b"/"
             ops.append(t.delete(start, range_end=self.key("events", _seq(through + 1))))
@@ -303,6 +307,7 @@ class EtcdStore:
         res.sort(key=lambda r: id_order(r.reservation.id))
         numbered = [id_order(r.reservation.id)[0] for r in res if r.reservation.id[1:].isdigit()]
         self._next_id = next_id
+        self._trimmed = trimmed
         next_id = max(next_id, max(numbered, default=0) + 1)
         hosts.sort(key=lambda h: h.name)
         keys.sort(key=lambda k: k.expires)
