@@ -271,16 +271,18 @@ class Host(TracingHost):
             a.session == sid for a in self.attachments.values()
         )
 
-    async def release_session(self, sid: str, reason: str) -> int:
+    async def release_session(self, sid: str, reason: str, owner: str = "") -> int:
         """Release what session ``sid`` holds here, and every task it traced (as their
-        tracer's exit would); returns how many breakpoints were released."""
-
+        tracer's exit would); returns how many breakpoints were released. The
+        lease_expired event names the session, its ``owner`` and the reservation ids."""
         request_id = f"session:{sid}"
 
         def apply() -> tuple[int, range]:
             mine = [r for r in self.ledger.by_session(sid) if r.ptrace_index is None]
             traced = [t for t, a in self.attachments.items() if a.session == sid]
-            owners = {r.owner for r in mine} | {self.attachments[t].owner for t in traced}
+            # The session's owner; without one, whoever owned what it held.
+            held = {r.owner for r in mine} | {self.attachments[t].owner for t in traced}
+            owners = {owner} if owner else {o for o in held if o}
             for res in mine:
                 self.ledger.release(res.id)
             count = len(mine)

@@ -11,11 +11,16 @@ from __future__ import annotations
 import re
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
+from hwbp.v1 import arbiter_pb2 as a
+from hwbp.v1 import arbiter_pb2_grpc
+from hwbp.v1 import types_pb2 as t
 from tests.integration import ledgers, procs
 from tests.integration.stubs import wait_until
 
@@ -176,3 +181,29 @@ def test_since_older_than_the_kept_window_is_a_clear_error(tmp_path: Path) -> No
         assert res.code == 2 and "ahead of" in res.err, res.err
     finally:
         arb.stop()
+
+
+def test_lease_expired_names_the_session_its_owner_and_what_was_released(
+    arb: Arbiter,
+) -> None:
+    addr = arb.address
+    with grpc.insecure_channel(addr) as ch:
+        session = ledgers.open_session(ch, ttl=1.0, owner="cat@lab")  # no keep-alive
+        stub = arbiter_pb2_grpc.ArbiterStub(ch)
+        held = []
+        for cpu in (0, 1):
+            req = a.ReserveRequest(
+                request_id=uuid.uuid4().hex,
+                target=t.Target(host=HOST, scope=t.SCOPE_CPU, cpu=cpu),
+                spec=t.BreakpointSpec(addr=0x1000, len=8, type=t.BREAKPOINT_TYPE_WRITE),
+                session_id=session,
+            )
+            held.append(stub.Reserve(req, timeout=10).reservation.id)
+    res = cli(addr, "watch --since 0 --timeout 8")  # waits for the expiry, then replays
+    expired = [line for line in res.out.splitlines() if " lease_expired " in line]
+    assert len(expired) == 1, res.out
+    assert re.fullmatch(
+        rf"#3 lease_expired {HOST} owner cat@lab session {session} "
+        rf"released {held[0]}, {held[1]} gen \d+ - .*",
+        expired[0],
+    ), expired
