@@ -8,6 +8,7 @@ change on stderr (lost, reconnected) and never a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import time
@@ -23,6 +24,7 @@ from hwbp.v1 import arbiter_pb2_grpc
 from hwbp.v1 import types_pb2 as t
 from tests.integration import ledgers, procs
 from tests.integration.stubs import wait_until
+from tests.surfaces import SURFACES, make_client
 
 pytestmark = pytest.mark.timeout(150)
 HOST = "hw"
@@ -207,3 +209,31 @@ def test_lease_expired_names_the_session_its_owner_and_what_was_released(
         rf"released {held[0]}, {held[1]} gen \d+ - .*",
         expired[0],
     ), expired
+
+
+@pytest.mark.parametrize("surface", SURFACES)
+async def test_the_sdk_watch_takes_since_and_resumes_after_a_restart(
+    arb: Arbiter, surface: str
+) -> None:
+    states: list[str] = []
+    async with make_client(surface, arb.address) as c:
+        h1 = await c.reserve(HOST, cpu=0, addr=0x1000, len=4, type="w", owner="sdk")
+        changes = ["reserved", "released"]
+        events = c.watch(kinds=changes, since=0, resume=True, on_state=states.append, timeout=60)
+        first = await anext(events)  # replayed: it was made before the watch
+        await asyncio.to_thread(arb.restart, signal.SIGKILL)
+        await c.reserve(HOST, cpu=1, addr=0x2000, len=4, type="w", owner="sdk")
+        second = await anext(events)  # the watch lost its arbiter while it waited
+        await h1.release()
+        third = await anext(events)
+        await events.aclose()
+        assert [(e.seq, e.kind.value) for e in (first, second, third)] == [
+            (1, "reserved"),
+            (2, "reserved"),
+            (3, "released"),
+        ]
+        assert third.reservation_ids == (h1.id,) and third.owner == "sdk"
+        # Replay alone, from a seq, without resuming.
+        replay = c.watch(kinds=changes, since=1, timeout=2)
+        assert [e.seq async for e in replay] == [2, 3]
+    assert len(states) == 2 and "lost" in states[0] and "reconnected" in states[1], states
