@@ -213,7 +213,7 @@ class WatcherTooSlow(ResourceExhausted):
 
 
 class SeqOutOfRange(HwbpError):
-    """A Watch ``since`` the arbiter cannot resume from (etcd's "revision" errors)."""
+    """A Watch since-seq the arbiter never issued, so it cannot resume after it."""
 
     reason = "SEQ_OUT_OF_RANGE"
     errno = _errno.ERANGE
@@ -221,7 +221,8 @@ class SeqOutOfRange(HwbpError):
 
 
 class SeqCompacted(SeqOutOfRange):
-    """Events after ``since`` were dropped from the kept window: resuming would skip them."""
+    """Events after the since-seq were dropped from the kept window (etcd's "compacted"):
+    resuming would skip them. The message names the oldest kept seq."""
 
     reason = "SEQ_COMPACTED"
 
