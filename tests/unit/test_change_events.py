@@ -3,6 +3,8 @@ durable: a refused or unwritten change tells watchers nothing, a retried one tel
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from hwbp.errors import AgentRefused, LedgerWriteFailed
@@ -23,7 +25,7 @@ CHANGES = {
 }
 
 
-def changes(seen: list[object]) -> list[types_pb2.Event]:
+def changes(seen: Sequence[object]) -> list[types_pb2.Event]:
     return [e for e in seen if isinstance(e, types_pb2.Event) and e.kind in CHANGES]
 
 
