@@ -283,6 +283,7 @@ class Host(TracingHost):
             # The session's owner; without one, whoever owned what it held.
             held = {r.owner for r in mine} | {self.attachments[t].owner for t in traced}
             owners = {owner} if owner else {o for o in held if o}
+            ids = [r.id for r in mine] + _ptrace_ids(self, traced)
             for res in mine:
                 self.ledger.release(res.id)
             count = len(mine)
@@ -295,7 +296,7 @@ class Host(TracingHost):
                 reason=reason,
                 session=sid,
                 owner=",".join(sorted(owners)),
-                reservation_ids=[r.id for r in mine],
+                reservation_ids=ids,
             )
             self.draft(ev)
             return count, range(self.ncpus)
@@ -310,6 +311,7 @@ class Host(TracingHost):
 
         def apply() -> tuple[int, range]:
             gone = [rid for rid in mine if rid in self.ledger]
+            ids = gone + _ptrace_ids(self, [task])
             for rid in gone:
                 self.ledger.release(rid)
             released = len(mine) + flush_attachment(self, task)
@@ -319,7 +321,7 @@ class Host(TracingHost):
                 task=task,
                 request_id=request_id,
                 reason=f"{released} released",
-                reservation_ids=gone,
+                reservation_ids=ids,
             )
             self.draft(ev)
             return released, range(self.ncpus)
@@ -350,6 +352,17 @@ class Host(TracingHost):
         )
         ev.reservation.CopyFrom(convert.reservation_to(res))
         return ev
+
+
+def _ptrace_ids(host: Host, tasks: list[int]) -> list[str]:
+    """The reservations behind the ptrace breakpoints of traced ``tasks`` (flushed next)."""
+    return [
+        rid
+        for task in tasks
+        if (att := host.attachments.get(task)) is not None
+        for _, rid in sorted(att.reservations.items())
+        if rid in host.ledger
+    ]
 
 
 def _now() -> float:

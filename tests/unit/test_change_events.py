@@ -92,3 +92,21 @@ async def test_a_change_the_ledger_refused_publishes_nothing() -> None:
     # Written with the batch, in the same call: the number the failed write took is a gap.
     assert [r.seq for w in written for r in w.records] == [2]
     assert [e.seq for e in changes(seen)] == [2]
+
+
+async def test_a_session_end_and_a_task_exit_name_every_reservation_they_released() -> None:
+    fleet, host = host_of()
+    seen = events(fleet)
+    mine = await host.reserve("q1", Target(Scope.CPU, cpu=0), bp(), owner="a", session="s-1")
+    await host.attach("q2", 4242, "s-1", "a")
+    await host.poke("q3", 4242, "s-1", 0, 0x601040, owner="a")
+    traced = [r.id for r in host.committed() if r.ptrace_index is not None]
+    await host.release_session("s-1", "lease expired", "a@lab")
+    task = (await host.reserve("q4", Target(Scope.TASK, task=77), bp(), owner="b")).result
+    await host.exit_task("exit:77", 77)
+    expired, exited = changes(seen)[-3], changes(seen)[-1]
+    assert expired.kind == types_pb2.EVENT_KIND_LEASE_EXPIRED
+    assert (expired.session, expired.owner) == ("s-1", "a@lab")
+    assert list(expired.reservation_ids) == [mine.result.id, *traced] and len(traced) == 1
+    assert exited.kind == types_pb2.EVENT_KIND_TASK_EXITED and exited.task == 77
+    assert list(exited.reservation_ids) == [task.id]
