@@ -24,6 +24,7 @@ from __future__ import annotations
 import builtins
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from typing import TypeVar
 
 import grpc
@@ -334,14 +335,17 @@ class Client:
         policy: RetryPolicy,
     ) -> Iterator[EventInfo]:
         """A watch that reconnects: tenacity waits between attempts to subscribe (open the
-        stream and read its SUBSCRIBED event); events are read outside it."""
+        stream and read its SUBSCRIBED event); events are read outside it. The first
+        subscription gets the client's own retries (a wrong address fails as any call
+        does); once it streamed, ``policy``'s."""
         kinds = builtins.list(kinds)
         first = True
+        opening = replace(self.retry, when=reconnectable)
         end = None if timeout is None else time.monotonic() + timeout  # of the whole watch
         while True:
             events: Iterator[EventInfo] | None = None
             subscribed: EventInfo | None = None
-            for attempt in sync_attempts(policy, True):
+            for attempt in sync_attempts(opening if first else policy, True):
                 with attempt:
                     left = None if end is None else end - time.monotonic()
                     if left is not None and left <= 0:
@@ -354,7 +358,7 @@ class Client:
                         return  # the caller's timeout ended it before anything came
                     except RemoteError as err:
                         self._follow(err)
-                        if reconnectable(err):
+                        if reconnectable(err) and not first:
                             state.lost(self.endpoint, err)
                         raise
             if events is None or subscribed is None:

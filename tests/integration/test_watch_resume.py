@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -243,3 +244,15 @@ async def test_the_sdk_watch_takes_since_and_resumes_after_a_restart(
         replay = c.watch(kinds=changes, since=1, timeout=2)
         assert [e.seq async for e in replay] == [2, 3]
     assert len(states) == 2 and "lost" in states[0] and "reconnected" in states[1], states
+
+
+def test_a_watch_that_never_reached_an_arbiter_fails_like_any_call() -> None:
+    """Reconnecting is for a watch that was streaming: a wrong address is an error (exit 5)
+    after the usual few attempts, not a wait forever."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        addr = f"127.0.0.1:{s.getsockname()[1]}"
+    res = cli(addr, "watch --since 0")
+    assert res.code == 5, (res.code, res.out, res.err)
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hwbpctl:") and "lost" not in lines[0], lines
