@@ -255,11 +255,24 @@ def _top(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
 
 
 def _watch(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:
-    events = c.watch(a.host, a.task, timeout=a.timeout, announce_subscribed=a.announce)
+    events = c.watch(
+        a.host,
+        a.task,
+        timeout=a.timeout,
+        announce_subscribed=a.announce,
+        since=a.since,
+        resume=a.reconnect,
+        on_state=_say,
+    )
     # --count counts events; the subscribed marker only says when they start.
     return _follow(
         a, out, events, render.jsonable, render.event_line, lambda e: e.kind is not SUBSCRIBED
     )
+
+
+def _say(line: str) -> None:
+    """A watch's change of state (lost, reconnected): one line on stderr, never stdout."""
+    print(f"hwbpctl: {line}", file=sys.stderr, flush=True)
 
 
 def _sim_switch(c: Client, a: argparse.Namespace, out: TextIO) -> ExitCode:

@@ -234,6 +234,20 @@ def build_parser() -> Parser:
         action="store_true",
         help="first print a 'subscribed' event, once every later event will be shown",
     )
+    w.add_argument(
+        "--since",
+        type=number(0, (1 << 63) - 1),
+        metavar="SEQ",
+        help="first replay the kept change events after #SEQ (the last one you saw; 0: all "
+        "kept), like etcdctl's --rev; default: only what happens from now on",
+    )
+    w.add_argument(
+        "--no-reconnect",
+        dest="reconnect",
+        action="store_false",
+        help="end with an error when the arbiter goes away (default: reconnect with "
+        "backoff and resume after the last #seq shown, saying so on stderr)",
+    )
     _add_stop_args(w)
 
     sim = cmds.add_parser("sim", help="drive simulated CPUs").add_subparsers(

@@ -22,6 +22,7 @@ from hwbp.client.values import (
     SessionSummary,
     TrapInfo,
 )
+from hwbp.model import Scope
 from hwbp.registers import RegisterImage
 
 
@@ -304,25 +305,59 @@ def hit_line(h: HitInfo) -> str:
     return line
 
 
+# Events the change log numbers: their "#seq" is what `watch --since` resumes after.
+CHANGE_KINDS = frozenset(
+    {
+        EventKind.RESERVED,
+        EventKind.MODIFIED,
+        EventKind.RELEASED,
+        EventKind.LEASE_EXPIRED,
+        EventKind.TASK_EXITED,
+    }
+)
+
+
 def event_line(e: EventInfo) -> str:
+    """One watch event. Change events start with their ``#seq``; others (hits, reloads,
+    agents) are live only and carry none. CPUs are decimal, addresses hex."""
     where = e.host + ("" if e.cpu is None else f" cpu {e.cpu}")
     if e.kind is EventKind.SUBSCRIBED:
-        return f"subscribed: watching {f'host {e.host}' if e.host else 'every host'}"
+        after = f" after seq {e.seq}" if e.seq else ""
+        return f"subscribed: watching {f'host {e.host}' if e.host else 'every host'}{after}"
+    head = f"#{e.seq} " if e.kind in CHANGE_KINDS else ""
     if e.kind is EventKind.HIT and e.hit is not None:
-        return f"#{e.seq} {hit_line(e.hit)}"
-    parts = [f"#{e.seq}", e.kind.value, where]
+        return head + hit_line(e.hit)
+    parts = [e.kind.value, where]
     if e.task is not None:
         parts.append(f"task {e.task}")
     if e.reservation is not None:
         r = e.reservation
-        parts.append(
-            f"{r.id} ({r.owner or 'anonymous'}, {r.scope.value} {hx(r.addr)} {r.type.value})"
-        )
+        whose = _whose(e.owner or r.owner, e.session or r.session_id)
+        parts.append(f"{r.id} ({whose}, {_target(r)} {hx(r.addr)} len {r.len} {r.type.value})")
+    elif e.kind in CHANGE_KINDS and (e.session or e.owner or e.reservation_ids):
+        if e.session or e.owner:
+            parts.append(_whose(e.owner, e.session))
+        parts.append(f"released {', '.join(e.reservation_ids) or 'none'}")
     if e.generation:
         parts.append(f"gen {e.generation}")
     if e.reason:
         parts.append(f"- {e.reason}")
-    return " ".join(parts)
+    return head + " ".join(parts)
+
+
+def _whose(owner: str, session: str) -> str:
+    return f"owner {owner or 'anonymous'}" + (f" session {session}" if session else "")
+
+
+def _target(r: ReservationInfo) -> str:
+    """A reservation's target in words; a CPU is a decimal number."""
+    if r.scope is Scope.CPU:
+        return f"cpu {r.cpu}"
+    if r.scope is Scope.TASK:
+        return f"task {r.task}"
+    if r.scope is Scope.TASK_CPU:
+        return f"task {r.task} cpu {r.cpu}"
+    return str(r.scope.value)
 
 
 def trap_line(t: TrapInfo) -> str:

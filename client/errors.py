@@ -337,6 +337,8 @@ EXIT_CODES: Mapping[ErrorClass, ExitCode] = {
     ErrorClass.ABORTED: ExitCode.UNEXPECTED,
     ErrorClass.INTERNAL: ExitCode.UNEXPECTED,
     ErrorClass.RESOURCE_EXHAUSTED: ExitCode.RESOURCE_EXHAUSTED,
+    # A watch resumed from a seq the arbiter no longer keeps: ask from a later one.
+    ErrorClass.OUT_OF_RANGE: ExitCode.USAGE,
 }
 
 

@@ -8,7 +8,8 @@ which is ``client.calls``'s table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from tenacity import (
     AsyncRetrying,
@@ -54,12 +55,13 @@ class RetryPolicy:
     attempts: int = 3
     initial: float = 0.1  # seconds; the jitter spreads clients that failed together
     maximum: float = 2.0
+    when: Callable[[BaseException], bool] = field(default=lambda e: is_transient(e))  # retry?
 
     def sync(self) -> Retrying:
         return Retrying(
             stop=stop_after_attempt(self.attempts),
             wait=wait_random_exponential(multiplier=self.initial, max=self.maximum),
-            retry=retry_if_exception(is_transient),
+            retry=retry_if_exception(self.when),
             reraise=True,
         )
 
@@ -67,7 +69,7 @@ class RetryPolicy:
         return AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
             wait=wait_random_exponential(multiplier=self.initial, max=self.maximum),
-            retry=retry_if_exception(is_transient),
+            retry=retry_if_exception(self.when),
             reraise=True,
         )
 

@@ -22,7 +22,9 @@ differs between the two flavours is ``client.concurrency``.
 from __future__ import annotations
 
 import builtins
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from typing import TypeVar
 
 import grpc
@@ -33,6 +35,7 @@ from hwbp.client.concurrency import SyncChannel, SyncStream, sync_attempts
 from hwbp.client.endpoints import NOT_LEADER, Endpoints
 from hwbp.client.errors import RemoteError, from_rpc_error
 from hwbp.client.handles import ReservationHandle, Session, Tracer
+from hwbp.client.resume import RECONNECT, Resumer, StateListener, reconnectable
 from hwbp.client.retry import FAILOVER_RETRY, Deadlines, RetryPolicy
 from hwbp.client.values import (
     AccessResult,
@@ -325,6 +328,10 @@ class Client:
         timeout: float | None = None,
         request_id: str | None = None,
         announce_subscribed: bool = False,
+        since: int | None = None,
+        resume: bool = False,
+        on_state: StateListener | None = None,
+        reconnect: RetryPolicy = RECONNECT,
     ) -> Iterator[EventInfo]:
         """Events as they happen; ``timeout`` ends the stream quietly after that many
         seconds (none by default: a watch lasts as long as its reader).
@@ -332,9 +339,73 @@ class Client:
         ``announce_subscribed``: the first event is ``EventKind.SUBSCRIBED``, sent once
         every later event reaches this watch; wait for it before doing what you want
         to see (an arbiter too old to know the flag sends no such event).
+
+        ``since``: first replay the kept change events numbered after this seq (the
+        last ``EventInfo.seq`` you saw); ``SeqCompacted`` if some are no longer kept.
+        ``resume``: ride out an arbiter restart or failover: reconnect with ``reconnect``'s
+        jittered backoff and resume after the last seq delivered, so no event is lost or
+        repeated; ``on_state`` hears one line per change (lost, reconnected).
         """
-        req = wire.watch_request(host, task, kinds, request_id, announce_subscribed)
+        if resume:
+            state = Resumer(since, on_state)
+            return self._resumed(host, task, kinds, timeout, announce_subscribed, state, reconnect)
+        req = wire.watch_request(host, task, kinds, request_id, announce_subscribed, since)
         return self._stream(self._open(calls.WATCH, req, timeout), wire.event, timeout)
+
+    def _resumed(
+        self,
+        host: str | None,
+        task: int | None,
+        kinds: Iterable[EventKind | str],
+        timeout: float | None,
+        announce: bool,
+        state: Resumer,
+        policy: RetryPolicy,
+    ) -> Iterator[EventInfo]:
+        """A watch that reconnects: tenacity waits between attempts to subscribe (open the
+        stream and read its SUBSCRIBED event); events are read outside it. The first
+        subscription gets the client's own retries (a wrong address fails as any call
+        does); once it streamed, ``policy``'s."""
+        kinds = builtins.list(kinds)
+        first = True
+        opening = replace(self.retry, when=reconnectable)
+        end = None if timeout is None else time.monotonic() + timeout  # of the whole watch
+        while True:
+            events: Iterator[EventInfo] | None = None
+            subscribed: EventInfo | None = None
+            for attempt in sync_attempts(opening if first else policy, True):
+                with attempt:
+                    left = None if end is None else end - time.monotonic()
+                    if left is not None and left <= 0:
+                        return
+                    req = wire.watch_request(host, task, kinds, None, True, state.since)
+                    events = self._stream(self._open(calls.WATCH, req, left), wire.event, left)
+                    try:
+                        subscribed = events.__next__()
+                    except StopIteration:
+                        return  # the caller's timeout ended it before anything came
+                    except RemoteError as err:
+                        self._follow(err)
+                        if reconnectable(err) and not first:
+                            state.lost(self.endpoint, err)
+                        raise
+            if events is None or subscribed is None:
+                raise AssertionError("tenacity re-raises the last failure")
+            state.back(self.endpoint)
+            state.delivered(subscribed.seq)
+            if announce and first:
+                yield subscribed
+            first = False
+            try:
+                for ev in events:
+                    state.delivered(ev.seq)
+                    yield ev
+                return  # the caller's timeout ended it
+            except RemoteError as err:
+                if not reconnectable(err):
+                    raise
+                self._follow(err)
+                state.lost(self.endpoint, err)
 
     # --- simulation -------------------------------------------------------------------
 

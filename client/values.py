@@ -237,6 +237,9 @@ class EventInfo:
     reason: str = ""
     reservation: ReservationInfo | None = None
     hit: HitInfo | None = None
+    session: str = ""  # whose session (released, lease_expired)
+    owner: str = ""  # whose reservations (released, lease_expired)
+    reservation_ids: tuple[str, ...] = ()  # what was released (lease_expired, task_exited)
 
 
 @dataclass(frozen=True, slots=True)

@@ -252,13 +252,17 @@ def watch_request(
     kinds: Iterable[EventKind | str],
     request_id: str | None,
     announce_subscribed: bool = False,
+    since: int | None = None,
 ) -> arbiter_pb2.WatchRequest:
+    if since is not None and since < 0:
+        raise InvalidArgument(f"since must be a seq >= 0, got {since}", field="since")
     return arbiter_pb2.WatchRequest(
         request_id=request_id or new_id(),
         host=host or "",
         task=task,
         kinds=[_KINDS[event_kind(k)] for k in kinds],
         announce_subscribed=announce_subscribed,
+        since=since,
     )
 
 
@@ -415,6 +419,9 @@ def event(msg: types_pb2.Event) -> EventInfo:
         reason=msg.reason,
         reservation=reservation(msg.reservation) if msg.HasField("reservation") else None,
         hit=hit(msg.hit) if msg.HasField("hit") else None,
+        session=msg.session,
+        owner=msg.owner,
+        reservation_ids=tuple(msg.reservation_ids),
     )
 
 

@@ -31,6 +31,7 @@ class ErrorClass(Enum):
     DEADLINE = "deadline"
     INTERNAL = "internal"
     RESOURCE_EXHAUSTED = "resource_exhausted"  # the arbiter's own limits, not the registers
+    OUT_OF_RANGE = "out_of_range"  # a position (an event seq) outside what is kept
 
 
 class HwbpError(Exception):
@@ -206,6 +207,24 @@ class WatcherTooSlow(ResourceExhausted):
     """A watcher fell so far behind that it was cut off rather than slow the arbiter."""
 
     reason = "WATCHER_TOO_SLOW"
+
+
+# --- positions in the event log -------------------------------------------------------
+
+
+class SeqOutOfRange(HwbpError):
+    """A Watch since-seq the arbiter never issued, so it cannot resume after it."""
+
+    reason = "SEQ_OUT_OF_RANGE"
+    errno = _errno.ERANGE
+    error_class = ErrorClass.OUT_OF_RANGE
+
+
+class SeqCompacted(SeqOutOfRange):
+    """Events after the since-seq were dropped from the kept window (etcd's "compacted"):
+    resuming would skip them. The message names the oldest kept seq."""
+
+    reason = "SEQ_COMPACTED"
 
 
 # --- lookups --------------------------------------------------------------------------

@@ -233,6 +233,6 @@ class AgentLinkServicer(agent_pb2_grpc.AgentLinkServicer):
                 host=host.name,
                 cpu=cpu,
                 generation=host.generation,
-                seq=self.fleet.bus.next_seq(),
+                seq=self.fleet.bus.change_seq,
             )
         )

@@ -47,6 +47,7 @@ STATUS: dict[ErrorClass, grpc.StatusCode] = {
     ErrorClass.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
     ErrorClass.INTERNAL: grpc.StatusCode.INTERNAL,
     ErrorClass.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorClass.OUT_OF_RANGE: grpc.StatusCode.OUT_OF_RANGE,
 }
 
 

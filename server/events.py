@@ -27,6 +27,7 @@ from hwbp.v1 import ptrace_pb2, types_pb2
 
 __all__ = [
     "ALL_EVENTS",
+    "CHANGE_KINDS",
     "MAX_WATCHERS_PER_IDENTITY",
     "MAX_WATCHERS_TOTAL",
     "QUEUE_LIMIT",
@@ -46,6 +47,16 @@ TRAP = -1  # the kind key of ptrace traps, which are not Events
 TRAPS_ONLY = frozenset({TRAP})
 # Every real event kind: a Watch without a kind filter, which never wants traps.
 ALL_EVENTS = frozenset(v for v in types_pb2.EventKind.values() if v)
+# The kinds the change log numbers and keeps (``event_log.py``).
+CHANGE_KINDS = frozenset(
+    {
+        types_pb2.EVENT_KIND_RESERVED,
+        types_pb2.EVENT_KIND_MODIFIED,
+        types_pb2.EVENT_KIND_RELEASED,
+        types_pb2.EVENT_KIND_LEASE_EXPIRED,
+        types_pb2.EVENT_KIND_TASK_EXITED,
+    }
+)
 
 Item: TypeAlias = types_pb2.Event | ptrace_pb2.Trap  # what is published
 Key = tuple[str | None, int | None]  # (host, kind); None: any host, any kind and traps
@@ -95,8 +106,12 @@ class EventBus:
         self._per_identity: Counter[str] = Counter()
         self._total = 0  # subscriptions with an identity
         self._seq = itertools.count(1)
+        # The seq of the last change event published (the change log's numbering): what
+        # every other event carries, so a watcher resumes after the last seq it saw.
+        self.change_seq = 0
 
     def next_seq(self) -> int:
+        """A hit's or a trap's own number, unique while this arbiter runs."""
         return next(self._seq)
 
     def subscribe(
@@ -182,6 +197,8 @@ class EventBus:
         """Offer ``item`` to the subscribers its (host, kind) can match."""
         if isinstance(item, types_pb2.Event):
             kind: int | None = item.kind
+            if item.seq > self.change_seq and item.kind in CHANGE_KINDS:
+                self.change_seq = item.seq
         elif isinstance(item, ptrace_pb2.Trap):
             kind = TRAP
         else:

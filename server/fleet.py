@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 from hwbp.arch import UNREPORTED_FEATURES, X86_64, ArchProfile, HostFeatures
 from hwbp.errors import (
@@ -24,12 +25,22 @@ from hwbp.model import Reservation
 from hwbp.pipeline import Keys, Persist
 from hwbp.ptrace import on_hit, peek
 from hwbp.server.authz import Authz
+from hwbp.server.event_log import EventLog
 from hwbp.server.events import EventBus
 from hwbp.server.host_shell import HostShell
 from hwbp.server.hosts import Host
+from hwbp.server.store.base import EventRecord
 from hwbp.v1 import ptrace_pb2, types_pb2
 
 log = logging.getLogger("hwbp.server")
+
+
+@dataclass(frozen=True)
+class ChangeEvents:
+    """A batch's change-log events as the store writes them, and the window's new end."""
+
+    records: Sequence[EventRecord] = ()
+    trimmed_through: int = 0
 
 
 class Fleet:
@@ -44,7 +55,8 @@ class Fleet:
         # A host appeared or its cpu count changed: write its record (in the background).
         self.on_host_created: Callable[[Host], None] | None = None
         self.on_host_forgotten: Callable[[Host], Awaitable[None]] | None = None
-        self.on_commit: Callable[[HostShell, Persist], Awaitable[None]] | None = None
+        self.on_commit: Callable[[HostShell, Persist, ChangeEvents], Awaitable[None]] | None = None
+        self.changes = EventLog()  # numbered change events, replayed to a resuming Watch
         self.keys: Keys = KeyTable()  # idempotency keys, fleet-wide
         self.authz = Authz()  # every servicer's permission hook; allows all until configured
 
@@ -92,7 +104,7 @@ class Fleet:
                 ack_timeout=self.ack_timeout,
                 bus=self.bus,
                 keys=self.keys,
-                writer=self._write if self.on_commit is not None else None,
+                writer=self._write,
                 new_id=self.new_id,
             )
             host.paranoid = self.paranoid
@@ -143,8 +155,15 @@ class Fleet:
         return host
 
     async def _write(self, host: HostShell, ins: Persist) -> None:
+        """Number the batch's change events, write them with it, publish them once it
+        is durable (a failed write publishes nothing: its numbers are a gap)."""
+        events = host.take_drafts(ins.generation)
+        records, trimmed = self.changes.number(events)
         if self.on_commit is not None:
-            await self.on_commit(host, ins)
+            await self.on_commit(host, ins, ChangeEvents(records, trimmed))
+        self.changes.committed(events, trimmed)
+        for ev in events:
+            self.bus.publish(ev)
 
     def locate(self, res_id: str) -> tuple[Host, Reservation]:
         for host in self.hosts.values():
@@ -183,7 +202,7 @@ class Fleet:
                 host=host.name,
                 cpu=cpu,
                 generation=host.generation,
-                seq=out.seq,
+                seq=self.bus.change_seq,
             )
             if out.HasField("task"):
                 ev.task = out.task

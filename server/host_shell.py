@@ -85,6 +85,9 @@ class HostShell:
         # Traced tasks (``server/tracing.py``), written with the batch that changed them.
         self.attachments: dict[int, Attachment] = {}
         self.dirty_tasks: set[int] = set()  # ptrace attachments to write at the next commit
+        # Change-log events a batch's changes drafted, by the generation that carries them:
+        # numbered and written with that batch, published once it is durable.
+        self._drafts: list[tuple[int, types_pb2.Event]] = []
         self.paranoid = False
         self.ack_timeout = ack_timeout
         self.bus = bus
@@ -166,6 +169,21 @@ class HostShell:
         """Nothing queued, in flight or being written."""
         return self.pipeline.idle and not self._writes
 
+    def draft(self, event: types_pb2.Event) -> None:
+        """From a change's ``apply``: ``event`` describes it, and is written with the
+        batch that carries it (the pipeline admits changes as generation + 1)."""
+        self._drafts.append((self.generation + 1, event))
+
+    def take_drafts(self, generation: int) -> list[types_pb2.Event]:
+        """The events drafted for the batch of ``generation``, which is being written."""
+        mine = [ev for g, ev in self._drafts if g == generation]
+        self._drafts = [(g, ev) for g, ev in self._drafts if g > generation]
+        for ev in mine:
+            ev.generation = generation
+            if ev.HasField("reservation"):
+                ev.reservation.generation = generation
+        return mine
+
     async def drain(self) -> None:
         """Wait until nothing is queued, in flight or being written."""
         await self._idle.wait()
@@ -220,7 +238,7 @@ class HostShell:
                 generation=self.generation if generation is None else generation,
                 request_id=request_id,
                 reason=reason,
-                seq=self.bus.next_seq(),
+                seq=self.bus.change_seq,
             )
         )
 
@@ -282,6 +300,7 @@ class HostShell:
                 self._validate_or_die()
             self.publish(types_pb2.EVENT_KIND_RELOAD, ins.request_ids, generation=ins.generation)
         elif isinstance(ins, RolledBack):
+            self._drafts = [(g, ev) for g, ev in self._drafts if g > ins.generation]
             if isinstance(ins.error, AgentRefused):
                 self.nacks += 1
             log.warning(

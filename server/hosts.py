@@ -254,6 +254,7 @@ class Host(TracingHost):
                 reserved_at=time.time(),
             )
             self.ledger.reserve(res)
+            self.draft(self._change_event(types_pb2.EVENT_KIND_RESERVED, request_id, res))
             return res, self.ledger.affected_cpus(target)
 
         try:
@@ -280,7 +281,6 @@ class Host(TracingHost):
             outcome.generation,
             f", pending on cpus {list(outcome.pending)}" if outcome.pending else "",
         )
-        self._changed(types_pb2.EVENT_KIND_RESERVED, request_id, res, outcome.generation)
         return outcome
 
     async def release(self, request_id: str, res_id: str) -> Outcome[Reservation]:
@@ -288,6 +288,7 @@ class Host(TracingHost):
 
         def apply() -> tuple[Reservation, range | tuple[int, ...]]:
             gone = self.ledger.release(res_id)
+            self.draft(self._change_event(types_pb2.EVENT_KIND_RELEASED, request_id, gone))
             return gone, self.ledger.affected_cpus(gone.target)
 
         outcome = await self.commit(request_id, apply)
@@ -298,7 +299,6 @@ class Host(TracingHost):
             self.name,
             outcome.generation,
         )
-        self._changed(types_pb2.EVENT_KIND_RELEASED, request_id, outcome.result, outcome.generation)
         return outcome
 
     async def modify(self, request_id: str, res_id: str, edit: Edit) -> Outcome[Reservation]:
@@ -308,6 +308,7 @@ class Host(TracingHost):
 
         def apply() -> tuple[Reservation, range | tuple[int, ...]]:
             new = self.ledger.modify(res_id, edit.applied_to(self.ledger.get(res_id).bp))
+            self.draft(self._change_event(types_pb2.EVENT_KIND_MODIFIED, request_id, new))
             return new, self.ledger.affected_cpus(new.target)
 
         outcome = await self.commit(request_id, apply)
@@ -319,7 +320,6 @@ class Host(TracingHost):
             edit.fields(),
             outcome.generation,
         )
-        self._changed(types_pb2.EVENT_KIND_MODIFIED, request_id, outcome.result, outcome.generation)
         return outcome
 
     # --- sessions and tasks that end -----------------------------------------------
@@ -330,22 +330,37 @@ class Host(TracingHost):
             a.session == sid for a in self.attachments.values()
         )
 
-    async def release_session(self, sid: str, reason: str) -> int:
+    async def release_session(self, sid: str, reason: str, owner: str = "") -> int:
         """Release what session ``sid`` holds here, and every task it traced (as their
-        tracer's exit would); returns how many breakpoints were released."""
+        tracer's exit would); returns how many breakpoints were released. The
+        lease_expired event names the session, its ``owner`` and the reservation ids."""
+        request_id = f"session:{sid}"
 
         def apply() -> tuple[int, range]:
-            mine = [r.id for r in self.ledger.by_session(sid) if r.ptrace_index is None]
-            for rid in mine:
-                self.ledger.release(rid)
+            mine = [r for r in self.ledger.by_session(sid) if r.ptrace_index is None]
+            traced = [t for t, a in self.attachments.items() if a.session == sid]
+            # The session's owner; without one, whoever owned what it held.
+            held = {r.owner for r in mine} | {self.attachments[t].owner for t in traced}
+            owners = {owner} if owner else {o for o in held if o}
+            ids = [r.id for r in mine] + _ptrace_ids(self, traced)
+            for res in mine:
+                self.ledger.release(res.id)
             count = len(mine)
-            for task in [t for t, a in self.attachments.items() if a.session == sid]:
+            for task in traced:
                 count += flush_attachment(self, task)
+            ev = types_pb2.Event(
+                kind=types_pb2.EVENT_KIND_LEASE_EXPIRED,
+                host=self.name,
+                request_id=request_id,
+                reason=reason,
+                session=sid,
+                owner=",".join(sorted(owners)),
+                reservation_ids=ids,
+            )
+            self.draft(ev)
             return count, range(self.ncpus)
 
-        released = await self.change(f"session:{sid}", apply)
-        self.publish(types_pb2.EVENT_KIND_LEASE_EXPIRED, f"session:{sid}", reason=reason)
-        return released
+        return await self.change(request_id, apply)
 
     async def exit_task(self, request_id: str, task: int) -> int:
         """A task exited: its task breakpoints and ptrace state go, like the kernel's
@@ -354,53 +369,59 @@ class Host(TracingHost):
         saved = self.attachments.get(task)
 
         def apply() -> tuple[int, range]:
-            for rid in mine:
-                if rid in self.ledger:
-                    self.ledger.release(rid)
-            return len(mine) + flush_attachment(self, task), range(self.ncpus)
+            gone = [rid for rid in mine if rid in self.ledger]
+            ids = gone + _ptrace_ids(self, [task])
+            for rid in gone:
+                self.ledger.release(rid)
+            released = len(mine) + flush_attachment(self, task)
+            ev = types_pb2.Event(
+                kind=types_pb2.EVENT_KIND_TASK_EXITED,
+                host=self.name,
+                task=task,
+                request_id=request_id,
+                reason=f"{released} released",
+                reservation_ids=ids,
+            )
+            self.draft(ev)
+            return released, range(self.ncpus)
 
         def undo() -> None:
             if saved is not None:
                 self.attachments[task] = saved
 
         released = await self.change(request_id, apply, undo)
-        self.bus.publish(
-            types_pb2.Event(
-                kind=types_pb2.EVENT_KIND_TASK_EXITED,
-                host=self.name,
-                task=task,
-                generation=self.generation,
-                request_id=request_id,
-                seq=self.bus.next_seq(),
-                reason=f"{released} released",
-            )
-        )
         log.info(
             "request %s: task %d on %s exited, %d released", request_id, task, self.name, released
         )
         return released
 
-    def _changed(
-        self,
-        kind: types_pb2.EventKind.ValueType,
-        request_id: str,
-        res: Reservation,
-        generation: int,
-    ) -> None:
-        """Tell watchers a reservation was reserved, modified or released."""
-        if not self.bus.wants(kind, host=self.name):
-            return  # nobody watches this kind on this host: build nothing
+    def _change_event(
+        self, kind: types_pb2.EventKind.ValueType, request_id: str, res: Reservation
+    ) -> types_pb2.Event:
+        """A reservation reserved, modified or released, naming whose it is."""
         ev = types_pb2.Event(
             kind=kind,
             host=self.name,
-            generation=generation,
             request_id=request_id,
-            seq=self.bus.next_seq(),
             task=res.target.task,
             cpu=res.target.cpu,
+            session=res.session or "",
+            owner=res.owner,
+            reservation_ids=[res.id],
         )
-        ev.reservation.CopyFrom(convert.reservation_to(res, generation))
-        self.bus.publish(ev)
+        ev.reservation.CopyFrom(convert.reservation_to(res))
+        return ev
+
+
+def _ptrace_ids(host: Host, tasks: list[int]) -> list[str]:
+    """The reservations behind the ptrace breakpoints of traced ``tasks`` (flushed next)."""
+    return [
+        rid
+        for task in tasks
+        if (att := host.attachments.get(task)) is not None
+        for _, rid in sorted(att.reservations.items())
+        if rid in host.ledger
+    ]
 
 
 def _now() -> float:

@@ -53,6 +53,7 @@ from hwbp.leadership import (
     Tick,
     Won,
 )
+from hwbp.server.event_log import EventLog
 from hwbp.server.fleet import Fleet
 from hwbp.server.gate import Gate
 from hwbp.server.persist import Persistence
@@ -331,6 +332,7 @@ class Leader:
         fleet.hosts.clear()
         fleet.keys = KeyTable()
         fleet.next_id = 1  # the next term reads the counter from etcd
+        fleet.changes = EventLog(fleet.changes.keep)  # ... and the change log
         self.sessions.sessions.clear()  # a session being ended fails on its abandoned hosts
 
     def _count_error(self) -> None:

@@ -22,6 +22,7 @@ from hwbp.server import ha, ledger_tools
 from hwbp.server.agent_link import AgentLinkServicer
 from hwbp.server.authz import AuditLog, Authz, Policy, PolicyError
 from hwbp.server.errors import MalformedRequests
+from hwbp.server.event_log import KEEP, EventLog
 from hwbp.server.fleet import Fleet
 from hwbp.server.health import Health, HealthCollector, supervise
 from hwbp.server.interceptors import MetricsInterceptor
@@ -80,6 +81,16 @@ SERVER_OPTIONS = [
 ]
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="hwbp-arbiter",
@@ -115,6 +126,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=["normal", "full"],
         default="normal",
         help="normal: durable against an arbiter crash; full: also against power loss",
+    )
+    p.add_argument(
+        "--keep-events",
+        type=_positive,
+        default=KEEP,
+        metavar="N",
+        help="change events kept in the ledger for `watch --since` to replay after a restart "
+        "or failover (the last N seqs; default %(default)s)",
     )
     p.add_argument(
         "--paranoid",
@@ -167,6 +186,7 @@ async def serve(
     args: argparse.Namespace, tls: TlsConfig | None = None, authz: Authz | None = None
 ) -> int:
     fleet = Fleet(ack_timeout=args.ack_timeout)
+    fleet.changes = EventLog(args.keep_events)
     fleet.authz = authz or fleet.authz
     fleet.paranoid = args.paranoid
     sessions = SessionTable()

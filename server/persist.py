@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from hwbp.errors import HwbpError, LedgerCorrupt
 from hwbp.model import Reservation
 from hwbp.pipeline import Outcome, Persist
-from hwbp.server.fleet import Fleet
+from hwbp.server.fleet import ChangeEvents, Fleet
 from hwbp.server.host_shell import HostShell
 from hwbp.server.hosts import Attachment, Host
 from hwbp.server.sessions import Session, SessionTable
@@ -90,6 +90,8 @@ class Persistence:
                 ) from None
             highest = max(highest, id_order(res.id)[0] if res.id[1:].isdigit() else 0)
         fleet.reseed_ids(max(snap.next_id, highest + 1))
+        fleet.changes.restore(snap.events, snap.events_trimmed_through)
+        fleet.bus.change_seq = fleet.changes.last
         for a in snap.attachments:
             traced = fleet.hosts.get(a.host)
             if traced is None or any(rid not in traced.ledger for _, rid in a.reservations):
@@ -146,12 +148,18 @@ class Persistence:
 
     # --- writes ------------------------------------------------------------------
 
-    async def host_committed(self, host: HostShell, ins: Persist) -> None:
-        """The pipeline's Persist: the batch, its keys and the id counter, in one write."""
+    async def host_committed(
+        self, host: HostShell, ins: Persist, changes: ChangeEvents | None = None
+    ) -> None:
+        """The pipeline's Persist: the batch, its keys, the id counter and the change
+        events that describe it, in one write."""
         batch = Batch(
             hosts=[HostRecord(host.name, host.ncpus, host.generation)],
             next_id=self.fleet.next_id,
         )
+        if changes is not None:
+            batch.events = list(changes.records)
+            batch.events_trimmed_through = changes.trimmed_through
         for rid in ins.touched:
             if rid in host.ledger:
                 batch.reservations.append(ReservationRecord(host.ledger.get(rid)))

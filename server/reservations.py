@@ -252,6 +252,10 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
                 return bool(own == task)
             return True
 
+        # Replayed change events come from the log, later ones from the subscription:
+        # both taken in this one step, so none falls between them or comes twice.
+        backlog = self.fleet.changes.since(request.since) if request.HasField("since") else []
+        start = self.fleet.bus.change_seq
         sub = self.fleet.bus.subscribe(
             accept,
             frozenset(kinds) if kinds else ALL_EVENTS,
@@ -260,7 +264,15 @@ class ArbiterServicer(arbiter_pb2_grpc.ArbiterServicer):
         )
         try:
             if request.announce_subscribed:  # subscribed: every later event reaches us
-                yield types_pb2.Event(kind=types_pb2.EVENT_KIND_SUBSCRIBED, host=request.host)
+                # Its seq: the stream is complete after it (a resuming watcher's start).
+                yield types_pb2.Event(
+                    kind=types_pb2.EVENT_KIND_SUBSCRIBED,
+                    host=request.host,
+                    seq=request.since if request.HasField("since") else start,
+                )
+            for kept in backlog:
+                if accept(kept):
+                    yield kept
             while True:
                 event = await sub.get()
                 if isinstance(event, types_pb2.Event):  # what accept() took

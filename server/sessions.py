@@ -176,7 +176,8 @@ async def _release_all(fleet: Fleet, table: SessionTable, session: Session, reas
     sid = session.id
     hosts = [host for host in fleet.hosts.values() if host.holds_session(sid)]
     results = await asyncio.gather(
-        *(host.release_session(sid, reason) for host in hosts), return_exceptions=True
+        *(host.release_session(sid, reason, session.owner) for host in hosts),
+        return_exceptions=True,
     )
     released, failure = 0, None
     for host, result in zip(hosts, results, strict=True):

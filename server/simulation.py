@@ -96,7 +96,7 @@ class SimulationServicer(simulation_pb2_grpc.SimulationServicer):
             task=task,
             generation=host.generation,
             request_id=request.request_id,
-            seq=self.fleet.bus.next_seq(),
+            seq=self.fleet.bus.change_seq,
         )
         self.fleet.bus.publish(ev)
         log.info(

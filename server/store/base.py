@@ -10,6 +10,9 @@ Besides the ledger itself a store keeps, in the same transaction as the batch:
 - ``next_id``, the reservation id counter. It only ever grows (a store keeps the highest
   value it was given), so an id is never issued twice for the life of the ledger, even
   after the reservation that had it was released and the arbiter restarted.
+- the change log (``EventRecord``): each change's events, numbered, kept for a bounded
+  window so a watcher resumes after a restart or failover; a batch names the seq up to
+  which older ones are dropped (``events_trimmed_through``, which only grows).
 - idempotency keys of committed reserves (``KeyRecord``), with the fingerprint of the
   request and the caller's scope inside the key, so a reserve retried after a restart
   gets the first answer. They carry a wall-clock expiry; a batch names the time before
@@ -74,6 +77,14 @@ class KeyRecord:
     expires: float  # wall clock, seconds since the epoch
 
 
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One change-log event: its seq and its body (a serialized ``hwbp.v1.Event``)."""
+
+    seq: int
+    body: bytes
+
+
 @dataclass
 class Batch:
     """Everything one committed change wrote; deletions name keys."""
@@ -89,6 +100,8 @@ class Batch:
     keys: list[KeyRecord] = field(default_factory=list)
     keys_expired_before: float | None = None  # delete key records that expire before this
     next_id: int = 0  # the id counter: the store keeps max(what it has, this)
+    events: list[EventRecord] = field(default_factory=list)
+    events_trimmed_through: int = 0  # drop events with seq <= this (the store keeps the max)
 
     def __bool__(self) -> bool:
         return any(
@@ -104,6 +117,8 @@ class Batch:
                 self.keys,
                 self.keys_expired_before is not None,
                 self.next_id,
+                self.events,
+                self.events_trimmed_through,
             )
         )
 
@@ -116,6 +131,8 @@ class Snapshot:
     sessions: tuple[SessionRecord, ...]
     keys: tuple[KeyRecord, ...] = ()
     next_id: int = 1  # the next reservation id is r<next_id> or later
+    events: tuple[EventRecord, ...] = ()  # the kept change log, oldest first
+    events_trimmed_through: int = 0  # events up to this seq may have been dropped
 
 
 class Store(Protocol):

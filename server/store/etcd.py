@@ -16,6 +16,9 @@ are percent-encoded, values are JSON (UTF-8) unless said otherwise:
                                   a retried reserve gets, with its wall-clock expiry
     P/keyexp/EXPIRES/KEY          (empty) the keys by expiry, so expired ones are found
                                   with one range read
+    P/events/SEQ                  a change-log event (a serialized hwbp.v1.Event, binary),
+                                  SEQ zero-padded to 20 digits so keys sort by seq
+    P/eventtrim                   events up to this seq may have been dropped (plain text)
 
 A commit is one etcd transaction: every put and delete of the batch, plus the id
 counter when it grew (it never goes back). While the store is *fenced* (a leader
@@ -44,6 +47,7 @@ from hwbp.ptrace import PtraceState
 from hwbp.server.store.base import (
     AttachmentRecord,
     Batch,
+    EventRecord,
     HostRecord,
     KeyRecord,
     ReservationRecord,
@@ -70,8 +74,11 @@ class EtcdStore:
         self.on_lost: Callable[[int, str], None] | None = None  # (revision, why)
         self.on_txn: Callable[[float, str], None] | None = None  # (seconds, result)
         self._next_id = 1  # what P/ids holds
+        self._trimmed = 0  # what P/eventtrim holds
         self._check_schema()
         self._next_id = self._read_next_id()
+        got = self.io.call(self.io.client.get(self.key("eventtrim")))
+        self._trimmed = 0 if got is None else int(got.value)
 
     # --- keys --------------------------------------------------------------------
 
@@ -152,6 +159,7 @@ class EtcdStore:
             )
         self._observe(start, "ok")
         self._next_id = max(self._next_id, next_id)
+        self._trimmed = max(self._trimmed, batch.events_trimmed_through)
 
     async def commit_async(self, batch: Batch) -> None:
         """``commit`` for an asyncio caller: the wait happens off its loop."""
@@ -264,12 +272,20 @@ class EtcdStore:
         for s in batch.sessions:
             doc = {"id": s.id, "owner": s.owner, "ttl": s.ttl}
             ops.append(t.put(self.key("sessions", s.id), _dump(doc)))
+        for e in batch.events:
+            ops.append(t.put(self.key("events", _seq(e.seq)), e.body))
+        if batch.events_trimmed_through > self._trimmed:  # the window only moves forward
+            through = batch.events_trimmed_through
+            start = self.key("events") + b"/"
+            ops.append(t.delete(start, range_end=self.key("events", _seq(through + 1))))
+            ops.append(t.put(self.key("eventtrim"), str(through).encode()))
         return ops, next_id
 
     def _decode(self, rows: list[tuple[bytes, bytes]]) -> Snapshot:
         base = len(self.prefix) + 1
         hosts, res, atts, sessions, keys = [], [], [], [], []
-        next_id = 1
+        events: list[EventRecord] = []
+        next_id, trimmed = 1, 0
         for raw_key, value in rows:
             kind = raw_key.decode()[base:].split("/", 1)[0]
             if kind == "hosts":
@@ -286,9 +302,14 @@ class EtcdStore:
                 keys.append(_key_from(json.loads(value)))
             elif kind == "ids":
                 next_id = int(value)
+            elif kind == "events":
+                events.append(EventRecord(int(raw_key.decode().rsplit("/", 1)[1]), value))
+            elif kind == "eventtrim":
+                trimmed = int(value)
         res.sort(key=lambda r: id_order(r.reservation.id))
         numbered = [id_order(r.reservation.id)[0] for r in res if r.reservation.id[1:].isdigit()]
         self._next_id = next_id
+        self._trimmed = trimmed
         next_id = max(next_id, max(numbered, default=0) + 1)
         hosts.sort(key=lambda h: h.name)
         keys.sort(key=lambda k: k.expires)
@@ -299,6 +320,8 @@ class EtcdStore:
             tuple(sessions),
             keys=tuple(keys),
             next_id=next_id,
+            events=tuple(sorted((e for e in events if e.seq > trimmed), key=lambda e: e.seq)),
+            events_trimmed_through=trimmed,
         )
 
     # --- helpers -----------------------------------------------------------------
@@ -319,6 +342,10 @@ def _explain(err: BaseException) -> str:
     if "too many operations" in text:
         return f"{text}: {TXN_HINT}"
     return text
+
+
+def _seq(seq: int) -> str:
+    return f"{seq:020d}"
 
 
 def _dump(doc: dict[str, object]) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from hwbp.server.store.base import (
     AttachmentRecord,
     Batch,
+    EventRecord,
     HostRecord,
     KeyRecord,
     ReservationRecord,
@@ -22,6 +23,8 @@ class MemoryStore:
         self.sessions: dict[str, SessionRecord] = {}
         self.keys: dict[str, KeyRecord] = {}
         self.next_id = 1
+        self.events: dict[int, EventRecord] = {}
+        self.events_trimmed_through = 0
 
     def load(self) -> Snapshot:
         return Snapshot(
@@ -33,6 +36,8 @@ class MemoryStore:
             sessions=tuple(self.sessions.values()),
             keys=tuple(sorted(self.keys.values(), key=lambda k: k.expires)),
             next_id=self.next_id,
+            events=tuple(self.events[s] for s in sorted(self.events)),
+            events_trimmed_through=self.events_trimmed_through,
         )
 
     def commit(self, batch: Batch) -> None:
@@ -58,6 +63,11 @@ class MemoryStore:
         for k in batch.keys:
             self.keys[k.key] = k
         self.next_id = max(self.next_id, batch.next_id)
+        for e in batch.events:
+            self.events[e.seq] = e
+        if batch.events_trimmed_through > self.events_trimmed_through:
+            self.events_trimmed_through = batch.events_trimmed_through
+            self.events = {s: e for s, e in self.events.items() if s > batch.events_trimmed_through}
 
     def probe(self) -> None:
         """Memory always takes writes."""

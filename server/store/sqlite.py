@@ -25,6 +25,7 @@ from hwbp.ptrace import PtraceState
 from hwbp.server.store.base import (
     AttachmentRecord,
     Batch,
+    EventRecord,
     HostRecord,
     KeyRecord,
     ReservationRecord,
@@ -57,6 +58,7 @@ CREATE TABLE IF NOT EXISTS keys (
     reservation TEXT NOT NULL, generation INTEGER NOT NULL, applied TEXT NOT NULL,
     pending TEXT NOT NULL, expires REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS keys_by_expiry ON keys (expires);
+CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
 """
 
 
@@ -240,6 +242,7 @@ class SqliteStore:
             )
             if batch.next_id > self._next_id:
                 db.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", (str(batch.next_id),))
+            _write_events(db, batch)
             db.execute("COMMIT")
         except BaseException:
             self._rollback()
@@ -256,6 +259,21 @@ class SqliteStore:
         self.db.close()
         if self.lock is not None:
             self.lock.release()
+
+
+def _write_events(db: sqlite3.Connection, batch: Batch) -> None:
+    """The batch's change-log events, and the window's new lower end (it only grows)."""
+    db.executemany(
+        "INSERT OR REPLACE INTO events VALUES (?, ?)", [(e.seq, e.body) for e in batch.events]
+    )
+    through = batch.events_trimmed_through
+    if through:
+        db.execute("DELETE FROM events WHERE seq <= ?", (through,))
+        db.execute(
+            "INSERT INTO meta VALUES ('events_trimmed', ?) ON CONFLICT(key) DO UPDATE SET "
+            "value = excluded.value WHERE CAST(excluded.value AS INTEGER) > CAST(value AS INTEGER)",
+            (str(through),),
+        )
 
 
 def read_snapshot(db: sqlite3.Connection, next_id: int | None = None) -> Snapshot:
@@ -309,7 +327,13 @@ def read_snapshot(db: sqlite3.Connection, next_id: int | None = None) -> Snapsho
             "expires FROM keys ORDER BY expires"
         )
     )
-    return Snapshot(hosts, tuple(res), atts, sessions, keys, next_id)
+    events = tuple(
+        EventRecord(int(q), bytes(b))
+        for q, b in db.execute("SELECT seq, body FROM events ORDER BY seq")
+    )
+    row = db.execute("SELECT value FROM meta WHERE key='events_trimmed'").fetchone()
+    trimmed = 0 if row is None else int(row[0])
+    return Snapshot(hosts, tuple(res), atts, sessions, keys, next_id, events, trimmed)
 
 
 def ledger_directory(path: str, *, create: bool = False) -> Path:

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.kernel
 HOST = os.uname().nodename  # the agents' default name: hwbpctl names IPs on its own host
 CPUS = os.cpu_count() or 1
 HIT = re.compile(
-    r"^#\d+ hit (?P<id>r\d+) via DR\d on (?P<host>\S+) cpu \d+ task (?P<task>\d+) "
+    r"^hit (?P<id>r\d+) via DR\d on (?P<host>\S+) cpu \d+ task (?P<task>\d+) "
     r"thread (?P<tid>\d+): addr (?P<addr>0x[0-9a-f]+) accessed \S+ DR6=\S+ "
     r"ip 0x[0-9a-f]+ (?P<where>\S+)(?: \((?P<line>[^)]*)\))?$"
 )
@@ -96,7 +96,7 @@ class Watch:
         """Every line until it exits (after --count events), parsed as hits."""
         assert self.proc.stdout is not None
         out, _ = self.proc.communicate(timeout=40)
-        lines = [ln for ln in out.splitlines() if " hit " in ln]
+        lines = [ln for ln in out.splitlines() if ln.startswith("hit ")]
         parsed = [HIT.match(ln) for ln in lines]
         assert all(parsed), lines
         return [m for m in parsed if m is not None]

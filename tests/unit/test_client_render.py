@@ -176,6 +176,88 @@ def test_watch_renders_the_fencing_events(kind: int, expected: EventKind, word: 
         types_pb2.Event(kind=kind, host="web1", cpu=1, generation=4, seq=12, reason="why")  # type: ignore[arg-type]
     )
     assert ev.kind is expected
-    assert render.event_line(ev) == f"#12 {word} web1 cpu 1 gen 4 - why"
+    # Not a change: live only, so no "#seq" to resume after is shown for it.
+    assert render.event_line(ev) == f"{word} web1 cpu 1 gen 4 - why"
     assert render.jsonable(ev)["kind"] == word
     assert wire.watch_request(None, None, [expected], "q").kinds == [kind]
+
+
+# --- change events: who, what was released, the seq to resume after ---------------------
+
+
+def test_lease_expired_names_the_session_the_owner_and_what_was_released() -> None:
+    ev = wire.event(
+        types_pb2.Event(
+            kind=types_pb2.EVENT_KIND_LEASE_EXPIRED,
+            host="web1",
+            generation=9,
+            seq=41,
+            session="s-7f3a",
+            owner="ann@lab",
+            reservation_ids=["r3", "r12"],
+            reason="lease expired after 10s",
+        )
+    )
+    assert render.event_line(ev) == (
+        "#41 lease_expired web1 owner ann@lab session s-7f3a released r3, r12 gen 9 "
+        "- lease expired after 10s"
+    )
+    doc = render.jsonable(ev)
+    assert doc["seq"] == 41 and doc["session"] == "s-7f3a" and doc["owner"] == "ann@lab"
+    assert doc["reservation_ids"] == ["r3", "r12"]
+
+
+@pytest.mark.parametrize(
+    ("target", "shown"),
+    [
+        (types_pb2.Target(host="web1", scope=types_pb2.SCOPE_CPU, cpu=12), "cpu 12"),
+        (types_pb2.Target(host="web1", scope=types_pb2.SCOPE_TASK, task=4242), "task 4242"),
+        (
+            types_pb2.Target(host="web1", scope=types_pb2.SCOPE_TASK_CPU, task=7, cpu=10),
+            "task 7 cpu 10",
+        ),
+        (types_pb2.Target(host="web1", scope=types_pb2.SCOPE_SYSTEM), "system"),
+    ],
+)
+def test_a_released_event_names_whose_it_was_and_never_shows_a_cpu_in_hex(
+    target: types_pb2.Target, shown: str
+) -> None:
+    msg = types_pb2.Event(
+        kind=types_pb2.EVENT_KIND_RELEASED,
+        host="web1",
+        generation=3,
+        seq=7,
+        session="s1",
+        owner="bob@box",
+        reservation_ids=["r5"],
+    )
+    if target.HasField("cpu"):
+        msg.cpu = target.cpu
+    msg.reservation.id = "r5"
+    msg.reservation.owner = "bob@box"
+    msg.reservation.session_id = "s1"
+    msg.reservation.target.CopyFrom(target)
+    msg.reservation.spec.addr, msg.reservation.spec.len = 0x10, 4
+    msg.reservation.spec.type = types_pb2.BREAKPOINT_TYPE_WRITE
+    line = render.event_line(wire.event(msg))
+    assert line.startswith("#7 released web1")
+    assert f"r5 (owner bob@box session s1, {shown} 0x10 len 4 w)" in line
+    assert "0xc" not in line and "0xa" not in line  # cpus 12 and 10 stay decimal
+
+
+def test_live_only_events_show_no_seq_and_subscribed_says_where_it_resumes() -> None:
+    hit = types_pb2.Event(kind=types_pb2.EVENT_KIND_RELOAD, host="web1", generation=3, seq=7)
+    assert render.event_line(wire.event(hit)) == "reload web1 gen 3"
+    sub = types_pb2.Event(kind=types_pb2.EVENT_KIND_SUBSCRIBED, seq=7)
+    assert render.event_line(wire.event(sub)) == "subscribed: watching every host after seq 7"
+
+
+def test_watch_since_is_parsed_and_checked() -> None:
+    args = parse(["watch", "--since", "12"])
+    assert args.since == 12 and args.reconnect
+    assert parse(["watch"]).since is None
+    assert not parse(["watch", "--no-reconnect"]).reconnect
+    with pytest.raises(UsageError):
+        parse(["watch", "--since", "-1"])
+    assert wire.watch_request(None, None, [], "q", since=5).since == 5
+    assert not wire.watch_request(None, None, [], "q").HasField("since")

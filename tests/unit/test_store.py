@@ -22,6 +22,7 @@ from hwbp.ptrace import PtraceState
 from hwbp.server.store import Batch, MemoryStore, SqliteStore, Store
 from hwbp.server.store.base import (
     AttachmentRecord,
+    EventRecord,
     HostRecord,
     KeyRecord,
     ReservationRecord,
@@ -355,3 +356,37 @@ def test_a_failed_commit_leaves_nothing_and_says_what_sqlite_said(tmp_path: Path
     finally:
         other.close()
         store.close()
+
+
+def test_change_events_round_trip_and_the_window_only_moves_forward(
+    stores: tuple[Store, Reopen],
+) -> None:
+    store, reopen = stores
+    body = {seq: f"event {seq}".encode() + bytes([0, 255]) for seq in range(1, 7)}  # binary
+    store.commit(Batch(events=[EventRecord(s, body[s]) for s in (1, 2, 3)]))
+    store.commit(Batch(events=[EventRecord(s, body[s]) for s in (4, 5)], events_trimmed_through=2))
+    snap = reopen().load()
+    assert [(e.seq, e.body) for e in snap.events] == [(s, body[s]) for s in (3, 4, 5)]
+    assert snap.events_trimmed_through == 2
+    # A batch naming an older edge (it was numbered before a later one) drops nothing more.
+    store = reopen()
+    store.commit(Batch(events=[EventRecord(6, body[6])], events_trimmed_through=1))
+    snap = reopen().load()
+    assert [e.seq for e in snap.events] == [3, 4, 5, 6]
+    assert snap.events_trimmed_through == 2
+
+
+def test_change_events_are_written_with_the_change_or_not_at_all(tmp_path: Path) -> None:
+    """One transaction: a batch SQLite refuses leaves neither its change nor its event."""
+    store = SqliteStore(str(tmp_path / "ledger.db"))
+    r = ReservationRecord(
+        Reservation("r1", "h1", Target(Scope.CPU, cpu=0), Breakpoint(0x1000, 8, BpType.WRITE))
+    )
+    store.db.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'no'); END"
+    )
+    with pytest.raises(LedgerWriteFailed):
+        store.commit(Batch(reservations=[r], events=[EventRecord(1, b"x")]))
+    snap = store.load()
+    assert snap.reservations == () and snap.events == ()
+    store.close()

@@ -374,6 +374,7 @@ class WatchRequest(_message.Message):
     TASK_FIELD_NUMBER: _builtins.int
     KINDS_FIELD_NUMBER: _builtins.int
     ANNOUNCE_SUBSCRIBED_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     host: _builtins.str
     """empty: every host"""
@@ -382,6 +383,11 @@ class WatchRequest(_message.Message):
     announce_subscribed: _builtins.bool
     """First send one EVENT_KIND_SUBSCRIBED event, once every later event will reach this
     stream: a caller that waits for it knows what it does next is seen.
+    """
+    since: _builtins.int
+    """First replay the kept change events numbered after this one (the last seq a caller
+    saw), then go on live: nothing lost or repeated across an arbiter restart. OUT_OF_RANGE
+    (SEQ_COMPACTED) when events after it are no longer kept, naming the oldest kept.
     """
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.EventKind.ValueType]:
@@ -395,13 +401,19 @@ class WatchRequest(_message.Message):
         task: _builtins.int | None = ...,
         kinds: _abc.Iterable[_types_pb2.EventKind.ValueType] | None = ...,
         announce_subscribed: _builtins.bool = ...,
+        since: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_task", b"_task", "task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_since", b"_since", "_task", b"_task", "since", b"since", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_task", b"_task", "announce_subscribed", b"announce_subscribed", "host", b"host", "kinds", b"kinds", "request_id", b"request_id", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_since", b"_since", "_task", b"_task", "announce_subscribed", b"announce_subscribed", "host", b"host", "kinds", b"kinds", "request_id", b"request_id", "since", b"since", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__since: _TypeAlias = _typing.Literal["since"]  # noqa: Y015
+    _WhichOneofArgType__since: _TypeAlias = _typing.Literal["_since", b"_since"]  # noqa: Y015
     _WhichOneofReturnType__task: _TypeAlias = _typing.Literal["task"]  # noqa: Y015
     _WhichOneofArgType__task: _TypeAlias = _typing.Literal["_task", b"_task"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__since) -> _WhichOneofReturnType__since | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__task) -> _WhichOneofReturnType__task | None: ...
 
 Global___WatchRequest: _TypeAlias = WatchRequest  # noqa: Y015

@@ -541,6 +541,9 @@ class Event(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     TASK_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    RESERVATION_IDS_FIELD_NUMBER: _builtins.int
     kind: Global___EventKind.ValueType
     host: _builtins.str
     cpu: _builtins.int
@@ -550,10 +553,23 @@ class Event(_message.Message):
     """NACK or expiry reason, in plain words"""
     task: _builtins.int
     seq: _builtins.int
+    """The change log's sequence number: reserved, modified, released, lease_expired and
+    task_exited events are numbered, kept (a bounded window) in the ledger with the change
+    they describe, and replayed by Watch.since; other events (hits, reloads, agents) are
+    live only and carry the number of the last change before them.
+    """
+    session: _builtins.str
+    """whose session (released, lease_expired)"""
+    owner: _builtins.str
+    """whose reservations (released, lease_expired)"""
     @_builtins.property
     def reservation(self) -> Global___Reservation: ...
     @_builtins.property
     def hit(self) -> Global___Hit: ...
+    @_builtins.property
+    def reservation_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """what was released (lease_expired, task_exited)"""
+
     def __init__(
         self,
         *,
@@ -567,10 +583,13 @@ class Event(_message.Message):
         reason: _builtins.str = ...,
         task: _builtins.int | None = ...,
         seq: _builtins.int = ...,
+        session: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        reservation_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cpu", b"_cpu", "_task", b"_task", "cpu", b"cpu", "hit", b"hit", "reservation", b"reservation", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu", b"_cpu", "_task", b"_task", "cpu", b"cpu", "generation", b"generation", "hit", b"hit", "host", b"host", "kind", b"kind", "reason", b"reason", "request_id", b"request_id", "reservation", b"reservation", "seq", b"seq", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu", b"_cpu", "_task", b"_task", "cpu", b"cpu", "generation", b"generation", "hit", b"hit", "host", b"host", "kind", b"kind", "owner", b"owner", "reason", b"reason", "request_id", b"request_id", "reservation", b"reservation", "reservation_ids", b"reservation_ids", "seq", b"seq", "session", b"session", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cpu: _TypeAlias = _typing.Literal["cpu"]  # noqa: Y015
     _WhichOneofArgType__cpu: _TypeAlias = _typing.Literal["_cpu", b"_cpu"]  # noqa: Y015
