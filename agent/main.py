@@ -20,7 +20,7 @@ from hwbp.arch import DEFAULT_FEATURES, HostFeatures
 from hwbp.client.endpoints import EndpointError, Endpoints
 from hwbp.client.endpoints import parse as parse_endpoints
 from hwbp.wire import config, tls
-from hwbp.wire.helpformat import DefaultsHelpFormatter
+from hwbp.wire.helpformat import DefaultsHelpFormatter, add_version
 
 log = logging.getLogger("hwbp.agent")
 
@@ -82,6 +82,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="hwbp-agent", description=__doc__, formatter_class=DefaultsHelpFormatter
     )
     config.add_argument(p)
+    add_version(p)
     p.add_argument(
         "--arbiter",
         default=os.environ.get("HWBP_ARBITER", "127.0.0.1:50051"),

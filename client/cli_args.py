@@ -12,7 +12,6 @@ import os
 import re
 import socket
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from typing import NoReturn
 
 from hwbp.client.errors import UsageError
@@ -81,14 +80,6 @@ def default_owner() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def version() -> str:
-    """The installed package's version (its metadata), or "unknown" outside an install."""
-    try:
-        return metadata.version("hwbp-arbiter")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def add_global_options(p: argparse.ArgumentParser, *, suppress: bool = False) -> None:
     """The options every command takes, before or after its name.
 
@@ -143,7 +134,7 @@ def build_parser() -> Parser:
         description="Reserve and inspect x86 hardware debug registers.",
         formatter_class=helpformat.DefaultsHelpFormatter,
     )
-    p.add_argument("--version", action="version", version=f"hwbpctl {version()}")
+    helpformat.add_version(p)
     add_global_options(p)
     cmds = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

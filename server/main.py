@@ -49,7 +49,7 @@ from hwbp.v1 import (
     simulation_pb2_grpc,
 )
 from hwbp.wire import config
-from hwbp.wire.helpformat import DefaultsHelpFormatter
+from hwbp.wire.helpformat import DefaultsHelpFormatter, add_version
 from hwbp.wire.tls import TlsConfig, TlsConfigError, server_credentials
 
 log = logging.getLogger("hwbp.server")
@@ -100,6 +100,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=DefaultsHelpFormatter,
     )
     config.add_argument(p)
+    add_version(p)
     p.add_argument(
         "--listen",
         default="127.0.0.1:50051",

@@ -17,7 +17,6 @@ import logging
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -40,6 +39,7 @@ from hwbp.server.fleet import Fleet
 from hwbp.server.hosts import ENOSPC
 from hwbp.server.links import AckResult, AgentChannel
 from hwbp.v1 import types_pb2
+from hwbp.wire.helpformat import version
 
 log = logging.getLogger("hwbp.server")
 
@@ -49,14 +49,6 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 SCRAPE_TIMEOUT = 2.0  # seconds a scrape waits for the event loop before giving up
 EXPIRED = "lease expired"  # the reason server.sessions' reaper gives LEASE_EXPIRED events
 SEEN_SESSIONS = 1024  # expired sessions remembered, to count each once across hosts
-
-
-def version() -> str:
-    """This arbiter's version, as installed (``unknown`` when run from a bare checkout)."""
-    try:
-        return metadata.version("hwbp-arbiter")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 @dataclass(frozen=True, slots=True)

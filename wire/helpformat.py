@@ -1,4 +1,5 @@
-"""Help text that states every option's default, for hwbpctl, hwbp-agent and hwbp-arbiter.
+"""Help text that states every option's default, and ``--version``, for hwbpctl,
+hwbp-agent and hwbp-arbiter.
 
 argparse's own ``ArgumentDefaultsHelpFormatter`` prints "(default: None)" for options
 that have no default and "(default: False)" for every flag, which says nothing. This one
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
+from importlib import metadata
 
-__all__ = ["DefaultsHelpFormatter", "has_default", "walk"]
+__all__ = ["DefaultsHelpFormatter", "add_version", "has_default", "version", "walk"]
 
 
 def has_default(action: argparse.Action) -> bool:
@@ -42,3 +44,16 @@ def walk(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
         if isinstance(action, argparse._SubParsersAction):
             for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
                 yield from walk(sub)
+
+
+def version() -> str:
+    """The installed package's version (its metadata), or "unknown" outside an install."""
+    try:
+        return metadata.version("hwbp-arbiter")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def add_version(p: argparse.ArgumentParser) -> None:
+    """``--version``: the program's name and the installed version."""
+    p.add_argument("--version", action="version", version=f"{p.prog} {version()}")

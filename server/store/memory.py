@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from hwbp.server.store.base import (
     AttachmentRecord,
     Batch,
@@ -23,7 +25,9 @@ class MemoryStore:
         self.sessions: dict[str, SessionRecord] = {}
         self.keys: dict[str, KeyRecord] = {}
         self.next_id = 1
-        self.events: dict[int, EventRecord] = {}
+        # In seq order (seqs only grow): the window is trimmed from the front, so a commit
+        # costs the events it adds and drops, never the whole window.
+        self.events: OrderedDict[int, EventRecord] = OrderedDict()
         self.events_trimmed_through = 0
 
     def load(self) -> Snapshot:
@@ -67,7 +71,8 @@ class MemoryStore:
             self.events[e.seq] = e
         if batch.events_trimmed_through > self.events_trimmed_through:
             self.events_trimmed_through = batch.events_trimmed_through
-            self.events = {s: e for s, e in self.events.items() if s > batch.events_trimmed_through}
+            while self.events and next(iter(self.events)) <= self.events_trimmed_through:
+                self.events.popitem(last=False)
 
     def probe(self) -> None:
         """Memory always takes writes."""

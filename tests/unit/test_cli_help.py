@@ -89,3 +89,13 @@ def test_hwbpctl_help_shows_real_defaults() -> None:
     assert "(default: 1.0)" in " ".join(top.format_help().split())
     reserve = next(s for s in walk(build_parser()) if s.prog == "hwbpctl reserve")
     assert "$USER@hostname" in reserve.format_help()
+
+
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+def test_every_program_says_its_version(program: str, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = PROGRAMS[program]()
+    with pytest.raises(SystemExit) as done:
+        parser.parse_args(["--version"])
+    assert done.value.code == 0
+    name, _, number = capsys.readouterr().out.strip().partition(" ")
+    assert name == program and number and number != "unknown"
