@@ -24,6 +24,7 @@ __all__ = [
     "Proc",
     "arbiter_with_fleet",
     "cli",
+    "perf_agents",
     "start",
     "start_agent",
     "start_arbiter",
@@ -71,6 +72,20 @@ def arbiter_with_fleet(host: str, cpus: int, *extra: str) -> Iterator[str]:
             fleet.stop()
     finally:
         arbiter.stop()
+
+
+@contextmanager
+def perf_agents(arbiter: str, host: str, cpus: int) -> Iterator[str]:
+    """One real-register (perf) agent per CPU of ``host``; yields the host's name, stops
+    them by pid on the way out."""
+    agents = [
+        start_agent(arbiter, host, c, "--cpus", str(cpus), "--backend", "perf") for c in range(cpus)
+    ]
+    try:
+        yield host
+    finally:
+        for p in agents:
+            p.stop()
 
 
 def start_fleet(arbiter: str, host: str, cpus: int, *extra: str) -> Proc:

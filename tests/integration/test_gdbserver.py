@@ -80,15 +80,8 @@ int main(int argc, char **argv) {
 
 @pytest.fixture(scope="module")
 def host(arbiter: str) -> Iterator[str]:
-    agents = [
-        procs.start_agent(arbiter, HOST, c, "--cpus", str(CPUS), "--backend", "perf")
-        for c in range(CPUS)
-    ]
-    try:
-        yield HOST
-    finally:
-        for p in agents:
-            p.stop()
+    with procs.perf_agents(arbiter, HOST, CPUS) as name:
+        yield name
 
 
 @pytest.fixture

@@ -31,15 +31,8 @@ CPUS = os.cpu_count() or 1
 
 @pytest.fixture(scope="module")
 def real_host(arbiter: str) -> Iterator[str]:
-    agents = [
-        procs.start_agent(arbiter, HOST, c, "--cpus", str(CPUS), "--backend", "perf")
-        for c in range(CPUS)
-    ]
-    try:
-        yield HOST
-    finally:
-        for p in agents:
-            p.stop()
+    with procs.perf_agents(arbiter, HOST, CPUS) as name:
+        yield name
 
 
 @pytest.fixture
